@@ -1,0 +1,96 @@
+"""Shared fixtures: the real SmolLM2 tokenizer from the asset cache, and tiny random models built on its vocab.
+
+Tests never touch the network. Tests that need the cached tokenizer are skipped (with the command to fetch it)
+when the cache is empty. Helpers here can also be imported: `from conftest import make_tiny_causal_lm`.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SKIP_FETCH = "embedded default not fetched: run `spi assets --fetch` (or `make assets`)"
+
+
+def _cached_policy_dir() -> Path | None:
+    from spi_align.assets import policy_dir
+
+    path = policy_dir()
+    return path if (path / "tokenizer_config.json").is_file() else None
+
+
+def tiny_llama_config(tokenizer: Any) -> Any:
+    """A 2-layer, 32-wide Llama config on the tokenizer's full vocabulary, with SmolLM2's special ids."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+    )
+
+
+def make_tiny_causal_lm(tokenizer: Any, seed: int = 0) -> Any:
+    """A randomly initialised tiny `LlamaForCausalLM` (seeded, fp32, eval mode, eos id 2)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config(tokenizer)).to(torch.float32).eval()
+    model.generation_config.eos_token_id = 2
+    model.generation_config.pad_token_id = 2
+    return model
+
+
+def make_tiny_backbone(tokenizer: Any, seed: int = 0) -> Any:
+    """A randomly initialised tiny `LlamaModel` (no LM head), for reward and value models."""
+    import torch
+    from transformers import LlamaModel
+
+    torch.manual_seed(seed)
+    return LlamaModel(tiny_llama_config(tokenizer)).to(torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def smol_policy_dir() -> Path:
+    """The converted SmolLM2 directory in the asset cache (skips when not fetched)."""
+    path = _cached_policy_dir()
+    if path is None:
+        pytest.skip(SKIP_FETCH)
+    return path
+
+
+@pytest.fixture(scope="session")
+def _smol_tokenizer_once(smol_policy_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smol_policy_dir)
+
+
+@pytest.fixture
+def smol_tokenizer(_smol_tokenizer_once: Any) -> Any:
+    """The real SmolLM2 tokenizer (loaded once per session; each test gets its own copy to mutate freely)."""
+    return copy.deepcopy(_smol_tokenizer_once)
+
+
+@pytest.fixture
+def tiny_causal_lm(smol_tokenizer: Any) -> Any:
+    """`make_tiny_causal_lm(smol_tokenizer)`: a fresh tiny random LlamaForCausalLM per test."""
+    return make_tiny_causal_lm(smol_tokenizer)
+
+
+@pytest.fixture
+def tiny_backbone(smol_tokenizer: Any) -> Any:
+    """`make_tiny_backbone(smol_tokenizer)`: a fresh tiny random LlamaModel per test."""
+    return make_tiny_backbone(smol_tokenizer)
