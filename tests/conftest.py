@@ -1,7 +1,7 @@
 """Shared fixtures: the real SmolLM2 tokenizer from the asset cache, and tiny random models built on its vocab.
 
-Tests never touch the network. Tests that need the cached tokenizer are skipped (with the command to fetch it)
-when the cache is empty. Helpers here can also be imported: `from conftest import make_tiny_causal_lm`.
+Tests never touch the network. Tests that need the cached tokenizer fail with the command to fetch it when the cache is
+empty (`make test` fetches first). Helpers here can also be imported: `from conftest import make_tiny_causal_lm`.
 """
 
 from __future__ import annotations
@@ -64,10 +64,10 @@ def make_tiny_backbone(tokenizer: Any, seed: int = 0) -> Any:
 
 @pytest.fixture(scope="session")
 def smol_policy_dir() -> Path:
-    """The converted SmolLM2 directory in the asset cache (skips when not fetched)."""
+    """The converted SmolLM2 directory in the asset cache (fails with the fetch command when not fetched)."""
     path = _cached_policy_dir()
     if path is None:
-        pytest.skip(SKIP_FETCH)
+        pytest.fail(SKIP_FETCH)
     return path
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from spi_align.assets import prompts_dir
 from spi_align.config import DataConfig
 from spi_align.data import load_prompts, load_responses
 from spi_align.errors import SpiError
@@ -35,7 +34,7 @@ def write(path: Path, rows: list[dict]) -> Path:
 
 
 def prompts_of(path: Path, **kw) -> list[Prompt]:
-    return load_prompts(DataConfig(prompts=str(path), **kw), seed=0)
+    return load_prompts(DataConfig(prompts=str(path), **kw))
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
@@ -94,28 +93,17 @@ def test_responses_file_needs_a_response_column(tmp_path):
         load_responses(write(tmp_path / "r.jsonl", ROWS))
 
 
-needs_default = pytest.mark.skipif(
-    not (prompts_dir() / "split.json").is_file(), reason="default prompts not fetched: run `spi assets --fetch`"
-)
-
-
-@needs_default
 def test_default_split_sizes_and_disjointness():
-    train = load_prompts(DataConfig(split="train"), seed=0)
-    evals = load_prompts(DataConfig(split="eval"), seed=0)
-    every = load_prompts(DataConfig(split="all"), seed=0)
+    train = load_prompts(DataConfig(split="train"))
+    evals = load_prompts(DataConfig(split="eval"))
+    every = load_prompts(DataConfig(split="all"))
     assert (len(train), len(evals), len(every)) == (605, 200, 805)
     assert not {p.id for p in train} & {p.id for p in evals}
     assert {p.id for p in train} | {p.id for p in evals} == {p.id for p in every}
     assert all(p.text and p.reference for p in every)
-    assert load_prompts(DataConfig(split="eval"), seed=0) == evals  # fixed
+    assert load_prompts(DataConfig(split="eval")) == evals  # fixed
 
 
-@needs_default
-def test_another_seed_redraws_the_split_with_the_same_sizes():
-    evals = load_prompts(DataConfig(split="eval"), seed=1)
-    train = load_prompts(DataConfig(split="train"), seed=1)
-    assert (len(train), len(evals)) == (605, 200)
-    assert not {p.id for p in train} & {p.id for p in evals}
-    assert evals != load_prompts(DataConfig(split="eval"), seed=0)
-    assert load_prompts(DataConfig(split="eval", limit=5), seed=1) == evals[:5]
+def test_default_limit_takes_the_first_prompts_of_the_split():
+    evals = load_prompts(DataConfig(split="eval"))
+    assert load_prompts(DataConfig(split="eval", limit=5)) == evals[:5]

@@ -8,7 +8,6 @@ row (else the row index). Every problem is one `SpiError` line naming the file.
 from __future__ import annotations
 
 import json
-import random
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,14 +23,14 @@ RESPONSE_COLUMN = "response"
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def load_prompts(cfg: DataConfig, seed: int) -> list[Prompt]:
+def load_prompts(cfg: DataConfig) -> list[Prompt]:
     """The prompts `cfg` asks for, in a fixed order, cut to `cfg.limit`.
 
-    'default' gives the AlpacaEval side `cfg.split`. The stored split was drawn with seed 0; another `seed`
-    redraws it the same way (same sizes) with that seed. A file is used whole, in file order.
+    'default' gives the AlpacaEval side `cfg.split` of the stored split (drawn once with seed 0, so every run
+    judges on the same eval prompts whatever its own seed). A file is used whole, in file order.
     """
     if cfg.prompts == "default":
-        prompts = _default_prompts(cfg.split, seed)
+        prompts = _default_prompts(cfg.split)
     else:
         rows, path = _read_rows(cfg.prompts)
         prompts = [prompt for prompt, _ in _parse_rows(rows, path, response=False)]
@@ -44,7 +43,7 @@ def load_responses(path: str | Path) -> list[tuple[Prompt, str]]:
     return _parse_rows(rows, path, response=True)
 
 
-def _default_prompts(split: str, seed: int) -> list[Prompt]:
+def _default_prompts(split: str) -> list[Prompt]:
     file = default_prompts_file()
     by_id: dict[str, Prompt] = {}
     with file.open() as f:
@@ -54,12 +53,6 @@ def _default_prompts(split: str, seed: int) -> list[Prompt]:
     if split == "all":
         return list(by_id.values())
     stored = json.loads((file.parent / "split.json").read_text())
-    if seed != stored["seed"]:
-        ids = [*stored["eval"], *stored["train"]]
-        ids.sort(key=int)
-        random.Random(seed).shuffle(ids)
-        num_eval = len(stored["eval"])
-        stored = {"eval": ids[:num_eval], "train": ids[num_eval:]}
     return [by_id[i] for i in stored[split]]
 
 

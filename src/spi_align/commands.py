@@ -1,0 +1,88 @@
+"""What each `spi` subcommand does, given its parsed arguments."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from spi_align.config import Config, build_config
+from spi_align.errors import SpiError
+from spi_align.runs import RunDir, atomic_write_jsonl
+
+console = Console()
+
+
+def cmd_assets(args: argparse.Namespace) -> int:
+    from spi_align import assets
+
+    if args.fetch:
+        assets.fetch_all()
+    table = Table(title=f"spi_align assets (cache: {assets.cache_dir()})")
+    for column in ("name", "what", "present", "size (MB)", "path"):
+        table.add_column(column)
+    for row in assets.asset_table():
+        size = "" if row["size_mb"] is None else f"{row['size_mb']:.1f}"
+        table.add_row(row["name"], row["what"], "yes" if row["present"] else "no", size, str(row["path"]))
+    console.print(table)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from spi_align.data import load_prompts
+    from spi_align.pipeline import run_method
+    from spi_align.policy import load_policy
+    from spi_align.scoring import make_scorer
+    from spi_align.search import BestOfN, PlainSampling
+
+    cfg: Config = build_config(Config, args.config, args.overrides)
+    prompts = load_prompts(cfg.data)
+    policy = load_policy(cfg.policy, cfg.generation, cfg.seed)
+    if cfg.search.method == "best_of_n":
+        search = BestOfN(policy, make_scorer(cfg.reward, device=str(policy.device)), cfg.search.n)
+    else:
+        search = PlainSampling(policy)
+    run = RunDir(cfg.run_dir, cfg.name or f"generate-{search.name}-seed{cfg.seed}")
+    run.start(cfg)
+    records, cost = run_method(run, "outputs", search, prompts, cfg.data.batch_size, policy.reseed, cfg.seed)
+    run.write_json("metrics.json", {"method": search.name, "prompts": len(records), "cost": cost.to_dict()})
+    console.print(
+        f"{search.name}: {len(records)} prompts, {cost.tokens_generated} tokens in {cost.total_seconds:.1f}s "
+        f"→ {run.file('outputs.jsonl')}"
+    )
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from spi_align.data import load_responses
+    from spi_align.scoring import make_scorer
+
+    pairs = load_responses(args.file)
+    scorer = make_scorer(args.scorer)
+    scores = scorer.score([p for p, _ in pairs], [r for _, r in pairs])
+    out = Path(args.out) if args.out else Path(args.file).with_suffix(f".{scorer.name}.jsonl")
+    if out.resolve() == Path(args.file).resolve():
+        raise SpiError("--out must differ from the input file")
+    atomic_write_jsonl(
+        out,
+        ({"id": p.id, "prompt": p.text, "response": r, "score": s} for (p, r), s in zip(pairs, scores, strict=True)),
+    )
+    mean = sum(scores) / len(scores)
+    console.print(f"{scorer.name}: mean {mean:.4f} over {len(scores)} responses → {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from spi_align.demo import run_demo
+
+    run_demo(args.config, args.overrides)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from spi_align.rounds import spi_run
+
+    spi_run(build_config(Config, args.config, args.overrides))
+    return 0

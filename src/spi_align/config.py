@@ -1,0 +1,210 @@
+"""Configuration: flat pydantic sections with a docstring per field, YAML files and `key=value` overrides.
+
+Unknown keys are rejected; every error becomes one `SpiError` line naming the offending key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from spi_align.errors import SpiError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class PolicyConfig(Section):
+    model: str = "default"
+    """'default' (the embedded SmolLM2-135M-Instruct), a local model directory, or a hub id."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights and activations dtype. float32 on CPU; bfloat16 on a GPU."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
+    chat_template: bool = True
+    """Wrap each prompt in the tokenizer's chat template (when it has one)."""
+
+
+class GenerationConfig(Section):
+    max_new_tokens: int = Field(64, gt=0)
+    """Longest response, in tokens."""
+    temperature: float = Field(0.7, gt=0)
+    """Sampling temperature."""
+    top_k: int = Field(50, ge=0)
+    """Keep the k most likely tokens (0 = off)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass (1.0 = off)."""
+    do_sample: bool = True
+    """Sample; False = greedy decoding (temperature, top-k and top-p are then ignored)."""
+
+
+class DataConfig(Section):
+    prompts: str = "default"
+    """'default' (the 805 AlpacaEval instructions) or a JSONL/JSON/CSV/parquet file with a prompt column."""
+    split: Literal["train", "eval", "all"] = "eval"
+    """For the default prompts: which side of the fixed seeded split (a file is used whole)."""
+    limit: int | None = Field(None, gt=0)
+    """Use only the first `limit` prompts (None = all)."""
+    batch_size: int = Field(8, gt=0)
+    """Prompts searched together in one batch (each holds all its candidates)."""
+
+
+class SearchConfig(Section):
+    method: Literal["sample", "best_of_n"] = "best_of_n"
+    """'sample': one plain sample per prompt; 'best_of_n': N samples, the reward picks."""
+    n: int = Field(16, gt=0)
+    """Samples per prompt for best-of-N."""
+
+
+class SPIConfig(Section):
+    rounds: int = Field(2, ge=1)
+    """Value functions to train; SPI-1..SPI-rounds are evaluated (SPI-k is guided by V_0..V_{k-1})."""
+    width: int = Field(4, gt=0)
+    """W: beams kept (parents) after each chunk."""
+    successors: int = Field(4, gt=0)
+    """K: chunks sampled from each parent; W·K candidates per step, compared with best-of-(W·K)."""
+    chunk: int = Field(16, gt=0)
+    """L: tokens per chunk."""
+    selection: Literal["diversity", "top", "softmax"] = "diversity"
+    """Next parents: diversity-first top-W, plain top-W, or drawn from softmax(value / temperature)."""
+    temperature: float = Field(1.0, gt=0)
+    """Temperature of the 'softmax' selection."""
+    betas: list[Annotated[float, Field(gt=0)]] = Field([1.0], min_length=1)
+    """β_i of each round's value function (the last one repeats); the paper's UltraFeedback run used [1, 2, 2.5]."""
+    gamma: float = Field(1.0, gt=0)
+    """γ in eq. 13: guidance = Σ_i γ V_i / β_i."""
+    base_logprob: bool = False
+    """Add log π_base of the partial response to the guidance (eq. 14); off as in the paper's Figure 3."""
+    head: Literal["linear", "mlp"] = "linear"
+    """Value head on the policy's last hidden state: closed-form ridge (linear) or a small MLP."""
+    centered: bool = True
+    """Regress on rewards centred per prompt: only differences between one prompt's candidates guide."""
+    ridge: float = Field(10.0, ge=0)
+    """L2 penalty of the linear head (on standardised features)."""
+    rollouts: int = Field(8, gt=0)
+    """Round 0: plain samples per training prompt (later rounds keep every candidate their search finished)."""
+    train_prompts: int | None = Field(64, gt=0)
+    """Training prompts used for rollouts and the reward model (None = the whole training split)."""
+
+    def beta(self, round_index: int) -> float:
+        return self.betas[min(round_index, len(self.betas) - 1)]
+
+
+class RewardTrainConfig(Section):
+    pairs_per_prompt: int = Field(2, gt=0)
+    """Preference pairs per training prompt: best vs worst, second best vs second worst, ... by the labeller."""
+    epochs: int = Field(200, gt=0)
+    """Full-batch Adam steps of the Bradley–Terry head."""
+    lr: float = Field(0.01, gt=0)
+    """Learning rate of the head."""
+    weight_decay: float = Field(0.01, ge=0)
+    """L2 decay of the head."""
+
+
+class Config(Section):
+    seed: int = 0
+    """Seed for sampling and splits; the same seed gives the same run."""
+    run_dir: str = "runs"
+    """Folder under which each run gets its own directory."""
+    name: str | None = None
+    """Run name (default: derived from the command and its main settings)."""
+    reward: str = "similarity"
+    """Scorer that picks among candidates: 'similarity', 'sentiment', a reward-model directory,
+    'module:function' (a Python callable taking (prompts, responses) and returning floats), or, for `spi run`,
+    'train': a reward model trained on training-split samples labelled by the evaluator."""
+    evaluator: str = "similarity"
+    """Held-out scorer that judges results (never used to pick)."""
+    policy: PolicyConfig = PolicyConfig()
+    """The frozen base policy."""
+    generation: GenerationConfig = GenerationConfig()
+    """Sampling settings."""
+    data: DataConfig = DataConfig()
+    """Which prompts."""
+    search: SearchConfig = SearchConfig()
+    """Which inference-time method."""
+    spi: SPIConfig = SPIConfig()
+    """Successive policy iterations: rounds, beam shape, value heads."""
+    reward_model: RewardTrainConfig = RewardTrainConfig()
+    """How `reward: train` trains its reward model (Bradley–Terry head on the frozen policy)."""
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise SpiError(f"config: cannot set '{dotted}': '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ['search.n=8', 'seed=1'] into a nested dict; values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SpiError(f"config: override '{item}' is not of the form key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _explain(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"config: unknown key '{where}'"
+    return f"config: {where}: {first['msg']}"
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SpiError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SpiError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise SpiError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def build_config(
+    model: type[Section],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> Any:
+    """Defaults, then the YAML file, then `key=value` overrides; validated into `model`."""
+    tree = dict(defaults or {})
+    if path is not None:
+        tree = _merge(tree, read_yaml(path))
+    tree = _merge(tree, parse_overrides(overrides or []))
+    try:
+        return model.model_validate(tree)
+    except ValidationError as err:
+        raise SpiError(_explain(err)) from None
+
+
+def to_yaml(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

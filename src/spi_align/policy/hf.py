@@ -1,0 +1,182 @@
+"""The transformers backend: batched sampling and chunked continuation that keeps each prefix's KV cache.
+
+Only public transformers APIs are used: the backbone's forward with `past_key_values`, the cache's
+`reorder_cache` for row selection, the output embeddings for logits, and the logits warpers for sampling.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+
+from spi_align.config import GenerationConfig, PolicyConfig
+from spi_align.errors import SpiError
+from spi_align.interfaces import Cost, Prompt
+from spi_align.models import resolve_device, resolve_model_source
+from spi_align.policy.rows import Rows
+from spi_align.policy.sampling import TokenSampler
+
+
+class HFPolicy:
+    """A frozen causal LM: prefill prompts into `Rows`, extend rows by chunks, decode them to text."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer,
+        gen: GenerationConfig,
+        chat_template: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.gen = gen
+        self.chat_template = chat_template and tokenizer.chat_template is not None
+        self.device = next(model.parameters()).device
+        self.backbone = model.base_model
+        self.lm_head = model.get_output_embeddings()
+        # transformers renamed the cache argument (`past_key_values` → `cache`); use whichever this one takes.
+        params = inspect.signature(self.backbone.forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.eos_ids = torch.tensor(sorted(_eos_ids(model, tokenizer)), device=self.device)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(self.eos_ids[0])
+        self.max_context = getattr(model.config, "max_position_embeddings", None)
+        self.sampler = TokenSampler(gen)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.get_text_config().hidden_size)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the sampling stream: the same seed then gives the same tokens."""
+        self.generator.manual_seed(seed)
+
+    def format_prompt(self, prompt: Prompt) -> str:
+        if self.chat_template:
+            messages = [{"role": "user", "content": prompt.text}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return prompt.text
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(hidden).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+        """Run the backbone on new tokens; returns the last position's hidden state (R, H)."""
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
+        out = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            use_cache=True,
+            **{self.cache_arg: cache},
+        )
+        return out.last_hidden_state[:, -1]
+
+    @torch.no_grad()
+    def start(self, prompts: Sequence[Prompt], cost: Cost) -> Rows:
+        """Encode the prompts (left-padded, one row each) and compute their next-token logits."""
+        texts = [self.format_prompt(p) for p in prompts]
+        self.tokenizer.padding_side = "left"
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not self.chat_template)
+        lengths = enc["attention_mask"].sum(-1)
+        if self.max_context is not None:
+            for prompt, n in zip(prompts, lengths.tolist(), strict=True):
+                if n + self.gen.max_new_tokens > self.max_context:
+                    raise SpiError(
+                        f"prompt '{prompt.id}' has {n} tokens; with max_new_tokens={self.gen.max_new_tokens} "
+                        f"it exceeds the model's context of {self.max_context} tokens"
+                    )
+        ids = enc["input_ids"].to(self.device)
+        mask = enc["attention_mask"].to(self.device)
+        cache = DynamicCache(config=self.model.config)
+        with cost.timer("prefill"):
+            hidden = self._forward(ids, mask, cache)
+            logits = self._logits(hidden)
+        cost.policy_forwards += 1
+        rows = len(prompts)
+        return Rows(
+            prompt_index=torch.arange(rows, device=self.device),
+            cache=cache,
+            attention_mask=mask,
+            next_logits=logits,
+            hidden=hidden,
+            response=torch.full((rows, self.gen.max_new_tokens), self.pad_id, device=self.device),
+            length=torch.zeros(rows, dtype=torch.long, device=self.device),
+            done=torch.zeros(rows, dtype=torch.bool, device=self.device),
+            logprob=torch.zeros(rows, device=self.device),
+        )
+
+    @torch.no_grad()
+    def extend(self, rows: Rows, max_tokens: int, cost: Cost) -> Rows:
+        """Sample up to `max_tokens` more tokens for every unfinished row, in place; returns `rows`.
+
+        A row stops at an end-of-turn token or at `max_new_tokens`. After the call, `hidden` and
+        `next_logits` describe each row's last token, so the next chunk starts without re-encoding.
+        """
+        limit = self.gen.max_new_tokens
+        active = ~rows.done & (rows.length < limit)
+        arange = torch.arange(rows.size, device=self.device)
+        with cost.timer("decode"):
+            for _ in range(max_tokens):
+                if not bool(active.any()):
+                    break
+                token = self.sampler(rows.next_logits, self.generator)
+                token = torch.where(active, token, self.pad_id)
+                step_logprob = torch.log_softmax(rows.next_logits, dim=-1).gather(1, token[:, None]).squeeze(1)
+                rows.logprob += torch.where(active, step_logprob, 0.0)
+                column = rows.length.clamp(max=limit - 1)
+                rows.response[arange, column] = torch.where(active, token, rows.response[arange, column])
+                rows.length += active.long()
+                rows.attention_mask = torch.cat([rows.attention_mask, active.long()[:, None]], dim=1)
+                hidden = self._forward(token[:, None], rows.attention_mask, rows.cache)
+                logits = self._logits(hidden)
+                rows.hidden = torch.where(active[:, None], hidden, rows.hidden)
+                rows.next_logits = torch.where(active[:, None], logits, rows.next_logits)
+                cost.tokens_generated += int(active.sum())
+                cost.policy_forwards += 1
+                rows.done |= active & torch.isin(token, self.eos_ids)
+                active = active & ~rows.done & (rows.length < limit)
+        return rows
+
+    def texts(self, rows: Rows, index: torch.Tensor | None = None) -> list[str]:
+        """Decode the responses of rows `index` (default: all), special tokens dropped."""
+        return self.tokenizer.batch_decode(rows.token_lists(index), skip_special_tokens=True)
+
+    def sample(self, prompts: Sequence[Prompt], n: int, cost: Cost) -> Rows:
+        """`n` complete samples per prompt, rows grouped by prompt; the prompts are encoded once."""
+        rows = self.start(prompts, cost)
+        rows = rows.select(torch.arange(len(prompts), device=self.device).repeat_interleave(n))
+        return self.extend(rows, self.gen.max_new_tokens, cost)
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer) -> set[int]:
+    """End-of-turn ids: the generation config's when it names any (it knows the chat format), else the
+    tokenizer's."""
+    configured = getattr(model.generation_config, "eos_token_id", None) if model.generation_config else None
+    if configured is None:
+        configured = tokenizer.eos_token_id
+    if configured is None:
+        raise SpiError("the policy names no end-of-sequence token (neither generation config nor tokenizer)")
+    return {configured} if isinstance(configured, int) else set(configured)
+
+
+def load_policy(cfg: PolicyConfig, gen: GenerationConfig, seed: int = 0) -> HFPolicy:
+    """Load the frozen policy named by `cfg.model`: 'default', a local directory, or a hub id."""
+    source = resolve_model_source(cfg.model)
+    device = resolve_device(cfg.device)
+    dtype = getattr(torch, cfg.dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device)
+    except (OSError, ValueError) as exc:
+        raise SpiError(f"could not load policy '{cfg.model}': {str(exc).splitlines()[0]}") from None
+    return HFPolicy(model, tokenizer, gen, chat_template=cfg.chat_template, seed=seed)

@@ -1,0 +1,63 @@
+"""`Rows`: a batch of partial responses that share one KV cache, one row per candidate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import Cache
+
+
+@dataclass
+class Rows:
+    """Partial responses with everything needed to continue them without re-encoding their prefix.
+
+    `next_logits` holds the policy's logits for each row's next token and `hidden` the last-layer hidden state
+    of each row's last token (prompt or response): the features value heads read at no extra cost.
+    """
+
+    prompt_index: torch.Tensor
+    """(R,) which prompt of the batch each row continues."""
+    cache: Cache
+    """The policy's KV cache over prompt + response tokens, R rows."""
+    attention_mask: torch.Tensor
+    """(R, T) 1 for real tokens, 0 for left padding and for steps after a row ended."""
+    next_logits: torch.Tensor
+    """(R, V) logits for each row's next token."""
+    hidden: torch.Tensor
+    """(R, H) last hidden state of each row's last real token."""
+    response: torch.Tensor
+    """(R, max_new_tokens) response token ids, padded."""
+    length: torch.Tensor
+    """(R,) response tokens so far."""
+    done: torch.Tensor
+    """(R,) True once a row emitted an end-of-turn token."""
+    logprob: torch.Tensor
+    """(R,) log π_base of the response so far (unwarped logits): eq. 14's optional term."""
+
+    @property
+    def size(self) -> int:
+        return int(self.prompt_index.shape[0])
+
+    def select(self, index: torch.Tensor) -> Rows:
+        """Rows `index` (repeats allowed), in that order. Reorders the KV cache in place: `self` is consumed."""
+        index = index.to(self.attention_mask.device)
+        self.cache.reorder_cache(index)
+        return Rows(
+            prompt_index=self.prompt_index[index],
+            cache=self.cache,
+            attention_mask=self.attention_mask[index],
+            next_logits=self.next_logits[index],
+            hidden=self.hidden[index],
+            response=self.response[index],
+            length=self.length[index],
+            done=self.done[index],
+            logprob=self.logprob[index],
+        )
+
+    def token_lists(self, index: torch.Tensor | None = None) -> list[list[int]]:
+        """Response tokens of rows `index` (default: all), without padding."""
+        response, length = self.response, self.length
+        if index is not None:
+            response, length = response[index], length[index]
+        return [row[:n].tolist() for row, n in zip(response.cpu(), length.tolist(), strict=True)]

@@ -1,0 +1,121 @@
+"""Comparing methods: mean scores with bootstrap intervals, per-prompt win+½tie rates, markdown tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def bootstrap_ci(
+    values: Sequence[float], level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean."""
+    data = np.asarray(values, dtype=float)
+    if data.size == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
+    tail = (1 - level) / 2
+    return (float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail)))
+
+
+def win_tie_rate(ours: Sequence[float], theirs: Sequence[float], tol: float = 1e-6) -> float:
+    """Share of prompts where `ours` beats `theirs`, counting ties (within `tol`) as half a win."""
+    a, b = np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError("win rate needs two equally long, non-empty score lists")
+    wins = (a > b + tol).sum()
+    ties = (np.abs(a - b) <= tol).sum()
+    return float((wins + 0.5 * ties) / a.size)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def cell(value: object) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return float(np.mean(xs)) if len(xs) else float("nan")
+
+
+def results_table(results: dict[str, dict[str, Any]], baseline: str) -> tuple[list[str], list[list[object]]]:
+    """One row per method: reward-model mean, evaluator mean [95% CI], win+½tie vs the baseline, cost."""
+    headers = ["method", "reward model", "evaluator [95% CI]", f"win+½tie vs {baseline}", "tokens", "wall s"]
+    rows: list[list[object]] = []
+    for name, res in results.items():
+        ev = res["evaluator"]
+        lo, hi = bootstrap_ci(ev)
+        win = win_tie_rate(ev, results[baseline]["evaluator"]) if baseline in results else float("nan")
+        rows.append(
+            [
+                name,
+                _mean(res["reward"]),
+                f"{_mean(ev):.4f} [{lo:.4f}, {hi:.4f}]",
+                f"{win:.1%}",
+                res["cost"]["tokens_generated"],
+                f"{res['cost']['total_seconds']:.0f}",
+            ]
+        )
+    return headers, rows
+
+
+def plot_rounds(results: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+    """Evaluator mean (with 95% CI) of each method, SPI rounds in order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    means = [_mean(results[n]["evaluator"]) for n in names]
+    cis = [bootstrap_ci(results[n]["evaluator"]) for n in names]
+    err = np.array(
+        [
+            [m - lo for m, (lo, _) in zip(means, cis, strict=True)],
+            [hi - m for m, (_, hi) in zip(means, cis, strict=True)],
+        ]
+    )
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    colors = ["#999999" if not n.startswith("spi") else "#1f77b4" for n in names]
+    ax.bar(names, means, yerr=err, color=colors, capsize=4)
+    ax.set_ylabel("evaluator score (mean, 95% CI)")
+    ax.set_title(title)
+    low = min(lo for lo, _ in cis)
+    ax.set_ylim(bottom=max(0.0, low - 0.05))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(
+    run: Any, cfg: Any, results: dict[str, dict[str, Any]], values: dict[int, dict[str, Any]], baseline: str
+) -> str:
+    """report.md, results.json and evaluator_by_round.png in the run directory; returns the markdown."""
+    headers, rows = results_table(results, baseline)
+    spi = cfg.spi
+    n_eval = len(next(iter(results.values()))["evaluator"])
+    text = (
+        f"# SPI report: {run.path.name}\n\n"
+        f"Policy `{cfg.policy.model}`, {n_eval} eval prompts, max_new_tokens={cfg.generation.max_new_tokens}, "
+        f"W={spi.width} K={spi.successors} L={spi.chunk}, selection={spi.selection}, betas={spi.betas}, "
+        f"head={spi.head}, centred={spi.centered}. Reward (guides and picks): `{cfg.reward}`; "
+        f"evaluator (judges only): `{cfg.evaluator}`.\n\n" + markdown_table(headers, rows)
+    )
+    if values:
+        keys = sorted({k for v in values.values() for k in v})
+        text += "\n## Value functions (within-prompt Spearman on held-out training prompts)\n\n"
+        text += markdown_table(
+            ["round", *keys], [[f"V_{k}", *[v.get(key, "") for key in keys]] for k, v in sorted(values.items())]
+        )
+    text += "\n![evaluator by method](evaluator_by_round.png)\n"
+    plot_rounds(results, run.file("evaluator_by_round.png"), f"{run.path.name}: evaluator score")
+    run.write_json("results.json", {"results": results, "values": {str(k): v for k, v in values.items()}})
+    run.write_text("report.md", text)
+    return text

@@ -1,0 +1,74 @@
+"""Algorithm 1, line 3: a Bradley–Terry reward model from preference pairs.
+
+For the embedded default there is no preference data, so pairs are made: policy samples on training prompts,
+labelled by a scorer (the evaluator), best vs worst. The reward model is the frozen policy backbone with a
+scalar head; only the head is trained, on features computed once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from spi_align.config import RewardTrainConfig
+from spi_align.interfaces import Prompt, Scorer
+from spi_align.scoring.reward_model import RewardModel
+
+
+def make_pairs(
+    prompts: Sequence[Prompt], candidates: Sequence[Sequence[str]], labeller: Scorer, per_prompt: int
+) -> list[tuple[Prompt, str, str]]:
+    """(prompt, chosen, rejected): i-th best against i-th worst by the labeller; ties and duplicates skipped."""
+    flat = [(p, c) for p, cands in zip(prompts, candidates, strict=True) for c in dict.fromkeys(cands)]
+    scores = labeller.score([p for p, _ in flat], [c for _, c in flat])
+    by_prompt: dict[str, list[tuple[float, str]]] = {}
+    for (p, c), s in zip(flat, scores, strict=True):
+        by_prompt.setdefault(p.id, []).append((s, c))
+    lookup = {p.id: p for p in prompts}
+    pairs = []
+    for pid, scored in by_prompt.items():
+        ranked = sorted(scored, key=lambda sc: -sc[0])
+        for i in range(min(per_prompt, len(ranked) // 2)):
+            (s_hi, hi), (s_lo, lo) = ranked[i], ranked[-1 - i]
+            if s_hi > s_lo:
+                pairs.append((lookup[pid], hi, lo))
+    return pairs
+
+
+@torch.no_grad()
+def _features(model: RewardModel, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+    out = []
+    for start in range(0, len(texts), batch_size):
+        out.append(model.features(**model.tokenize(texts[start : start + batch_size])).float())
+    return torch.cat(out)
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """-log σ(r_chosen - r_rejected), averaged."""
+    return -torch.nn.functional.logsigmoid(chosen - rejected).mean()
+
+
+def train_reward_head(
+    model: RewardModel, pairs: Sequence[tuple[Prompt, str, str]], cfg: RewardTrainConfig, seed: int = 0
+) -> dict[str, float]:
+    """Fit `model.head` by Bradley–Terry on frozen-backbone features; returns training accuracy and loss."""
+    chosen = _features(model, [model.format(p.text, c) for p, c, _ in pairs])
+    rejected = _features(model, [model.format(p.text, r) for p, _, r in pairs])
+    mean, scale = torch.cat([chosen, rejected]).mean(0), torch.cat([chosen, rejected]).std(0).clamp(min=1e-6)
+    torch.manual_seed(seed)
+    lin = torch.nn.Linear(chosen.shape[1], 1)
+    torch.nn.init.zeros_(lin.weight)
+    opt = torch.optim.Adam(lin.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    zc, zr = (chosen - mean) / scale, (rejected - mean) / scale
+    for _ in range(cfg.epochs):
+        loss = bradley_terry_loss(lin(zc).squeeze(-1), lin(zr).squeeze(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():  # fold the standardisation into the head: reward = w·h + b on raw features
+        w = lin.weight[0] / scale
+        model.head.weight.copy_(w[None].to(model.head.weight))
+        model.head.bias.fill_(float(lin.bias[0] - (mean * w).sum()))
+        margin = model.head(chosen.to(model.device)).squeeze(-1) - model.head(rejected.to(model.device)).squeeze(-1)
+    return {"pairs": len(pairs), "train_accuracy": float((margin > 0).float().mean()), "train_loss": float(loss)}

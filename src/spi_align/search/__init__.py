@@ -1,0 +1,6 @@
+"""Inference-time methods behind one interface (`interfaces.Search`)."""
+
+from spi_align.search.best_of_n import BestOfN, PlainSampling
+from spi_align.search.driver import run_batched
+
+__all__ = ["BestOfN", "PlainSampling", "run_batched"]

@@ -1,0 +1,85 @@
+"""Algorithm 2: chunk-level beam search guided by Σ_i γ V_i/β_i, diversity-first, final pick by the reward.
+
+Naming: W beams kept (parents), K successors per parent, L tokens per chunk; W·K candidates per step. The
+first step samples W·K chunks from the prompt. Finished candidates stay in the pool; the reward model picks
+the answer among everything that finished (or reached max_new_tokens). All prompts of a batch are searched
+together and the policy's KV cache follows the selected parents, so no prefix is encoded twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+
+from spi_align.interfaces import Cost, Prompt, Scorer, SearchResult
+from spi_align.policy import HFPolicy, Rows
+from spi_align.search.candidates import pick_best, rows_to_candidates, score_candidates
+from spi_align.search.selection import diversity_first, softmax_sample, top_w
+
+Selection = Literal["diversity", "top", "softmax"]
+ValueFn = Callable[[Rows], torch.Tensor]
+"""Maps rows to one guidance value each (e.g. `HeadStack` applied to `rows.hidden`)."""
+
+
+class ChunkBeamSearch:
+    """Value-guided chunk beam search (the improved policy π_k of eq. 13/14)."""
+
+    def __init__(
+        self,
+        policy: HFPolicy,
+        value: ValueFn | None,
+        reward: Scorer,
+        width: int = 4,
+        successors: int = 4,
+        chunk: int = 16,
+        selection: Selection = "diversity",
+        temperature: float = 1.0,
+        base_logprob: bool = False,
+        name: str | None = None,
+    ) -> None:
+        self.policy, self.value, self.reward = policy, value, reward
+        self.width, self.successors, self.chunk = width, successors, chunk
+        self.selection, self.temperature, self.base_logprob = selection, temperature, base_logprob
+        self.name = name or f"beam-w{width}k{successors}l{chunk}"
+
+    def guidance(self, rows: Rows) -> torch.Tensor:
+        """Ranking score of each row: Σ_i γ V_i/β_i, plus log π_base (eq. 14) when asked."""
+        score = self.value(rows) if self.value is not None else torch.zeros(rows.size, device=rows.hidden.device)
+        return score + rows.logprob if self.base_logprob else score
+
+    def choose(self, values: torch.Tensor, keys: Sequence[tuple[int, ...]]) -> list[int]:
+        if self.selection == "diversity":
+            return diversity_first(values, keys, self.width)
+        if self.selection == "top":
+            return top_w(values, self.width)
+        return softmax_sample(values, self.width, self.temperature, self.policy.generator)
+
+    def run(self, prompts: Sequence[Prompt], cost: Cost) -> list[SearchResult]:
+        policy = self.policy
+        rows = policy.start(prompts, cost)
+        first = torch.arange(len(prompts), device=policy.device).repeat_interleave(self.width * self.successors)
+        rows = policy.extend(rows.select(first), self.chunk, cost)
+        pool = []
+        while True:
+            ended = rows.done | (rows.length >= policy.gen.max_new_tokens)
+            if bool(ended.any()):
+                pool += rows_to_candidates(policy, rows, ended)
+            live = (~ended).nonzero().squeeze(1)
+            if live.numel() == 0:
+                break
+            with cost.timer("value"):
+                values = self.guidance(rows)[live].float().cpu()
+            cost.value_calls += live.numel()
+            tokens = rows.response[live].cpu()
+            prompt_of = rows.prompt_index[live].cpu()
+            parents: list[int] = []
+            for p in prompt_of.unique().tolist():
+                members = (prompt_of == p).nonzero().squeeze(1)
+                keys = [tuple(tokens[m].tolist()) for m in members.tolist()]
+                parents += live[members[self.choose(values[members], keys)]].tolist()
+            index = torch.tensor(parents, device=policy.device).repeat_interleave(self.successors)
+            rows = policy.extend(rows.select(index), self.chunk, cost)
+        score_candidates(self.reward, prompts, pool, cost)
+        return pick_best(prompts, pool)

@@ -1,0 +1,39 @@
+"""Plain sampling and best-of-N with an explicit reward (BoN-E)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from spi_align.interfaces import Cost, Prompt, Scorer, SearchResult
+from spi_align.policy import HFPolicy
+from spi_align.search.candidates import pick_best, rows_to_candidates, score_candidates
+
+
+class PlainSampling:
+    """Plain samples from the base policy (the first is the answer): the reference point every method must
+    beat, and with n > 1 the rollouts of round 0."""
+
+    def __init__(self, policy: HFPolicy, n: int = 1) -> None:
+        self.policy = policy
+        self.n = n
+        self.name = "sample" if n == 1 else f"sample-{n}"
+
+    def run(self, prompts: Sequence[Prompt], cost: Cost) -> list[SearchResult]:
+        rows = self.policy.sample(prompts, self.n, cost)
+        return pick_best(prompts, rows_to_candidates(self.policy, rows))
+
+
+class BestOfN:
+    """N samples per prompt, all prompts of the batch decoded together; the reward picks one."""
+
+    def __init__(self, policy: HFPolicy, reward: Scorer, n: int) -> None:
+        self.policy = policy
+        self.reward = reward
+        self.n = n
+        self.name = f"bon-{n}"
+
+    def run(self, prompts: Sequence[Prompt], cost: Cost) -> list[SearchResult]:
+        rows = self.policy.sample(prompts, self.n, cost)
+        pool = rows_to_candidates(self.policy, rows)
+        score_candidates(self.reward, prompts, pool, cost)
+        return pick_best(prompts, pool)

@@ -1,0 +1,43 @@
+"""Turning policy rows into per-prompt candidates and picking the best by a scorer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from spi_align.interfaces import Candidate, Cost, Prompt, Scorer, SearchResult
+from spi_align.policy import HFPolicy, Rows
+
+
+def rows_to_candidates(policy: HFPolicy, rows: Rows, keep: torch.Tensor | None = None) -> list[tuple[int, Candidate]]:
+    """(prompt index, candidate) for every row (or the rows where `keep` is True), in row order."""
+    index = torch.arange(rows.size) if keep is None else keep.nonzero().squeeze(1)
+    index = index.to(rows.length.device)
+    tokens = rows.token_lists(index)
+    texts = policy.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    fields = zip(rows.prompt_index[index].tolist(), texts, tokens, rows.done[index].tolist(), strict=True)
+    return [(p, Candidate(text=t, num_tokens=len(ids), finished=d, token_ids=ids)) for p, t, ids, d in fields]
+
+
+def score_candidates(scorer: Scorer, prompts: Sequence[Prompt], pool: list[tuple[int, Candidate]], cost: Cost) -> None:
+    """Fill each candidate's `score` with one batched scorer call."""
+    if not pool:
+        return
+    with cost.timer("reward"):
+        scores = scorer.score([prompts[i] for i, _ in pool], [c.text for _, c in pool])
+    cost.reward_calls += len(pool)
+    for (_, cand), score in zip(pool, scores, strict=True):
+        cand.score = float(score)
+
+
+def pick_best(prompts: Sequence[Prompt], pool: list[tuple[int, Candidate]]) -> list[SearchResult]:
+    """Per prompt, the highest-scoring candidate (the first on ties; the first if unscored)."""
+    grouped: list[list[Candidate]] = [[] for _ in prompts]
+    for i, cand in pool:
+        grouped[i].append(cand)
+    results = []
+    for prompt, cands in zip(prompts, grouped, strict=True):
+        best = max(cands, key=lambda c: float("-inf") if c.score is None else c.score)
+        results.append(SearchResult(prompt=prompt, chosen=best, candidates=cands))
+    return results

@@ -1,0 +1,90 @@
+"""Value heads on the policy's own last-layer hidden states (Remark 3.2: frozen backbone, one head per round).
+
+A head maps a hidden state (..., H) to a scalar value. `HeadStack` holds the heads of all rounds with their
+weights γ/β_i and returns Σ_i γ V_i/β_i; when every head is linear the sum collapses into one mat-vec.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+HeadKind = Literal["linear", "mlp"]
+
+
+class ValueHead(nn.Module):
+    """Standardise the features, then a linear map or a one-hidden-layer MLP to a scalar."""
+
+    def __init__(self, hidden_size: int, kind: HeadKind = "linear", mlp_width: int = 256) -> None:
+        super().__init__()
+        self.kind = kind
+        self.hidden_size = hidden_size
+        self.mlp_width = mlp_width
+        self.register_buffer("mean", torch.zeros(hidden_size))
+        self.register_buffer("scale", torch.ones(hidden_size))
+        if kind == "linear":
+            self.net: nn.Module = nn.Linear(hidden_size, 1)
+        else:
+            self.net = nn.Sequential(nn.Linear(hidden_size, mlp_width), nn.GELU(), nn.Linear(mlp_width, 1))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.net((hidden.float() - self.mean) / self.scale).squeeze(-1)
+
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a linear head: (w, b) with V(h) = h·w + b on raw features."""
+        assert self.kind == "linear"
+        lin: nn.Linear = self.net  # type: ignore[assignment]
+        w = lin.weight[0] / self.scale
+        return w, lin.bias[0] - (self.mean * w).sum()
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, directory / "value_head.safetensors")
+        spec = {"type": "value_head", "kind": self.kind, "hidden_size": self.hidden_size, "mlp_width": self.mlp_width}
+        (directory / "value_head.json").write_text(json.dumps(spec, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ValueHead:
+        directory = Path(directory)
+        spec = json.loads((directory / "value_head.json").read_text())
+        head = cls(spec["hidden_size"], spec["kind"], spec["mlp_width"])
+        head.load_state_dict(load_file(directory / "value_head.safetensors"))
+        return head.eval()
+
+
+class HeadStack(nn.Module):
+    """Σ_i weight_i · V_i(h) with weight_i = γ/β_i: the guidance of eq. 13 in one call."""
+
+    def __init__(self, heads: Sequence[ValueHead], weights: Sequence[float]) -> None:
+        super().__init__()
+        if len(heads) != len(weights):
+            raise ValueError("one weight per head")
+        self.heads = nn.ModuleList(heads)
+        self.weights = [float(w) for w in weights]
+        self._fused: tuple[torch.Tensor, torch.Tensor] | None = None
+        if heads and all(h.kind == "linear" for h in heads):
+            with torch.no_grad():
+                parts = [h.affine() for h in heads]
+                w = sum(wt * p[0] for wt, p in zip(self.weights, parts, strict=True))
+                b = sum(wt * p[1] for wt, p in zip(self.weights, parts, strict=True))
+            self._fused = (w, b)
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    @torch.no_grad()
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self._fused is not None:
+            w, b = self._fused
+            return hidden.float() @ w.to(hidden.device) + b.to(hidden.device)
+        total = torch.zeros(hidden.shape[:-1], device=hidden.device)
+        for weight, head in zip(self.weights, self.heads, strict=True):
+            total += weight * head.to(hidden.device)(hidden)
+        return total

@@ -1,0 +1,67 @@
+"""One value-training step of Algorithm 1: rollouts + rewards → features → V_k (eq. 12), with its ranking quality."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from spi_align.config import SPIConfig
+from spi_align.interfaces import Prompt
+from spi_align.policy import HFPolicy
+from spi_align.values.features import response_hidden_states
+from spi_align.values.heads import ValueHead
+from spi_align.values.train import fit_head, prefix_values, token_dataset, within_prompt_spearman
+
+PREFIXES: tuple[int | None, ...] = (8, 16, 32, None)
+"""Prefix lengths (tokens) at which ranking quality is reported; None = the whole response."""
+
+
+def flatten_rollouts(
+    records: Sequence[dict[str, Any]], prompts: dict[str, Prompt]
+) -> tuple[list[Prompt], list[list[int]], list[float | None]]:
+    """Every candidate of every record (each is one rollout of the current policy)."""
+    flat_prompts, tokens, scores = [], [], []
+    for record in records:
+        for cand in record["candidates"]:
+            if cand["token_ids"]:
+                flat_prompts.append(prompts[record["id"]])
+                tokens.append(cand["token_ids"])
+                scores.append(cand["score"])
+    return flat_prompts, tokens, scores
+
+
+def train_value(
+    policy: HFPolicy,
+    prompts: Sequence[Prompt],
+    tokens: Sequence[Sequence[int]],
+    rewards: Sequence[float],
+    cfg: SPIConfig,
+    seed: int,
+) -> tuple[ValueHead, dict[str, Any]]:
+    """Fit V on all rollouts; report within-prompt Spearman of a fit on 80% of the prompts, on the other 20%."""
+    hidden = response_hidden_states(policy, prompts, tokens)
+    groups = [p.id for p in prompts]
+    ids = sorted(set(groups))
+    random.Random(seed).shuffle(ids)
+    held = set(ids[: max(1, len(ids) // 5)])
+    fit_idx = [i for i, g in enumerate(groups) if g not in held]
+    test_idx = [i for i, g in enumerate(groups) if g in held]
+    metrics: dict[str, Any] = {"rollouts": len(tokens), "prompts": len(ids), "tokens": sum(len(t) for t in tokens)}
+    if fit_idx and test_idx:
+        probe = _fit(hidden, rewards, groups, fit_idx, cfg, seed)
+        for prefix in PREFIXES:
+            predicted = prefix_values(probe, [hidden[i] for i in test_idx], prefix)
+            key = f"spearman_at_{prefix or 'end'}"
+            metrics[key] = within_prompt_spearman(
+                predicted, [rewards[i] for i in test_idx], [groups[i] for i in test_idx]
+            )
+    head = _fit(hidden, rewards, groups, list(range(len(tokens))), cfg, seed)
+    return head, metrics
+
+
+def _fit(hidden, rewards, groups, index: list[int], cfg: SPIConfig, seed: int) -> ValueHead:
+    data = token_dataset(
+        [hidden[i] for i in index], [rewards[i] for i in index], [groups[i] for i in index], cfg.centered
+    )
+    return fit_head(data, kind=cfg.head, ridge=cfg.ridge, seed=seed)

@@ -1,0 +1,98 @@
+"""The transformers backend: chunked continuation with KV reuse must equal one uninterrupted generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spi_align.config import GenerationConfig
+from spi_align.errors import SpiError
+from spi_align.interfaces import Cost, Prompt
+from spi_align.policy import HFPolicy
+
+PROMPTS = [
+    Prompt("a", "Name three colours."),
+    Prompt("b", "Write a short poem about the sea and the wind at night."),
+    Prompt("c", "Hi"),
+]
+
+
+def make_policy(model, tokenizer, max_new_tokens=24, do_sample=False, seed=0) -> HFPolicy:
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=1.0, top_k=0)
+    return HFPolicy(model, tokenizer, gen, seed=seed)
+
+
+def run_chunks(policy: HFPolicy, chunk: int, n: int = 1) -> list[list[int]]:
+    cost = Cost()
+    rows = policy.start(PROMPTS, cost)
+    rows = rows.select(torch.arange(len(PROMPTS)).repeat_interleave(n))
+    while not bool((rows.done | (rows.length >= policy.gen.max_new_tokens)).all()):
+        policy.extend(rows, chunk, cost)
+    return rows.token_lists()
+
+
+def test_chunked_greedy_equals_generate(tiny_causal_lm, smol_tokenizer):
+    policy = make_policy(tiny_causal_lm, smol_tokenizer)
+    chunked = run_chunks(policy, chunk=5)
+    smol_tokenizer.padding_side = "left"
+    texts = [policy.format_prompt(p) for p in PROMPTS]
+    enc = smol_tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    out = tiny_causal_lm.generate(
+        **enc, max_new_tokens=24, do_sample=False, eos_token_id=policy.eos_ids.tolist(), pad_token_id=policy.pad_id
+    )
+    reference = out[:, enc["input_ids"].shape[1] :].tolist()
+    for got, ref in zip(chunked, reference, strict=True):
+        assert got == ref[: len(got)]
+        assert all(t == policy.pad_id for t in ref[len(got) :])
+
+
+def test_same_seed_same_tokens_whatever_the_chunking(tiny_causal_lm, smol_tokenizer):
+    one = run_chunks(make_policy(tiny_causal_lm, smol_tokenizer, do_sample=True, seed=7), chunk=24, n=2)
+    many = run_chunks(make_policy(tiny_causal_lm, smol_tokenizer, do_sample=True, seed=7), chunk=3, n=2)
+    other = run_chunks(make_policy(tiny_causal_lm, smol_tokenizer, do_sample=True, seed=8), chunk=3, n=2)
+    assert one == many
+    assert one != other
+
+
+def test_row_selection_continues_the_selected_prefix(tiny_causal_lm, smol_tokenizer):
+    policy = make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=12)
+    cost = Cost()
+    rows = policy.extend(policy.start(PROMPTS, cost), 4, cost)
+    rows = rows.select(torch.tensor([1, 1, 0]))
+    policy.extend(rows, 8, cost)
+    tokens = rows.token_lists()
+    assert tokens[0] == tokens[1]
+    assert tokens[2] == run_chunks(make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=12), chunk=12)[0]
+    assert rows.prompt_index.tolist() == [1, 1, 0]
+
+
+def test_hidden_state_is_that_of_the_last_token(tiny_causal_lm, smol_tokenizer):
+    policy = make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=6)
+    cost = Cost()
+    rows = policy.extend(policy.start(PROMPTS[:1], cost), 6, cost)
+    prompt_ids = smol_tokenizer(policy.format_prompt(PROMPTS[0]), add_special_tokens=False)["input_ids"]
+    full = torch.tensor([prompt_ids + rows.token_lists()[0]])
+    with torch.no_grad():
+        expected = tiny_causal_lm.base_model(input_ids=full).last_hidden_state[0, -1]
+    torch.testing.assert_close(rows.hidden[0], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_end_token_stops_a_row_and_counts_cost(tiny_causal_lm, smol_tokenizer):
+    greedy = run_chunks(make_policy(tiny_causal_lm, smol_tokenizer), chunk=24)[0]
+    policy = make_policy(tiny_causal_lm, smol_tokenizer)
+    stop = greedy[2]
+    policy.eos_ids = torch.tensor([stop])
+    cost = Cost()
+    rows = policy.extend(policy.start(PROMPTS[:1], cost), 24, cost)
+    first = greedy.index(stop) + 1
+    assert rows.length.tolist() == [first]
+    assert rows.done.tolist() == [True]
+    assert cost.tokens_generated == first
+    assert cost.policy_forwards == 1 + first
+
+
+def test_prompt_longer_than_context_is_one_clear_error(tiny_causal_lm, smol_tokenizer):
+    policy = make_policy(tiny_causal_lm, smol_tokenizer)
+    policy.max_context = 40
+    with pytest.raises(SpiError, match="exceeds the model's context"):
+        policy.start([Prompt("long", "word " * 100)], Cost())
