@@ -109,7 +109,7 @@ def write_report(
         f"evaluator (judges only): `{cfg.evaluator}`.\n\n" + markdown_table(headers, rows)
     )
     if values:
-        keys = sorted({k for v in values.values() for k in v})
+        keys = list(dict.fromkeys(k for v in values.values() for k in v))
         text += "\n## Value functions (within-prompt Spearman on held-out training prompts)\n\n"
         text += markdown_table(
             ["round", *keys], [[f"V_{k}", *[v.get(key, "") for key in keys]] for k, v in sorted(values.items())]

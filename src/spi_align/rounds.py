@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markdown import Markdown
 
 from spi_align.config import Config, DataConfig
 from spi_align.data import load_prompts
@@ -138,7 +139,7 @@ class SPIRun:
             if self.run.has(f"values/round-{k}.json")
         }
         report = write_report(self.run, self.cfg, results, values, baseline=f"bon-{n}")
-        console.print(report)
+        console.print(Markdown(report))
         console.print(f"report: {self.run.file('report.md')}")
         return report
 

@@ -71,4 +71,4 @@ def train_reward_head(
         model.head.weight.copy_(w[None].to(model.head.weight))
         model.head.bias.fill_(float(lin.bias[0] - (mean * w).sum()))
         margin = model.head(chosen.to(model.device)).squeeze(-1) - model.head(rejected.to(model.device)).squeeze(-1)
-    return {"pairs": len(pairs), "train_accuracy": float((margin > 0).float().mean()), "train_loss": float(loss)}
+    return {"pairs": len(pairs), "train_accuracy": float((margin > 0).float().mean()), "train_loss": loss.item()}
