@@ -40,7 +40,8 @@ class SPIRun:
         self.run = RunDir(cfg.run_dir, cfg.name or default_name(cfg))
         self.run.start(cfg)
         self.eval_prompts = load_prompts(cfg.data)
-        train_cfg = DataConfig(prompts=cfg.data.prompts, split="train", limit=cfg.spi.train_prompts)
+        train_source = cfg.data.train_prompts or cfg.data.prompts
+        train_cfg = DataConfig(prompts=train_source, split="train", limit=cfg.spi.train_prompts)
         self.train_prompts = load_prompts(train_cfg)
         self.policy: HFPolicy = load_policy(cfg.policy, cfg.generation, cfg.seed)
         self.device = str(self.policy.device)

@@ -113,6 +113,7 @@ class HFPolicy:
             length=torch.zeros(rows, dtype=torch.long, device=self.device),
             done=torch.zeros(rows, dtype=torch.bool, device=self.device),
             logprob=torch.zeros(rows, device=self.device),
+            prompt_tokens=[ids[r, mask[r].bool()].tolist() for r in range(rows)],
         )
 
     @torch.no_grad()

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from transformers import Cache
+
+
+class RowState(Protocol):
+    """Per-row state that another model keeps beside the policy's (e.g. a value model's own KV cache)."""
+
+    def select(self, index: torch.Tensor) -> Any:
+        """The state of rows `index` (repeats allowed); may reorder in place and return self."""
+        ...
 
 
 @dataclass
@@ -34,6 +43,10 @@ class Rows:
     """(R,) True once a row emitted an end-of-turn token."""
     logprob: torch.Tensor
     """(R,) log π_base of the response so far (unwarped logits): eq. 14's optional term."""
+    prompt_tokens: list[list[int]] = field(default_factory=list)
+    """Token ids of each prompt of the batch (as fed to the policy, chat template applied, no padding)."""
+    extras: dict[str, RowState] = field(default_factory=dict)
+    """States other models keep per row; `select` reorders them with the rows."""
 
     @property
     def size(self) -> int:
@@ -53,6 +66,8 @@ class Rows:
             length=self.length[index],
             done=self.done[index],
             logprob=self.logprob[index],
+            prompt_tokens=self.prompt_tokens,
+            extras={name: state.select(index) for name, state in self.extras.items()},
         )
 
     def token_lists(self, index: torch.Tensor | None = None) -> list[list[int]]:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from spi_align.config import RewardTrainConfig
+from spi_align.errors import SpiError
 from spi_align.interfaces import Prompt, Scorer
 from spi_align.scoring.reward_model import RewardModel
 
@@ -53,6 +54,8 @@ def train_reward_head(
     model: RewardModel, pairs: Sequence[tuple[Prompt, str, str]], cfg: RewardTrainConfig, seed: int = 0
 ) -> dict[str, float]:
     """Fit `model.head` by Bradley–Terry on frozen-backbone features; returns training accuracy and loss."""
+    if not pairs:
+        raise SpiError("no preference pairs: the labeller gave every sample of each prompt the same score")
     chosen = _features(model, [model.format(p.text, c) for p, c, _ in pairs])
     rejected = _features(model, [model.format(p.text, r) for p, _, r in pairs])
     mean, scale = torch.cat([chosen, rejected]).mean(0), torch.cat([chosen, rejected]).std(0).clamp(min=1e-6)

@@ -1,0 +1,108 @@
+"""Eq. 12 targets and masks, the Σ γ V_i/β_i ranking, head fitting, and the ranking metric, on hand-checked cases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spi_align.config import GenerationConfig
+from spi_align.interfaces import Prompt
+from spi_align.policy import HFPolicy
+from spi_align.values import HeadStack, ValueHead
+from spi_align.values.features import response_hidden_states
+from spi_align.values.train import (
+    eq12_targets,
+    fit_head,
+    prefix_values,
+    token_dataset,
+    within_prompt_spearman,
+)
+
+
+def test_eq12_targets_raw_and_centred_per_prompt():
+    rewards, groups = [1.0, 3.0, 10.0, 20.0, 30.0], ["a", "a", "b", "b", "b"]
+    assert eq12_targets(rewards, groups, centered=False).tolist() == rewards
+    assert eq12_targets(rewards, groups, centered=True).tolist() == [-1.0, 1.0, -10.0, 0.0, 10.0]
+
+
+def test_every_response_prefix_gets_its_rollouts_reward():
+    hidden = [torch.zeros(3, 2), torch.ones(1, 2), torch.full((2, 2), 2.0)]
+    data = token_dataset(hidden, [5.0, 7.0, 1.0], ["p", "p", "q"], centered=False)
+    assert data.targets.tolist() == [5.0, 5.0, 5.0, 7.0, 1.0, 1.0]
+    assert data.rollout.tolist() == [0, 0, 0, 1, 2, 2]
+    assert data.group.tolist() == [0, 0, 0, 0, 1, 1]
+    assert data.features.shape == (6, 2)
+    centred = token_dataset(hidden, [5.0, 7.0, 1.0], ["p", "p", "q"], centered=True)
+    assert centred.targets.tolist() == [-1.0, -1.0, -1.0, 1.0, 0.0, 0.0]
+
+
+def test_features_cover_response_tokens_only_and_match_the_backbone(tiny_causal_lm, smol_tokenizer):
+    policy = HFPolicy(tiny_causal_lm, smol_tokenizer, GenerationConfig(max_new_tokens=8))
+    prompts = [Prompt("a", "Hello there"), Prompt("b", "A much longer prompt than the first one, padded less")]
+    responses = [[100, 200, 300], [400]]
+    hidden = response_hidden_states(policy, prompts, responses)
+    assert [h.shape[0] for h in hidden] == [3, 1]  # prompt tokens and padding are masked out
+    ids = smol_tokenizer(policy.format_prompt(prompts[0]), add_special_tokens=False)["input_ids"] + responses[0]
+    with torch.no_grad():
+        alone = tiny_causal_lm.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0, -3:]
+    torch.testing.assert_close(hidden[0], alone, atol=1e-4, rtol=1e-4)
+
+
+def _linear_head(w: list[float], b: float) -> ValueHead:
+    head = ValueHead(len(w), "linear")
+    with torch.no_grad():
+        head.net.weight.copy_(torch.tensor([w]))
+        head.net.bias.fill_(b)
+    return head.eval()
+
+
+def test_head_stack_is_the_weighted_sum_and_fuses_linear_heads():
+    h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    v0, v1 = _linear_head([1.0, 0.0], 0.0), _linear_head([0.0, 4.0], 1.0)
+    # γ = 1, β = (1, 2): V = V0/1 + V1/2 -> rows: 1 + 0.5, 0 + 2.5, 1 + 2.5
+    stack = HeadStack([v0, v1], [1.0, 0.5])
+    assert stack._fused is not None
+    assert stack(h).tolist() == pytest.approx([1.5, 2.5, 3.5])
+    # ranking flips with the schedule: with β = (1, 8) the first head dominates
+    assert HeadStack([v0, v1], [1.0, 1 / 8])(h).argsort().tolist() == [0, 1, 2]
+    assert HeadStack([v0, v1], [1.0, 1 / 8])(h).tolist() == pytest.approx([1.125, 0.625, 1.625])
+
+
+def test_mlp_heads_are_summed_like_linear_ones():
+    torch.manual_seed(0)
+    heads = [ValueHead(4, "mlp"), _linear_head([1.0, 2.0, 3.0, 4.0], 0.5)]
+    h = torch.randn(5, 4)
+    stack = HeadStack(heads, [2.0, 0.25])
+    assert stack._fused is None
+    expected = 2.0 * heads[0](h) + 0.25 * heads[1](h)
+    torch.testing.assert_close(stack(h), expected.detach())
+
+
+def test_linear_fit_recovers_a_linear_value_and_round_trips(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 6, generator=gen) * 3 + 1
+    y = x @ torch.tensor([1.0, -2.0, 0.0, 0.5, 0.0, 3.0]) + 4.0
+    data = token_dataset([x], [0.0], ["p"], centered=False)
+    data.targets = y
+    head = fit_head(data, "linear", ridge=1e-6)
+    torch.testing.assert_close(head(x).detach(), y, atol=1e-3, rtol=1e-3)
+    head.save(tmp_path / "v")
+    torch.testing.assert_close(ValueHead.load(tmp_path / "v")(x).detach(), head(x).detach())
+    mlp = fit_head(data, "mlp", epochs=200, lr=1e-2)
+    assert torch.nn.functional.mse_loss(mlp(x).detach(), y) < 0.2 * y.var()
+
+
+def test_within_prompt_spearman_by_hand():
+    # prompt a: perfect order; prompt b: reversed; prompt c too small to count
+    predicted = [1, 2, 3, 3, 2, 1, 0, 1]
+    rewards = [10, 20, 30, 10, 20, 30, 5, 6]
+    groups = ["a", "a", "a", "b", "b", "b", "c", "c"]
+    assert within_prompt_spearman(predicted, rewards, groups) == pytest.approx(0.0)
+    assert within_prompt_spearman(predicted[:3], rewards[:3], groups[:3]) == pytest.approx(1.0)
+
+
+def test_prefix_values_read_the_state_after_the_prefix():
+    head = _linear_head([1.0], 0.0)
+    hidden = [torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([[7.0]])]
+    assert prefix_values(head, hidden, 2) == [2.0, 7.0]
+    assert prefix_values(head, hidden, None) == [3.0, 7.0]
