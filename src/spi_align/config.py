@@ -92,6 +92,20 @@ class SPIConfig(Section):
     """Round 0: plain samples per training prompt (later rounds keep every candidate their search finished)."""
     train_prompts: int | None = Field(64, gt=0)
     """Training prompts used for rollouts and the reward model (None = the whole training split)."""
+    value: Literal["heads", "model"] = "heads"
+    """Value functions: 'heads' on the frozen policy's own hidden states (free during the search), or 'model': a
+    separate value model per round (backbone + scalar head, fine-tuned by eq. 12, with its own KV cache)."""
+    value_backbone: str = "policy"
+    """For value=model: start from the policy's weights ('policy'), or from a model directory / hub id
+    ('default' = the embedded SmolLM2), e.g. a smaller or other-family model (weak-to-strong)."""
+    value_train_layers: int = Field(2, ge=-1)
+    """For value=model: fine-tune the head and the backbone's last n layers (0 = head only, -1 = everything)."""
+    value_epochs: int = Field(2, gt=0)
+    """For value=model: passes over the round's rollouts."""
+    value_lr: float = Field(1e-4, gt=0)
+    """For value=model: AdamW learning rate of the backbone layers (the freshly initialised head uses 10×)."""
+    value_batch_size: int = Field(8, gt=0)
+    """For value=model: rollouts per training step (every response token of each is a regression target)."""
 
     def beta(self, round_index: int) -> float:
         return self.betas[min(round_index, len(self.betas) - 1)]
@@ -104,8 +118,49 @@ class RewardTrainConfig(Section):
     """Full-batch Adam steps of the Bradley–Terry head."""
     lr: float = Field(0.01, gt=0)
     """Learning rate of the head."""
-    weight_decay: float = Field(0.01, ge=0)
-    """L2 decay of the head."""
+    weight_decay: list[Annotated[float, Field(ge=0)]] = Field([0.01, 0.1, 1.0], min_length=1)
+    """L2 decay candidates of the head; the one with the best accuracy on held-out prompts' pairs is used."""
+
+
+class BaselinesConfig(Section):
+    """The paper's baselines, evaluated by `spi run` beside sampling, BoN-E and SPI at the same budgets."""
+
+    dpo: bool = False
+    """DPO (training-time): tune a copy of the policy on the preference pairs the reward model saw (training-split
+    samples labelled by the evaluator); evaluate one plain sample per prompt from it ('dpo')."""
+    bon_implicit: bool = False
+    """BoN-I: best of W·K samples by the implicit reward log π_tuned − log π_ref ('bon-i-N')."""
+    w2s: bool = False
+    """Weak-to-strong search (Zhou et al. 2024): chunk beam search with spi's W, K, L, partial responses ranked by
+    the implicit reward, which also picks the answer ('w2s')."""
+    tuned: str | None = None
+    """Tuned model of the implicit-reward pair (a directory or hub id); None = the DPO-tuned policy, trained in
+    this run (whether or not 'dpo' itself is evaluated)."""
+    reference: str | None = None
+    """Reference model of the pair (sharing the tuned model's tokenizer); None = the frozen policy."""
+    implicit_beta: float = Field(1.0, gt=0)
+    """β of the implicit reward β(log π_tuned − log π_ref): scales it, never changes a ranking."""
+    w2s_selection: Literal["top", "diversity"] = "top"
+    """Next beams of weak-to-strong search: top-W as in Zhou et al. (2024), or diversity-first."""
+    w2s_policy: str | None = None
+    """The policy weak-to-strong search guides; None = the frozen policy. Another model (larger, or with another
+    tokenizer: then partial responses are re-tokenised as text) is loaded with the policy settings and evaluated
+    three ways at the same budget: 'strong-sample', 'strong-bon-N' (reward model) and 'strong-w2s'."""
+    dpo_steps: int = Field(40, gt=0)
+    """DPO optimiser steps."""
+    dpo_batch_size: int = Field(4, gt=0)
+    """Preference pairs per DPO step."""
+    dpo_lr: float = Field(5e-6, gt=0)
+    """DPO learning rate (constant)."""
+    dpo_beta: float = Field(0.1, gt=0)
+    """DPO's β: how far the tuned policy may move from the reference."""
+    dpo_max_length: int = Field(512, gt=0)
+    """Longest prompt + response in tokens for DPO training (longer pairs are cut)."""
+
+    @property
+    def implicit(self) -> bool:
+        """Whether an implicit-reward pair is needed."""
+        return self.bon_implicit or self.w2s
 
 
 class Config(Section):
@@ -133,6 +188,43 @@ class Config(Section):
     """Successive policy iterations: rounds, beam shape, value heads."""
     reward_model: RewardTrainConfig = RewardTrainConfig()
     """How `reward: train` trains its reward model (Bradley–Terry head on the frozen policy)."""
+    baselines: BaselinesConfig = BaselinesConfig()
+    """Optional baselines for `spi run`: DPO, BoN-I, weak-to-strong search."""
+
+
+class BenchOptions(Section):
+    repeats: int = Field(3, gt=0)
+    """Timed runs of every method; medians and min–max are over these (odd repeats run the methods in reverse)."""
+    plain_loop: bool = True
+    """Also time a plain batched sampling loop (`policy.sample`, W·K samples per prompt): P4's reference."""
+    warmup: bool = True
+    """Run every method once on one prompt before timing (lazy initialisation and first allocations untimed)."""
+    memory: bool = True
+    """Measure the peak RSS of best-of-(W·K) and of SPI with the most rounds, each in a fresh subprocess."""
+
+
+class BenchConfig(Section):
+    """`spi bench`: the methods' cost, measured in one process. SPI-1..SPI-`spi.rounds` are timed, guided by
+    randomly initialised `spi.head` heads (cost does not depend on the weights); best-of-N uses N = W·K."""
+
+    seed: int = 0
+    """Sampling seed; every timed run of every method starts from it."""
+    run_dir: str = "runs"
+    """Folder under which the bench gets its own directory."""
+    name: str | None = None
+    """Run name (default: 'bench')."""
+    reward: str = "sentiment"
+    """Scorer that picks among candidates (as in `Config.reward`, except 'train')."""
+    policy: PolicyConfig = PolicyConfig()
+    """The frozen base policy."""
+    generation: GenerationConfig = GenerationConfig()
+    """Sampling settings; `max_new_tokens` is every method's response length."""
+    data: DataConfig = DataConfig()
+    """Which prompts (`limit` of them), searched `batch_size` at a time."""
+    spi: SPIConfig = SPIConfig()
+    """Beam shape (width, successors, chunk, selection), rounds timed and head kind."""
+    bench: BenchOptions = BenchOptions()
+    """Repeats, and what else to measure."""
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

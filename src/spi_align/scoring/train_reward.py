@@ -7,6 +7,7 @@ scalar head; only the head is trained, on features computed once.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import torch
@@ -50,28 +51,58 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Te
     return -torch.nn.functional.logsigmoid(chosen - rejected).mean()
 
 
-def train_reward_head(
-    model: RewardModel, pairs: Sequence[tuple[Prompt, str, str]], cfg: RewardTrainConfig, seed: int = 0
-) -> dict[str, float]:
-    """Fit `model.head` by Bradley–Terry on frozen-backbone features; returns training accuracy and loss."""
-    if not pairs:
-        raise SpiError("no preference pairs: the labeller gave every sample of each prompt the same score")
-    chosen = _features(model, [model.format(p.text, c) for p, c, _ in pairs])
-    rejected = _features(model, [model.format(p.text, r) for p, _, r in pairs])
-    mean, scale = torch.cat([chosen, rejected]).mean(0), torch.cat([chosen, rejected]).std(0).clamp(min=1e-6)
+def _fit_bt(zc: torch.Tensor, zr: torch.Tensor, cfg: RewardTrainConfig, weight_decay: float, seed: int):
+    """Full-batch Adam on the Bradley–Terry loss over standardised features; returns the linear head."""
     torch.manual_seed(seed)
-    lin = torch.nn.Linear(chosen.shape[1], 1)
+    lin = torch.nn.Linear(zc.shape[1], 1)
     torch.nn.init.zeros_(lin.weight)
-    opt = torch.optim.Adam(lin.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    zc, zr = (chosen - mean) / scale, (rejected - mean) / scale
+    opt = torch.optim.Adam(lin.parameters(), lr=cfg.lr, weight_decay=weight_decay)
     for _ in range(cfg.epochs):
         loss = bradley_terry_loss(lin(zc).squeeze(-1), lin(zr).squeeze(-1))
         opt.zero_grad()
         loss.backward()
         opt.step()
+    return lin
+
+
+def _accuracy(lin: torch.nn.Linear, zc: torch.Tensor, zr: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((lin(zc) > lin(zr)).float().mean())
+
+
+def train_reward_head(
+    model: RewardModel, pairs: Sequence[tuple[Prompt, str, str]], cfg: RewardTrainConfig, seed: int = 0
+) -> dict[str, float]:
+    """Fit `model.head` by Bradley–Terry on frozen-backbone features.
+
+    The weight decay is chosen among `cfg.weight_decay` candidates by accuracy on pairs of held-out prompts
+    (a fifth of them); the head is then refitted on all pairs. Returns the held-out and training accuracies.
+    """
+    if not pairs:
+        raise SpiError("no preference pairs: the labeller gave every sample of each prompt the same score")
+    chosen = _features(model, [model.format(p.text, c) for p, c, _ in pairs])
+    rejected = _features(model, [model.format(p.text, r) for p, _, r in pairs])
+    mean, scale = torch.cat([chosen, rejected]).mean(0), torch.cat([chosen, rejected]).std(0).clamp(min=1e-6)
+    zc, zr = (chosen - mean) / scale, (rejected - mean) / scale
+    ids = sorted({p.id for p, _, _ in pairs})
+    random.Random(seed).shuffle(ids)
+    held = set(ids[: max(1, len(ids) // 5)])
+    test = torch.tensor([p.id in held for p, _, _ in pairs])
+    heldout: dict[float, float] = {}
+    if 0 < int(test.sum()) < len(pairs):
+        for wd in cfg.weight_decay:
+            probe = _fit_bt(zc[~test], zr[~test], cfg, wd, seed)
+            heldout[wd] = _accuracy(probe, zc[test], zr[test])
+    best = max(heldout, key=lambda wd: (heldout[wd], wd)) if heldout else cfg.weight_decay[0]
+    lin = _fit_bt(zc, zr, cfg, best, seed)
     with torch.no_grad():  # fold the standardisation into the head: reward = w·h + b on raw features
         w = lin.weight[0] / scale
         model.head.weight.copy_(w[None].to(model.head.weight))
         model.head.bias.fill_(float(lin.bias[0] - (mean * w).sum()))
-        margin = model.head(chosen.to(model.device)).squeeze(-1) - model.head(rejected.to(model.device)).squeeze(-1)
-    return {"pairs": len(pairs), "train_accuracy": float((margin > 0).float().mean()), "train_loss": loss.item()}
+    return {
+        "pairs": len(pairs),
+        "weight_decay": best,
+        "heldout_accuracy": heldout.get(best, float("nan")),
+        "heldout_accuracy_by_weight_decay": {str(k): v for k, v in heldout.items()},
+        "train_accuracy": _accuracy(lin, zc, zr),
+    }
