@@ -16,6 +16,10 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. search.n=8")
 
 
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spi", description="Inference-time successive policy iterations.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -35,13 +39,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. spi.rounds=3")
 
+    p = sub.add_parser("judge", help="judge a finished run's methods against a baseline with an LLM (both orders)")
+    p.add_argument("run", help="a finished `spi run` directory")
+    p.add_argument("--against", help="baseline method (default: the run's bon-N)")
+    p.add_argument("--methods", type=_names, help="comma-separated methods to judge (default: all others)")
+    _add_config_args(p)  # judge settings: base_url=... model=... (see spi_align.judge.JudgeConfig)
+
+    p = sub.add_parser("export", help="write a finished run's answers in AlpacaEval's model_outputs format")
+    p.add_argument("run", help="a finished `spi run` directory")
+    p.add_argument("--methods", type=_names, help="comma-separated methods to export (default: all)")
+    p.add_argument("--out", help="output folder (default: RUN/alpaca_eval)")
+
+    p = sub.add_parser("sweep", help="a grid of `spi run` configs, cached by config hash; Table 1/3 and Fig 4/5")
+    p.add_argument("spec", help="sweep spec YAML (base config + grid; see spi_align.sweep)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and which are cached; run nothing")
+
     p = sub.add_parser("demo", help="the main job on the embedded default (SPI vs best-of-16)")
     _add_config_args(p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides given after an option (`spi judge RUN --against bon-16 model=...`)
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*(args.overrides or []), *extra]
     try:
         from spi_align import commands
 

@@ -86,3 +86,34 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spi_run(build_config(Config, args.config, args.overrides))
     return 0
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    from spi_align.judge import JudgeConfig
+    from spi_align.judge_run import judge_run
+
+    cfg = build_config(JudgeConfig, args.config, args.overrides)
+    text, folder = judge_run(args.run, cfg, against=args.against, methods=args.methods)
+    console.print(text, markup=False)
+    console.print(f"judge table: {folder / 'table.md'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from spi_align.export import export_run
+
+    files = export_run(args.run, args.methods, args.out)
+    for path in files:
+        console.print(f"{path}  (alpaca_eval --model_outputs {path})")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from spi_align.sweep import run_sweep
+
+    _, folder = run_sweep(
+        args.spec, dry_run=args.dry_run, log=lambda line: console.print(line, markup=False, soft_wrap=True)
+    )
+    if not args.dry_run:
+        console.print(f"sweep tables and plots: {folder}")
+    return 0

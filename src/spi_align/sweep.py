@@ -1,0 +1,236 @@
+"""`spi sweep SPEC.yaml`: a grid of `spi run` configs, each cell cached by the hash of its resolved config.
+
+A spec names a base config and what varies:
+
+    name: sweep-chunk                 # the sweep's folder: <dir>/<name> (default: the spec file's stem)
+    dir: runs/sweeps
+    base: ../../configs/demo.yaml     # optional YAML config, relative to the spec file
+    config: {data: {limit: 32}}       # optional inline config over the base
+    grid:                             # every combination (dotted config keys)
+      spi.chunk: [4, 8, 16, 32, 64]
+      spi.train_prompts: [16, 32]
+    variants:                         # optional: each grid cell once per variant (settings that go together)
+      - {spi.selection: diversity}
+      - {spi.selection: softmax, spi.temperature: 0.5}
+
+Each cell is a run directory `<sweep>/cells/<hash>`, the hash taken over the resolved config (name and run_dir
+left out), so it does not depend on how the spec is written or ordered. A cell whose directory holds results.json
+is skipped; an unfinished one resumes through `spi run`'s own resume. Cells that differ only in how the search
+runs (see `SEARCH_ONLY`) share round 0: the rollouts, reward model, V_0 and the sample / best-of-N evaluations are
+copied from a sibling cell before the cell runs, since `spi run` would compute exactly the same files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from spi_align.config import Config, _merge, _set_dotted, build_config, read_yaml
+from spi_align.errors import SpiError
+
+SEARCH_ONLY = (
+    "spi.rounds",
+    "spi.chunk",
+    "spi.selection",
+    "spi.temperature",
+    "spi.betas",
+    "spi.gamma",
+    "spi.base_logprob",
+)
+"""Settings that change only the guided search (rounds ≥ 1 and SPI's evaluation), never round 0's work."""
+RUN_PLACE = ("name", "run_dir")
+"""Where a run lives: left out of every hash."""
+
+
+class SweepSpec(BaseModel):
+    """A sweep: base config, a grid of settings, optional variants."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: str | None = None
+    """Sweep name, its folder under `dir` (default: the spec file's stem)."""
+    dir: str = "runs/sweeps"
+    """Folder holding sweeps."""
+    base: str | None = None
+    """A YAML config the cells start from, relative to the spec file (None: the built-in defaults)."""
+    config: dict[str, Any] = {}
+    """Inline config over the base (nested, as in a config file)."""
+    grid: dict[str, list[Any]] = {}
+    """Dotted config key → values; the sweep runs every combination."""
+    variants: list[dict[str, Any]] = Field(default_factory=list)
+    """Settings that go together (dotted key → value), each combined with every grid cell."""
+    baseline: str | None = None
+    """Method the tables compare against (default: the cells' best-of-(W·K))."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the sweep: the settings that vary, and the resolved config with its hash."""
+
+    settings: dict[str, Any]
+    config: Config
+    key: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.config.run_dir) / self.key
+
+
+def load_spec(path: str | Path) -> tuple[SweepSpec, Path]:
+    """The spec, validated, and the sweep's folder."""
+    path = Path(path)
+    try:
+        spec = SweepSpec.model_validate(read_yaml(path))
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise SpiError(f"sweep spec {path}: {where}: {first['msg']}") from None
+    if spec.base is not None:
+        spec.base = str((path.parent / spec.base).resolve())
+    for key, values in spec.grid.items():
+        if not values:
+            raise SpiError(f"sweep spec {path}: grid key '{key}' has no values")
+    return spec, Path(spec.dir) / (spec.name or path.stem)
+
+
+def _dump(config: Config, leave_out: tuple[str, ...]) -> dict[str, Any]:
+    tree = config.model_dump(mode="json")
+    for dotted in leave_out:
+        *parents, last = dotted.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(last, None)
+    return tree
+
+
+def config_hash(config: Config, leave_out: tuple[str, ...] = RUN_PLACE) -> str:
+    """A short stable hash of the resolved config (canonical JSON), without the given dotted keys."""
+    text = json.dumps(_dump(config, leave_out), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def round0_key(config: Config) -> str:
+    """Cells with the same key compute the same round 0 (see SEARCH_ONLY)."""
+    return config_hash(config, RUN_PLACE + SEARCH_ONLY)
+
+
+def expand(spec: SweepSpec, folder: Path) -> list[Cell]:
+    """Every grid combination × variant as a validated config, duplicates (same hash) dropped, in grid order."""
+    base = read_yaml(spec.base) if spec.base else {}
+    base = _merge(base, spec.config)
+    keys = list(spec.grid)
+    cells: dict[str, Cell] = {}
+    for values in itertools.product(*(spec.grid[k] for k in keys)):
+        for variant in spec.variants or [{}]:
+            settings = {**dict(zip(keys, values, strict=True)), **variant}
+            tree = json.loads(json.dumps(base))  # a deep copy
+            for dotted, value in settings.items():
+                _set_dotted(tree, dotted, value)
+            tree["run_dir"] = str(folder / "cells")
+            tree.pop("name", None)
+            try:
+                config: Config = build_config(Config, defaults=tree)
+            except SpiError as exc:
+                raise SpiError(f"sweep cell {settings}: {exc}") from None
+            key = config_hash(config)
+            config = config.model_copy(update={"name": key})
+            cells.setdefault(key, Cell(settings, config, key))
+    return list(cells.values())
+
+
+def shared_paths(config: Config) -> list[str]:
+    """Round-0 artefacts of a run directory (files and folders) that every cell with its round-0 key shares."""
+    n = config.spi.width * config.spi.successors
+    stems = ["rollouts-0", "eval-sample", f"eval-bon-{n}"]
+    return [f"{s}{ext}" for s in stems for ext in (".jsonl", ".cost.json")] + [
+        "reward_model",
+        "reward_model.json",
+        "values/round-0",
+        "values/round-0.json",
+    ]
+
+
+def share_round0(cell: Cell, cells: list[Cell]) -> list[str]:
+    """Copy round-0 artefacts into `cell` from siblings with the same round-0 key; returns what was copied.
+
+    Finished siblings are preferred; a partial file is still worth copying (the run resumes after it).
+    """
+    key = round0_key(cell.config)
+    donors = [c for c in cells if c.key != cell.key and round0_key(c.config) == key and c.path.is_dir()]
+    donors.sort(key=lambda c: not (c.path / "results.json").is_file())
+    copied = []
+    for name in shared_paths(cell.config):
+        target = cell.path / name
+        donor = next((c.path / name for c in donors if (c.path / name).exists()), None)
+        if target.exists() or donor is None:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if donor.is_dir():
+            shutil.copytree(donor, target)
+        else:
+            shutil.copy2(donor, target)
+        copied.append(name)
+    return copied
+
+
+def is_done(cell: Cell) -> bool:
+    return (cell.path / "results.json").is_file()
+
+
+def default_runner(config: Config) -> Any:
+    """`spi run` on one config (imported late: it loads torch)."""
+    from spi_align import rounds
+
+    return rounds.spi_run(config)
+
+
+def run_sweep(
+    spec_path: str | Path,
+    runner: Callable[[Config], Any] | None = None,
+    dry_run: bool = False,
+    log: Callable[[str], None] = print,
+) -> tuple[list[Cell], Path]:
+    """Run every cell that has no results yet (unless dry_run), then write the sweep's tables and plots."""
+    from spi_align.sweep_report import write_sweep_report
+
+    spec, folder = load_spec(spec_path)
+    cells = expand(spec, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_manifest(spec, folder, cells)
+    todo = [c for c in cells if not is_done(c)]
+    log(f"sweep {folder}: {len(cells)} cells, {len(cells) - len(todo)} cached, {len(todo)} to run")
+    if dry_run:
+        for cell in cells:
+            log(f"  {cell.key}  {'cached' if is_done(cell) else 'to run'}  {cell.settings}")
+        return cells, folder
+    run = runner or default_runner
+    for i, cell in enumerate(todo, 1):
+        log(f"[{i}/{len(todo)}] cell {cell.key} {cell.settings}")
+        copied = share_round0(cell, cells)
+        if copied:
+            log(f"  round 0 reused from a sibling cell: {', '.join(copied)}")
+        run(cell.config)
+        write_sweep_report(spec, folder, cells)
+    write_sweep_report(spec, folder, cells)
+    return cells, folder
+
+
+def _write_manifest(spec: SweepSpec, folder: Path, cells: list[Cell]) -> None:
+    from spi_align.runs import atomic_write_json
+
+    atomic_write_json(
+        folder / "cells.json",
+        {
+            "spec": spec.model_dump(mode="json"),
+            "cells": [{"key": c.key, "settings": c.settings, "round0": round0_key(c.config)} for c in cells],
+        },
+    )

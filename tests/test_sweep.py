@@ -1,0 +1,202 @@
+"""`spi sweep`: grid expansion, config hashes, cached cells, round-0 sharing and the Table 1/3-shaped report.
+
+No model runs here: the runner is a fake that writes a results.json from the cell's config.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from spi_align import sweep
+from spi_align.cli import main
+from spi_align.config import Config
+from spi_align.errors import SpiError
+from spi_align.sweep import config_hash, expand, load_spec, round0_key, run_sweep, share_round0
+from spi_align.sweep_report import cell_rows, render_table, win_tie_loss
+
+
+def write_spec(tmp_path: Path, spec: dict[str, Any], name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    spec = {"dir": str(tmp_path / "sweeps"), **spec}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def fake_results(cfg: Config) -> dict[str, Any]:
+    """SPI beats best-of-16 on more prompts as the chunk grows; costs equal."""
+    n = 4
+    wins = min(cfg.spi.chunk // 4, n)
+    cost = {"tokens_generated": 100, "total_seconds": 1.0}
+    return {
+        "sample": {"evaluator": [0.0] * n, "reward": [0.0] * n, "cost": cost},
+        "bon-16": {"evaluator": [0.5] * n, "reward": [0.5] * n, "cost": cost},
+        "spi-1": {"evaluator": [1.0] * wins + [0.0] * (n - wins), "reward": [0.5] * n, "cost": cost},
+    }
+
+
+class FakeRunner:
+    """Stands in for `rounds.spi_run`: records each config and writes its run directory's results.json."""
+
+    def __init__(self) -> None:
+        self.configs: list[Config] = []
+
+    def __call__(self, cfg: Config) -> str:
+        self.configs.append(cfg)
+        run = Path(cfg.run_dir) / cfg.name
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "rollouts-0.jsonl").write_text('{"id": "0"}\n')
+        (run / "results.json").write_text(json.dumps({"results": fake_results(cfg), "values": {}}))
+        return "report"
+
+
+GRID = {"spi.chunk": [4, 8, 16], "spi.train_prompts": [16, 32]}
+
+
+def test_grid_expands_to_every_combination(tmp_path):
+    spec, folder = load_spec(write_spec(tmp_path, {"name": "s", "config": {"data": {"limit": 8}}, "grid": GRID}))
+    cells = expand(spec, folder)
+    assert [(c.settings["spi.chunk"], c.settings["spi.train_prompts"]) for c in cells] == [
+        (4, 16), (4, 32), (8, 16), (8, 32), (16, 16), (16, 32),
+    ]  # fmt: skip
+    assert all(c.config.data.limit == 8 for c in cells)
+    assert [(c.config.spi.chunk, c.config.spi.train_prompts) for c in cells][3] == (8, 32)
+    assert len({c.key for c in cells}) == 6
+    assert all(c.config.name == c.key and c.path == folder / "cells" / c.key for c in cells)
+
+
+def test_variants_combine_with_the_grid(tmp_path):
+    variants = [{"spi.selection": "diversity"}, {"spi.selection": "softmax", "spi.temperature": 0.5}]
+    spec, folder = load_spec(write_spec(tmp_path, {"grid": {"spi.chunk": [4, 8]}, "variants": variants}))
+    cells = expand(spec, folder)
+    assert [(c.config.spi.chunk, c.config.spi.selection, c.config.spi.temperature) for c in cells] == [
+        (4, "diversity", 1.0), (4, "softmax", 0.5), (8, "diversity", 1.0), (8, "softmax", 0.5),
+    ]  # fmt: skip
+
+
+def test_hash_is_stable_and_independent_of_how_the_spec_is_written(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("spi: {rounds: 1, betas: [1, 2]}\ndata: {limit: 4}\nname: ignored\n")
+    one = write_spec(tmp_path, {"base": "base.yaml", "grid": GRID}, "one.yaml")
+    other = write_spec(
+        tmp_path,
+        {
+            "base": "base.yaml",
+            "config": {"data": {"limit": 4}, "spi": {"betas": [1.0, 2.0]}},
+            "grid": {"spi.train_prompts": [32, 16], "spi.chunk": [16, 8, 4]},
+        },
+        "other.yaml",
+    )
+    keys_one = {c.key for c in expand(*load_spec(one))}
+    assert keys_one == {c.key for c in expand(*load_spec(one))}  # stable between expansions
+    assert keys_one == {c.key for c in expand(*load_spec(other))}  # key order, value order, 1 vs 1.0
+    cfg = Config()
+    assert config_hash(cfg) == config_hash(cfg.model_copy(update={"name": "x", "run_dir": "elsewhere"}))
+    assert config_hash(cfg) != config_hash(Config(seed=1))
+
+
+def test_spec_errors_are_one_line(tmp_path):
+    with pytest.raises(SpiError, match="unknown key 'spi.chunks'"):
+        expand(*load_spec(write_spec(tmp_path, {"grid": {"spi.chunks": [4]}})))
+    with pytest.raises(SpiError, match="'spi.chunk' has no values"):
+        load_spec(write_spec(tmp_path, {"grid": {"spi.chunk": []}}))
+    with pytest.raises(SpiError, match="spi.chunk"):
+        expand(*load_spec(write_spec(tmp_path, {"grid": {"spi.chunk": [0]}})))
+    with pytest.raises(SpiError, match="griid"):
+        load_spec(write_spec(tmp_path, {"griid": {"spi.chunk": [4]}}))
+
+
+def test_cached_cells_are_skipped_and_missing_ones_run(tmp_path):
+    path = write_spec(tmp_path, {"name": "s", "grid": GRID})
+    runner = FakeRunner()
+    cells, folder = run_sweep(path, runner=runner, log=lambda line: None)
+    assert len(runner.configs) == 6 and {c.name for c in runner.configs} == {c.key for c in cells}
+    again = FakeRunner()
+    run_sweep(path, runner=again, log=lambda line: None)
+    assert again.configs == []
+    (cells[2].path / "results.json").unlink()
+    run_sweep(path, runner=again, log=lambda line: None)
+    assert [c.name for c in again.configs] == [cells[2].key]
+    assert json.loads((folder / "cells.json").read_text())["cells"][2]["key"] == cells[2].key
+
+
+def test_sweep_command_with_dry_run_and_a_fake_spi_run(tmp_path, monkeypatch, capsys):
+    path = write_spec(tmp_path, {"name": "cli", "grid": {"spi.chunk": [4, 16]}})
+    runner = FakeRunner()
+    monkeypatch.setattr(sweep, "default_runner", runner)
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    assert runner.configs == [] and "2 to run" in capsys.readouterr().out
+    assert main(["sweep", str(path)]) == 0
+    assert len(runner.configs) == 2
+    folder = tmp_path / "sweeps" / "cli"
+    assert (folder / "table.md").is_file() and (folder / "fig5_chunk.png").is_file()
+
+
+def test_round0_is_shared_between_cells_that_differ_only_in_the_search(tmp_path):
+    spec, folder = load_spec(write_spec(tmp_path, {"grid": GRID}))
+    cells = expand(spec, folder)
+    donor = cells[0]  # chunk 4, 16 training prompts
+    (donor.path / "values" / "round-0").mkdir(parents=True)
+    (donor.path / "values" / "round-0" / "value_head.json").write_text("{}")
+    (donor.path / "rollouts-0.jsonl").write_text('{"id": "0"}\n')
+    (donor.path / "eval-bon-16.jsonl").write_text('{"id": "1"}\n')
+    (donor.path / "eval-spi-1.jsonl").write_text('{"id": "1"}\n')
+    same_round0 = cells[2]  # chunk 8, 16 training prompts
+    assert round0_key(same_round0.config) == round0_key(donor.config)
+    assert sorted(share_round0(same_round0, cells)) == ["eval-bon-16.jsonl", "rollouts-0.jsonl", "values/round-0"]
+    assert (same_round0.path / "values" / "round-0" / "value_head.json").is_file()
+    assert not (same_round0.path / "eval-spi-1.jsonl").exists()  # SPI's own evaluation is never shared
+    other_data = cells[1]  # chunk 4, 32 training prompts: another round 0
+    assert round0_key(other_data.config) != round0_key(donor.config)
+    assert share_round0(other_data, cells) == []
+    assert share_round0(same_round0, cells) == []  # what is there already is kept
+
+
+def test_win_tie_loss_per_prompt():
+    assert win_tie_loss([1.0, 0.2, 0.5, 0.3], [0.0, 0.2, 0.7, 0.3 + 1e-9]) == [1.0, 0.5, 0.0, 0.5]
+    with pytest.raises(ValueError):
+        win_tie_loss([1.0], [1.0, 2.0])
+
+
+def test_table_rows_from_hand_made_results():
+    results = {
+        "bon-16": {"evaluator": [0.5, 0.5, 0.5, 0.5], "reward": [1, 1, 1, 1], "cost": {"tokens_generated": 200}},
+        "spi-2": {"evaluator": [0.9, 0.5, 0.9, 0.1], "reward": [2, 2, 0, 0], "cost": {"tokens_generated": 180}},
+        "spi-1": {"evaluator": [0.9, 0.9, 0.1, 0.1], "reward": [1, 1, 1, 1], "cost": {"tokens_generated": 190}},
+    }
+    cfg = Config.model_validate({"spi": {"train_prompts": 32, "rollouts": 8}})
+    rows = cell_rows({"spi.chunk": 16}, cfg, results, "bon-16")
+    assert [r["method"] for r in rows] == ["spi-1", "spi-2"]
+    spi2 = rows[1]
+    assert (spi2["win"], spi2["tie"], spi2["win_half_tie"]) == (0.5, 0.25, 0.625)
+    assert spi2["reward_win_half_tie"] == 0.5 and spi2["data_size"] == 256
+    assert spi2["tokens_vs_baseline"] == pytest.approx(0.9)
+    assert spi2["ci"][0] <= 0.625 <= spi2["ci"][1]
+    table = render_table(rows, ["spi.chunk"], "bon-16", "t")
+    assert "| 16 | 256 | spi-2 | 50.0% | 25.0% | 62.5% [" in table
+    assert "judge" not in table.split("\n\n", 2)[2]  # no judge column without judge results
+
+
+def test_sweep_report_shapes_table_and_figures(tmp_path):
+    variants = [{"spi.selection": "diversity"}, {"spi.selection": "top"}, {"spi.selection": "softmax"}]
+    path = write_spec(tmp_path, {"name": "r", "grid": {"spi.chunk": [4, 16]}, "variants": variants})
+    cells, folder = run_sweep(path, runner=FakeRunner(), log=lambda line: None)
+    judge_dir = cells[0].path / "judge" / "stand-in"
+    judge_dir.mkdir(parents=True)
+    (judge_dir / "results.json").write_text(
+        json.dumps({"baseline": "bon-16", "methods": {"spi-1": {"win_half_tie": 0.75}}})
+    )
+    run_sweep(path, runner=FakeRunner(), log=lambda line: None)  # all cached: the report is rewritten
+    data = json.loads((folder / "table.json").read_text())
+    assert data["varying"] == ["spi.chunk", "spi.selection"] and data["baseline"] == "bon-16"
+    rates = [(r["settings"]["spi.chunk"], r["settings"]["spi.selection"], r["win_half_tie"]) for r in data["rows"]]
+    assert rates[:2] == [(4, "diversity", 0.25), (4, "top", 0.25)] and rates[-1] == (16, "softmax", 1.0)
+    assert data["rows"][0]["judge_win_half_tie"] == 0.75 and data["rows"][1]["judge_win_half_tie"] is None
+    table = (folder / "table.md").read_text()
+    assert "judge win+½tie" in table and "| 16 | softmax | 512 | spi-1 | 100.0% |" in table
+    assert (folder / "fig5_chunk.png").stat().st_size > 0 and (folder / "fig4_strategies.png").stat().st_size > 0
+    assert "prompt" not in json.dumps(data["rows"][0]["settings"])  # numbers only, no texts
