@@ -14,7 +14,7 @@ import yaml
 
 from spi_align import sweep
 from spi_align.cli import main
-from spi_align.config import Config
+from spi_align.config import Config, to_yaml
 from spi_align.errors import SpiError
 from spi_align.sweep import config_hash, expand, load_spec, round0_key, run_sweep, share_round0
 from spi_align.sweep_report import cell_rows, render_table, win_tie_loss
@@ -49,6 +49,7 @@ class FakeRunner:
         self.configs.append(cfg)
         run = Path(cfg.run_dir) / cfg.name
         run.mkdir(parents=True, exist_ok=True)
+        (run / "config.yaml").write_text(to_yaml(cfg))
         (run / "rollouts-0.jsonl").write_text('{"id": "0"}\n')
         (run / "results.json").write_text(json.dumps({"results": fake_results(cfg), "values": {}}))
         return "report"
@@ -140,6 +141,8 @@ def test_round0_is_shared_between_cells_that_differ_only_in_the_search(tmp_path)
     spec, folder = load_spec(write_spec(tmp_path, {"grid": GRID}))
     cells = expand(spec, folder)
     donor = cells[0]  # chunk 4, 16 training prompts
+    donor.path.mkdir(parents=True)
+    (donor.path / "config.yaml").write_text(to_yaml(donor.config))
     (donor.path / "values" / "round-0").mkdir(parents=True)
     (donor.path / "values" / "round-0" / "value_head.json").write_text("{}")
     (donor.path / "rollouts-0.jsonl").write_text('{"id": "0"}\n')
@@ -147,13 +150,13 @@ def test_round0_is_shared_between_cells_that_differ_only_in_the_search(tmp_path)
     (donor.path / "eval-spi-1.jsonl").write_text('{"id": "1"}\n')
     same_round0 = cells[2]  # chunk 8, 16 training prompts
     assert round0_key(same_round0.config) == round0_key(donor.config)
-    assert sorted(share_round0(same_round0, cells)) == ["eval-bon-16.jsonl", "rollouts-0.jsonl", "values/round-0"]
+    assert sorted(share_round0(same_round0)) == ["eval-bon-16.jsonl", "rollouts-0.jsonl", "values/round-0"]
     assert (same_round0.path / "values" / "round-0" / "value_head.json").is_file()
     assert not (same_round0.path / "eval-spi-1.jsonl").exists()  # SPI's own evaluation is never shared
     other_data = cells[1]  # chunk 4, 32 training prompts: another round 0
     assert round0_key(other_data.config) != round0_key(donor.config)
-    assert share_round0(other_data, cells) == []
-    assert share_round0(same_round0, cells) == []  # what is there already is kept
+    assert share_round0(other_data) == []
+    assert share_round0(same_round0) == []  # what is there already is kept
 
 
 def test_win_tie_loss_per_prompt():
@@ -200,3 +203,23 @@ def test_sweep_report_shapes_table_and_figures(tmp_path):
     assert "judge win+½tie" in table and "| 16 | softmax | 512 | spi-1 | 100.0% |" in table
     assert (folder / "fig5_chunk.png").stat().st_size > 0 and (folder / "fig4_strategies.png").stat().st_size > 0
     assert "prompt" not in json.dumps(data["rows"][0]["settings"])  # numbers only, no texts
+
+
+def test_sweeps_naming_one_cells_folder_share_identical_cells(tmp_path):
+    cells_dir = str(tmp_path / "shared-cells")
+    chunks = write_spec(tmp_path, {"name": "chunks", "cells": cells_dir, "grid": {"spi.chunk": [4, 16]}}, "a.yaml")
+    strategies = write_spec(
+        tmp_path,
+        {
+            "name": "strategies",
+            "cells": cells_dir,
+            "config": {"spi": {"chunk": 16}},
+            "grid": {"spi.selection": ["diversity", "top"]},
+        },
+        "b.yaml",
+    )
+    run_sweep(chunks, runner=FakeRunner(), log=lambda line: None)
+    runner = FakeRunner()
+    cells, _ = run_sweep(strategies, runner=runner, log=lambda line: None)
+    assert [c.spi.selection for c in runner.configs] == ["top"]  # chunk 16 with diversity-first was done
+    assert (cells[1].path / "rollouts-0.jsonl").is_file()

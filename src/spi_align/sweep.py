@@ -13,11 +13,12 @@ A spec names a base config and what varies:
       - {spi.selection: diversity}
       - {spi.selection: softmax, spi.temperature: 0.5}
 
-Each cell is a run directory `<sweep>/cells/<hash>`, the hash taken over the resolved config (name and run_dir
-left out), so it does not depend on how the spec is written or ordered. A cell whose directory holds results.json
-is skipped; an unfinished one resumes through `spi run`'s own resume. Cells that differ only in how the search
-runs (see `SEARCH_ONLY`) share round 0: the rollouts, reward model, V_0 and the sample / best-of-N evaluations are
-copied from a sibling cell before the cell runs, since `spi run` would compute exactly the same files.
+Each cell is a run directory `<cells>/<hash>` (default cells folder: `<sweep>/cells`), the hash taken over the
+resolved config (name and run_dir left out), so it does not depend on how the spec is written or ordered. A cell
+whose directory holds results.json is skipped; an unfinished one resumes through `spi run`'s own resume. Sweeps
+that name the same `cells` folder share identical cells. Cells that differ only in how the search runs (see
+`SEARCH_ONLY`) share round 0: the rollouts, reward model, V_0 and the sample / best-of-N evaluations are copied
+from another run in the cells folder before the cell runs, since `spi run` would compute exactly the same files.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from spi_align.config import Config, _merge, _set_dotted, build_config, read_yaml
@@ -59,6 +61,8 @@ class SweepSpec(BaseModel):
     """Sweep name, its folder under `dir` (default: the spec file's stem)."""
     dir: str = "runs/sweeps"
     """Folder holding sweeps."""
+    cells: str | None = None
+    """Folder of the cells' run directories (default: <dir>/<name>/cells); sweeps naming the same one share cells."""
     base: str | None = None
     """A YAML config the cells start from, relative to the spec file (None: the built-in defaults)."""
     config: dict[str, Any] = {}
@@ -85,7 +89,7 @@ class Cell:
 
 
 def load_spec(path: str | Path) -> tuple[SweepSpec, Path]:
-    """The spec, validated, and the sweep's folder."""
+    """The spec, validated, and the sweep's folder (tables and plots)."""
     path = Path(path)
     try:
         spec = SweepSpec.model_validate(read_yaml(path))
@@ -135,7 +139,7 @@ def expand(spec: SweepSpec, folder: Path) -> list[Cell]:
             tree = json.loads(json.dumps(base))  # a deep copy
             for dotted, value in settings.items():
                 _set_dotted(tree, dotted, value)
-            tree["run_dir"] = str(folder / "cells")
+            tree["run_dir"] = spec.cells or str(folder / "cells")
             tree.pop("name", None)
             try:
                 config: Config = build_config(Config, defaults=tree)
@@ -159,18 +163,33 @@ def shared_paths(config: Config) -> list[str]:
     ]
 
 
-def share_round0(cell: Cell, cells: list[Cell]) -> list[str]:
-    """Copy round-0 artefacts into `cell` from siblings with the same round-0 key; returns what was copied.
+def _round0_donors(cell: Cell) -> list[Path]:
+    """Other runs in the cells folder with the same round-0 key, finished ones first."""
+    key, donors = round0_key(cell.config), []
+    folder = cell.path.parent
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        saved = path / "config.yaml"
+        if path == cell.path or not saved.is_file():
+            continue
+        try:
+            config = Config.model_validate(yaml.safe_load(saved.read_text(encoding="utf-8")))
+        except (ValidationError, yaml.YAMLError):  # a run from an older config schema: not comparable
+            continue
+        if round0_key(config) == key:
+            donors.append(path)
+    return sorted(donors, key=lambda p: not (p / "results.json").is_file())
 
-    Finished siblings are preferred; a partial file is still worth copying (the run resumes after it).
+
+def share_round0(cell: Cell) -> list[str]:
+    """Copy round-0 artefacts into `cell` from runs in its cells folder with the same round-0 key.
+
+    Returns what was copied. A partial file is still worth copying: the run resumes after it.
     """
-    key = round0_key(cell.config)
-    donors = [c for c in cells if c.key != cell.key and round0_key(c.config) == key and c.path.is_dir()]
-    donors.sort(key=lambda c: not (c.path / "results.json").is_file())
+    donors = _round0_donors(cell)
     copied = []
     for name in shared_paths(cell.config):
         target = cell.path / name
-        donor = next((c.path / name for c in donors if (c.path / name).exists()), None)
+        donor = next((d / name for d in donors if (d / name).exists()), None)
         if target.exists() or donor is None:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -215,9 +234,9 @@ def run_sweep(
     run = runner or default_runner
     for i, cell in enumerate(todo, 1):
         log(f"[{i}/{len(todo)}] cell {cell.key} {cell.settings}")
-        copied = share_round0(cell, cells)
+        copied = share_round0(cell)
         if copied:
-            log(f"  round 0 reused from a sibling cell: {', '.join(copied)}")
+            log(f"  round 0 reused from a run with the same round-0 settings: {', '.join(copied)}")
         run(cell.config)
         write_sweep_report(spec, folder, cells)
     write_sweep_report(spec, folder, cells)

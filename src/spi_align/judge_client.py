@@ -1,0 +1,175 @@
+"""A minimal OpenAI-compatible chat-completions client for the judge: endpoint from config and environment,
+timeouts, bounded retries, and errors a user can act on.
+
+Transport failures (refused connection, timeout, HTTP 429/5xx) are retried and, when the last attempt fails too,
+become one `SpiError` line; HTTP 401/403/404 end at once (a wrong key, base URL or model). A malformed answer (a
+body that is not JSON, no choices, a verdict the caller cannot read) is retried, then reported to the caller.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from pydantic import Field
+
+from spi_align.config import Section
+from spi_align.errors import SpiError
+
+ENV_BASE_URL = "SPI_JUDGE_BASE_URL"
+ENV_MODEL = "SPI_JUDGE_MODEL"
+ENV_KEYS = ("SPI_JUDGE_API_KEY", "OPENAI_API_KEY")
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODEL = "gpt-4o-mini"
+
+
+class JudgeConfig(Section):
+    """`spi judge` settings (a YAML file via -c, or key=value on the command line)."""
+
+    base_url: str | None = None
+    """Endpoint root, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1 (a vLLM or llama.cpp server).
+    None: $SPI_JUDGE_BASE_URL, then $OPENAI_BASE_URL, then OpenAI's."""
+    model: str | None = None
+    """Judge model name (None: $SPI_JUDGE_MODEL, then gpt-4o-mini, the paper's TL;DR judge)."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key (None: $SPI_JUDGE_API_KEY, then $OPENAI_API_KEY).
+    Keys are read from the environment only, never from config files. A local endpoint may need none."""
+    timeout: float = Field(60.0, gt=0)
+    """Seconds to wait for one answer."""
+    retries: int = Field(2, ge=0)
+    """Extra attempts per request after a transport failure or a malformed answer."""
+    backoff: float = Field(1.0, ge=0)
+    """Seconds before the first retry; doubled at each further one."""
+    max_tokens: int = Field(256, gt=0)
+    """Longest judge answer, in tokens."""
+    temperature: float = Field(0.0, ge=0)
+    """Judge sampling temperature (0 = as deterministic as the endpoint allows)."""
+    concurrency: int = Field(4, gt=0)
+    """Pairs judged at once."""
+    max_malformed_streak: int = Field(5, gt=0)
+    """Stop with an error when this many requests in a row end malformed after their retries."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the judge lives: resolved from the config, then the environment."""
+
+    base_url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+
+def resolve_endpoint(cfg: JudgeConfig, env: Mapping[str, str] | None = None) -> Endpoint:
+    """Config values first, then environment variables, then OpenAI's defaults."""
+    env = os.environ if env is None else env
+    base_url = cfg.base_url or env.get(ENV_BASE_URL) or env.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    if not base_url.startswith(("http://", "https://")):
+        raise SpiError(f"judge base_url must start with http:// or https:// (got '{base_url}')")
+    names = (cfg.api_key_env,) if cfg.api_key_env else ENV_KEYS
+    key = next((env[n] for n in names if env.get(n)), None)
+    if cfg.api_key_env and key is None:
+        raise SpiError(f"judge: environment variable {cfg.api_key_env} (api_key_env) is not set")
+    return Endpoint(base_url=base_url, model=cfg.model or env.get(ENV_MODEL) or DEFAULT_MODEL, api_key=key)
+
+
+class _Malformed(Exception):
+    """An answer that arrived but cannot be used (retried, then counted)."""
+
+
+class ChatClient:
+    """A minimal chat-completions client (stdlib only) with timeouts and bounded retries."""
+
+    def __init__(self, endpoint: Endpoint, cfg: JudgeConfig) -> None:
+        self.endpoint = endpoint
+        self.cfg = cfg
+
+    def _post(self, messages: list[dict[str, str]]) -> bytes:
+        body = {
+            "model": self.endpoint.model,
+            "messages": messages,
+            "temperature": self.cfg.temperature,
+            "max_tokens": self.cfg.max_tokens,
+        }
+        headers = {"Content-Type": "application/json"}
+        if self.endpoint.api_key:
+            headers["Authorization"] = f"Bearer {self.endpoint.api_key}"
+        request = urllib.request.Request(self.endpoint.url, json.dumps(body).encode(), headers, method="POST")
+        with urllib.request.urlopen(request, timeout=self.cfg.timeout) as response:
+            return response.read()
+
+    @staticmethod
+    def _content(raw: bytes) -> str:
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise _Malformed("body is not JSON") from None
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise _Malformed("no choices in the answer")
+        message = choices[0].get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, str):
+            raise _Malformed("no message content in the answer")
+        return content
+
+    def ask(self, messages: list[dict[str, str]], parse: Callable[[str], object | None]) -> tuple[object | None, int]:
+        """`parse(content)` of the first usable answer, and how many malformed answers came before it.
+
+        Returns (None, malformed) when every attempt answered something unusable; raises SpiError when the last
+        attempt could not reach the endpoint at all, or the endpoint refuses the key, model or path.
+        """
+        malformed, attempts = 0, self.cfg.retries + 1
+        failure: str | None = None
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(self.cfg.backoff * 2 ** (attempt - 1))
+            try:
+                content = self._content(self._post(messages))
+                verdict = parse(content)
+                if verdict is None:
+                    raise _Malformed("verdict unreadable")
+                return verdict, malformed
+            except _Malformed:
+                malformed += 1
+                failure = None
+            except urllib.error.HTTPError as exc:
+                failure = self._http_failure(exc)
+                if failure is None:  # a 4xx other than auth/not-found: this request's answer is unusable
+                    malformed += 1
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:  # TimeoutError is an OSError
+                reason = getattr(exc, "reason", None) or exc
+                failure = f"{type(reason).__name__}: {reason}".rstrip(": ")
+        if failure is not None:
+            raise SpiError(
+                f"judge endpoint {self.endpoint.url} unreachable after {attempts} attempts ({failure}); "
+                "judgements so far are saved, rerun to resume"
+            )
+        return None, malformed
+
+    def _http_failure(self, exc: urllib.error.HTTPError) -> str | None:
+        """A transport failure to retry (429, 5xx), None for an unusable answer, or SpiError for a fatal one."""
+        try:
+            detail = (exc.read() or b"").decode("utf-8", "replace").strip().splitlines()
+        except OSError:
+            detail = []
+        hint = f": {detail[0][:160]}" if detail else ""
+        if exc.code in (401, 403):
+            raise SpiError(f"judge endpoint {self.endpoint.url} refused the API key (HTTP {exc.code}{hint})")
+        if exc.code == 404:
+            raise SpiError(
+                f"judge endpoint {self.endpoint.url} answered HTTP 404 (wrong base_url or model "
+                f"'{self.endpoint.model}'{hint})"
+            )
+        if exc.code == 429 or exc.code >= 500:
+            return f"HTTP {exc.code}"
+        return None
