@@ -122,6 +122,11 @@ def test_cached_cells_are_skipped_and_missing_ones_run(tmp_path):
     (cells[2].path / "results.json").unlink()
     run_sweep(path, runner=again, log=lambda line: None)
     assert [c.name for c in again.configs] == [cells[2].key]
+    for i in (0, 1, 3):
+        (cells[i].path / "results.json").unlink()
+    limited = FakeRunner()
+    run_sweep(path, runner=limited, log=lambda line: None, max_cells=2)  # a long sweep in pieces
+    assert [c.name for c in limited.configs] == [cells[0].key, cells[1].key]
     assert json.loads((folder / "cells.json").read_text())["cells"][2]["key"] == cells[2].key
 
 

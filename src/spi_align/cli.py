@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="a grid of `spi run` configs, cached by config hash; Table 1/3 and Fig 4/5")
     p.add_argument("spec", help="sweep spec YAML (base config + grid; see spi_align.sweep)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and which are cached; run nothing")
+    p.add_argument("--max-cells", type=int, help="run at most this many missing cells, then write the report")
 
     p = sub.add_parser("demo", help="the main job on the embedded default (SPI vs best-of-16)")
     _add_config_args(p)

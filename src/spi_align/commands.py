@@ -112,7 +112,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from spi_align.sweep import run_sweep
 
     _, folder = run_sweep(
-        args.spec, dry_run=args.dry_run, log=lambda line: console.print(line, markup=False, soft_wrap=True)
+        args.spec,
+        dry_run=args.dry_run,
+        log=lambda line: console.print(line, markup=False, soft_wrap=True),
+        max_cells=args.max_cells,
     )
     if not args.dry_run:
         console.print(f"sweep tables and plots: {folder}")

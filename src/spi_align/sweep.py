@@ -217,8 +217,10 @@ def run_sweep(
     runner: Callable[[Config], Any] | None = None,
     dry_run: bool = False,
     log: Callable[[str], None] = print,
+    max_cells: int | None = None,
 ) -> tuple[list[Cell], Path]:
-    """Run every cell that has no results yet (unless dry_run), then write the sweep's tables and plots."""
+    """Run every cell that has no results yet (unless dry_run; at most `max_cells` of them), then write the sweep's
+    tables and plots."""
     from spi_align.sweep_report import write_sweep_report
 
     spec, folder = load_spec(spec_path)
@@ -232,6 +234,7 @@ def run_sweep(
             log(f"  {cell.key}  {'cached' if is_done(cell) else 'to run'}  {cell.settings}")
         return cells, folder
     run = runner or default_runner
+    todo = todo[:max_cells] if max_cells is not None else todo
     for i, cell in enumerate(todo, 1):
         log(f"[{i}/{len(todo)}] cell {cell.key} {cell.settings}")
         copied = share_round0(cell)
