@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.markdown import Markdown
 
+from spi_align.baselines import Baselines
 from spi_align.config import Config, DataConfig
 from spi_align.data import load_prompts
 from spi_align.interfaces import Cost, Prompt, Scorer
@@ -47,6 +48,7 @@ class SPIRun:
         self.device = str(self.policy.device)
         self.evaluator: Scorer = make_scorer(cfg.evaluator, device=self.device)
         self.reward: Scorer | None = None
+        self._pairs: list[tuple[Prompt, str, str]] | None = None
         self.heads: list[ValueHead] = []
 
     # --- searches -------------------------------------------------------------------------------------------
@@ -69,7 +71,8 @@ class SPIRun:
         )
 
     def method(self, key: str, search: Any, prompts: list[Prompt]) -> tuple[list[dict[str, Any]], Cost]:
-        return run_method(self.run, key, search, prompts, self.cfg.data.batch_size, self.policy.reseed, self.cfg.seed)
+        reseed = getattr(search, "policy", self.policy).reseed  # baselines may sample another policy
+        return run_method(self.run, key, search, prompts, self.cfg.data.batch_size, reseed, self.cfg.seed)
 
     # --- Algorithm 1 ----------------------------------------------------------------------------------------
     def rollouts(self, k: int) -> list[dict[str, Any]]:
@@ -87,14 +90,20 @@ class SPIRun:
         else:
             console.print("training the reward model (Bradley–Terry, pairs labelled by the evaluator)")
             model = RewardModel(self.policy.backbone, self.policy.tokenizer, source=self.cfg.policy.model)
-            by_id = {p.id: p for p in self.train_prompts}
-            prompts = [by_id[r["id"]] for r in rollouts0]
-            cands = [[c["text"] for c in r["candidates"]] for r in rollouts0]
-            pairs = make_pairs(prompts, cands, self.evaluator, self.cfg.reward_model.pairs_per_prompt)
-            metrics = train_reward_head(model, pairs, self.cfg.reward_model, self.cfg.seed)
+            metrics = train_reward_head(model, self.preference_pairs(rollouts0), self.cfg.reward_model, self.cfg.seed)
             _save_atomically(folder, lambda tmp: model.save(tmp, with_backbone=False))
             self.run.write_json("reward_model.json", metrics)
         return RewardModelScorer(model, name="reward_model")
+
+    def preference_pairs(self, rollouts0: list[dict[str, Any]]) -> list[tuple[Prompt, str, str]]:
+        """Round-0 samples of the training prompts labelled by the evaluator, best vs worst: what the reward model
+        and the DPO baseline train on."""
+        if self._pairs is None:
+            by_id = {p.id: p for p in self.train_prompts}
+            prompts = [by_id[r["id"]] for r in rollouts0]
+            cands = [[c["text"] for c in r["candidates"]] for r in rollouts0]
+            self._pairs = make_pairs(prompts, cands, self.evaluator, self.cfg.reward_model.pairs_per_prompt)
+        return self._pairs
 
     def value_round(self, k: int, records: list[dict[str, Any]]) -> ValueHead:
         folder = self.run.file(f"values/round-{k}")
@@ -125,6 +134,8 @@ class SPIRun:
             (f"bon-{n}", BestOfN(self.policy, self.reward, n)),
         ]
         methods += [(f"spi-{k}", self.guided(k, f"spi-{k}")) for k in range(1, spi.rounds + 1)]
+        pairs = lambda: self.preference_pairs(rollouts0)  # noqa: E731
+        methods += Baselines(self.cfg, self.run, self.policy, self.reward, pairs).methods()
         results: dict[str, dict[str, Any]] = {}
         for key, search in methods:
             console.print(f"evaluating {key} on {len(self.eval_prompts)} eval prompts")

@@ -26,11 +26,11 @@ class PlainSampling:
 class BestOfN:
     """N samples per prompt, all prompts of the batch decoded together; the reward picks one."""
 
-    def __init__(self, policy: HFPolicy, reward: Scorer, n: int) -> None:
+    def __init__(self, policy: HFPolicy, reward: Scorer, n: int, name: str | None = None) -> None:
         self.policy = policy
         self.reward = reward
         self.n = n
-        self.name = f"bon-{n}"
+        self.name = name or f"bon-{n}"
 
     def run(self, prompts: Sequence[Prompt], cost: Cost) -> list[SearchResult]:
         rows = self.policy.sample(prompts, self.n, cost)

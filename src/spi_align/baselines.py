@@ -1,0 +1,160 @@
+"""The paper's baselines inside `spi run`: DPO (training-time), BoN-I and weak-to-strong search (implicit reward).
+
+Each baseline is a `Search`, evaluated like the other methods, so its compute lands in the same counters. Budgets:
+BoN-I samples W·K responses per prompt like BoN-E; weak-to-strong search runs spi's W, K, L like SPI (the same
+generated tokens as BoN-(W·K) when nothing ends early); DPO draws one sample per prompt from the tuned policy,
+like 'sample' (its cost is training, recorded in `dpo.json`).
+
+For the embedded default there is no public tuned/reference pair, so one is made: DPO tunes the policy on the
+preference pairs the reward model saw, and the untuned policy is the reference. The tuned model is saved in the
+run directory (`dpo/`, safetensors) and reused when the run resumes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from spi_align.config import Config, PolicyConfig
+from spi_align.errors import SpiError
+from spi_align.interfaces import Scorer
+from spi_align.policy import HFPolicy, load_policy
+from spi_align.runs import RunDir
+from spi_align.scoring.implicit import ImplicitReward
+from spi_align.search import BestOfN, PlainSampling
+from spi_align.search.w2s import WeakToStrongSearch, implicit_best_of_n
+from spi_align.train.dpo import PreferencePair
+
+console = Console()
+DPO_DIR = "dpo"
+
+
+class Baselines:
+    """Builds the enabled baselines of one run (training the DPO model first when one is needed)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        run: RunDir,
+        policy: HFPolicy,
+        reward: Scorer,
+        pairs: Callable[[], Sequence[PreferencePair]],
+    ) -> None:
+        self.cfg, self.run, self.policy, self.reward, self.pairs = cfg, run, policy, reward, pairs
+        self._dpo: Any = None
+
+    @property
+    def budget(self) -> int:
+        """N of the best-of-N methods: W·K, the candidates of one beam-search step."""
+        return self.cfg.spi.width * self.cfg.spi.successors
+
+    def _load(self, source: str | Path) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        from spi_align.models import resolve_model_source
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                resolve_model_source(str(source)), dtype=getattr(torch, self.cfg.policy.dtype)
+            )
+        except (OSError, ValueError) as exc:
+            raise SpiError(f"could not load model '{source}': {str(exc).splitlines()[0]}") from None
+        return model.to(self.policy.device).eval().requires_grad_(False)
+
+    def dpo_model(self) -> Any:
+        """The DPO-tuned copy of the policy: trained on the reward model's pairs once, then loaded from the run."""
+        if self._dpo is not None:
+            return self._dpo
+        from spi_align.train.dpo import train_dpo
+
+        folder = self.run.file(DPO_DIR)
+        if not (folder / "config.json").is_file():
+            b = self.cfg.baselines
+            pairs = list(self.pairs())
+            console.print(f"DPO: tuning a copy of the policy on {len(pairs)} preference pairs, {b.dpo_steps} steps")
+            tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{DPO_DIR}."))
+            try:
+                start = time.perf_counter()
+                metrics = train_dpo(
+                    self.policy.model,
+                    self.policy.tokenizer,
+                    pairs,
+                    tmp,
+                    steps=b.dpo_steps,
+                    batch_size=b.dpo_batch_size,
+                    lr=b.dpo_lr,
+                    beta=b.dpo_beta,
+                    max_length=b.dpo_max_length,
+                    seed=self.cfg.seed,
+                    chat_template=self.policy.chat_template,
+                )
+                metrics["seconds"] = time.perf_counter() - start
+                if folder.exists():
+                    shutil.rmtree(folder)
+                tmp.rename(folder)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            self.run.write_json("dpo.json", metrics)
+            console.print(
+                f"DPO: implicit-reward margin on its pairs {metrics['train_margin']:.3f}, "
+                f"chosen wins {metrics['train_accuracy']:.0%} ({metrics['seconds']:.0f}s)"
+            )
+        self._dpo = self._load(folder)
+        return self._dpo
+
+    def implicit(self) -> ImplicitReward:
+        """The implicit reward of the configured pair (default: DPO-tuned policy against the frozen policy)."""
+        from transformers import AutoTokenizer
+
+        from spi_align.models import resolve_model_source
+
+        b = self.cfg.baselines
+        tuned = self.dpo_model() if b.tuned is None else self._load(b.tuned)
+        reference = self.policy.model if b.reference is None else self._load(b.reference)
+        if b.tuned is None:
+            tokenizer, chat = self.policy.tokenizer, self.policy.chat_template
+        else:
+            tokenizer, chat = AutoTokenizer.from_pretrained(resolve_model_source(b.tuned)), True
+        return ImplicitReward(tuned, reference, tokenizer, beta=b.implicit_beta, chat_template=chat)
+
+    def methods(self) -> list[tuple[str, Any]]:
+        """(key, search) of every enabled baseline, in a fixed order."""
+        b, spi, n = self.cfg.baselines, self.cfg.spi, self.budget
+        out: list[tuple[str, Any]] = []
+        if b.dpo:
+            tuned = HFPolicy(
+                self.dpo_model(),
+                self.policy.tokenizer,
+                self.cfg.generation,
+                chat_template=self.cfg.policy.chat_template,
+                seed=self.cfg.seed,
+            )
+            out.append(("dpo", PlainSampling(tuned)))
+        if not b.implicit:
+            return out
+        implicit = self.implicit()
+        if b.bon_implicit:
+            out.append((f"bon-i-{n}", implicit_best_of_n(self.policy, implicit, n)))
+        if b.w2s:
+            strong = self.policy if b.w2s_policy is None else self._strong_policy(b.w2s_policy)
+            w2s = WeakToStrongSearch(
+                strong, implicit, spi.width, spi.successors, spi.chunk, b.w2s_selection, spi.temperature
+            )
+            how = "reads the policy's token ids" if w2s.shared_tokens else "re-tokenises the policy's text"
+            console.print(f"weak-to-strong search: the implicit-reward pair {how}")
+            if strong is not self.policy:
+                out += [("strong-sample", PlainSampling(strong)), (f"strong-bon-{n}", BestOfN(strong, self.reward, n))]
+            out.append(("w2s" if strong is self.policy else "strong-w2s", w2s))
+        return out
+
+    def _strong_policy(self, source: str) -> HFPolicy:
+        p = self.cfg.policy
+        cfg = PolicyConfig(model=source, dtype=p.dtype, device=p.device, chat_template=p.chat_template)
+        return load_policy(cfg, self.cfg.generation, self.cfg.seed)

@@ -1,0 +1,200 @@
+"""Implicit reward of a tuned/reference pair: r(x, y) = β · (log π_tuned(y|x) − log π_ref(y|x)) (Rafailov et al.).
+
+The pair must share one tokenizer (e.g. a DPO-tuned model and the model it started from). Two uses:
+
+- `ImplicitReward.score`: a `Scorer` on finished responses. The scored tokens are what the chat template writes
+  after the generation prompt (the response and its end-of-turn), exactly the completion DPO trains on.
+- `ImplicitReward.score_prefixes` / `score_token_prefixes`: the same sum over a partial response's tokens, with
+  no closing tokens, for chunk search (weak-to-strong search re-tokenises text with the first, or passes token ids
+  with the second). `search/implicit_guide.py` keeps it up to date chunk by chunk with the pair's own KV caches.
+
+Log-probabilities come from the raw logits (no temperature or truncation), in fp32.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from spi_align.errors import SpiError
+from spi_align.interfaces import Prompt
+
+Pair = tuple[Sequence[int], Sequence[int]]
+"""(context token ids, target token ids): the log-probability of the targets given the context is summed."""
+
+
+class CausalLM:
+    """A causal LM seen as backbone + output embeddings, so log-probs are computed only where they are needed."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model.eval()
+        self.backbone = model.base_model
+        self.lm_head = model.get_output_embeddings()
+        self.softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+        self.vocab_size = int(self.lm_head.weight.shape[0])
+        params = inspect.signature(self.backbone.forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any = None) -> torch.Tensor:
+        """Last hidden states (B, T, H) of the new tokens; positions follow the mask (left or inner padding)."""
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
+        extra = {self.cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, **extra)
+        return out.last_hidden_state
+
+    def token_logprobs(self, hidden: torch.Tensor, tokens: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+        """log p(tokens[i] | state whose last hidden state is hidden[i]) for (N, H) states and (N,) tokens, fp32."""
+        out = torch.empty(tokens.shape[0], device=hidden.device, dtype=torch.float32)
+        for start in range(0, tokens.shape[0], chunk):
+            logits = self.lm_head(hidden[start : start + chunk]).float()
+            if self.softcap:
+                logits = torch.tanh(logits / self.softcap) * self.softcap
+            picked = logits.gather(1, tokens[start : start + chunk, None]).squeeze(1)
+            out[start : start + chunk] = picked - torch.logsumexp(logits, dim=-1)
+        return out
+
+
+@torch.no_grad()
+def sequence_logprobs(lm: CausalLM, pairs: Sequence[Pair], pad_id: int, batch_size: int = 8) -> torch.Tensor:
+    """Σ_j log p(target_j | context, target_<j) for each (context, target) pair, (N,) fp32 on the CPU.
+
+    Sequences are batched by length (right padding); only target positions go through the LM head.
+    """
+    totals = torch.zeros(len(pairs))
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    for start in range(0, len(order), batch_size):
+        batch = [i for i in order[start : start + batch_size] if len(pairs[i][1]) > 0]
+        if not batch:
+            continue
+        seqs = [list(pairs[i][0]) + list(pairs[i][1]) for i in batch]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        rows, cols = [], []
+        for r, (i, seq) in enumerate(zip(batch, seqs, strict=True)):
+            ids[r, : len(seq)] = torch.tensor(seq)
+            mask[r, : len(seq)] = 1
+            first = len(pairs[i][0])
+            if first == 0:
+                raise SpiError("implicit reward: a target needs at least one context token before it")
+            rows += [r] * len(pairs[i][1])
+            cols += range(first - 1, len(seq) - 1)  # the state before each target token
+        hidden = lm.hidden(ids.to(lm.device), mask.to(lm.device))
+        row_t, col_t = torch.tensor(rows), torch.tensor(cols)
+        targets = ids[row_t, col_t + 1].to(lm.device)
+        logps = lm.token_logprobs(hidden[row_t.to(lm.device), col_t.to(lm.device)], targets).cpu()
+        sums = torch.zeros(len(batch)).index_add_(0, row_t, logps)
+        totals[torch.tensor(batch)] = sums
+    return totals
+
+
+class ImplicitReward:
+    """β · (log π_tuned − log π_ref) of responses, batched; a `Scorer` on finished responses."""
+
+    def __init__(
+        self,
+        tuned: PreTrainedModel,
+        reference: PreTrainedModel,
+        tokenizer: Any,
+        beta: float = 1.0,
+        chat_template: bool = True,
+        batch_size: int = 8,
+        name: str = "implicit",
+    ) -> None:
+        self.tuned, self.reference = CausalLM(tuned), CausalLM(reference)
+        if self.tuned.vocab_size != self.reference.vocab_size:
+            raise SpiError(
+                f"implicit reward: tuned and reference models have different vocabularies "
+                f"({self.tuned.vocab_size} vs {self.reference.vocab_size}); they must share one tokenizer"
+            )
+        self.tokenizer = tokenizer
+        self.beta = beta
+        self.chat_template = chat_template and getattr(tokenizer, "chat_template", None) is not None
+        self.batch_size = batch_size
+        self.name = name
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad if pad is not None else 0)
+
+    # --- tokenisation -----------------------------------------------------------------------------------------
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_text(self, prompt: Prompt) -> str:
+        """The prompt as the pair reads it: chat template with the generation prompt, or the raw text."""
+        if self.chat_template:
+            messages = [{"role": "user", "content": prompt.text}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return prompt.text
+
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """Token ids of `prompt_text` (without a chat template, the tokenizer's special tokens are added)."""
+        if self.chat_template:
+            return self._ids(self.prompt_text(prompt))
+        return list(self.tokenizer(prompt.text)["input_ids"])
+
+    def completion_text(self, prompt: Prompt, response: str) -> str:
+        """What follows the prompt for a finished response: the template's assistant turn (with its end-of-turn)
+        or, without a template, the response and the end-of-sequence token."""
+        if not self.chat_template:
+            return response + (self.tokenizer.eos_token or "")
+        head = self.prompt_text(prompt)
+        messages = [{"role": "user", "content": prompt.text}, {"role": "assistant", "content": response}]
+        full = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        if not full.startswith(head):
+            raise SpiError("implicit reward: the chat template does not render the prompt as a prefix of the dialogue")
+        return full[len(head) :]
+
+    # --- scores -----------------------------------------------------------------------------------------------
+    def log_ratio(self, pairs: Sequence[Pair]) -> torch.Tensor:
+        """β · Σ_j [log π_tuned − log π_ref](target_j | ...) of each (context, target) pair, (N,) on the CPU."""
+        tuned = sequence_logprobs(self.tuned, pairs, self.pad_id, self.batch_size)
+        ref = sequence_logprobs(self.reference, pairs, self.pad_id, self.batch_size)
+        return self.beta * (tuned - ref)
+
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        """Implicit reward of finished responses (end-of-turn included)."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        pairs = [
+            (self.prompt_ids(p), self._ids(self.completion_text(p, r))) for p, r in zip(prompts, responses, strict=True)
+        ]
+        return self.log_ratio(pairs).tolist()
+
+    def score_prefixes(self, prompts: Sequence[Prompt], partial: Sequence[str]) -> list[float]:
+        """Implicit reward of partial responses given as text: their own tokens only, nothing closes them."""
+        if len(prompts) != len(partial):
+            raise ValueError(f"{len(prompts)} prompts but {len(partial)} partial responses")
+        return self.log_ratio(
+            [(self.prompt_ids(p), self._ids(r)) for p, r in zip(prompts, partial, strict=True)]
+        ).tolist()
+
+    def score_token_prefixes(self, prompts: Sequence[Prompt], tokens: Sequence[Sequence[int]]) -> list[float]:
+        """Implicit reward of partial responses given as token ids of the pair's own tokenizer."""
+        return self.log_ratio([(self.prompt_ids(p), t) for p, t in zip(prompts, tokens, strict=True)]).tolist()
+
+
+def load_implicit_reward(
+    tuned: str, reference: str, beta: float = 1.0, device: str = "cpu", dtype: str = "float32", **kwargs: Any
+) -> ImplicitReward:
+    """An implicit reward from two model directories (or hub ids); the tokenizer is the tuned model's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spi_align.models import resolve_model_source
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_model_source(tuned))
+        models = [
+            AutoModelForCausalLM.from_pretrained(resolve_model_source(s), dtype=getattr(torch, dtype)).to(device)
+            for s in (tuned, reference)
+        ]
+    except (OSError, ValueError) as exc:
+        raise SpiError(f"could not load the implicit-reward pair: {str(exc).splitlines()[0]}") from None
+    return ImplicitReward(models[0], models[1], tok, beta=beta, **kwargs)
