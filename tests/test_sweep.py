@@ -155,9 +155,16 @@ def test_round0_is_shared_between_cells_that_differ_only_in_the_search(tmp_path)
     (donor.path / "eval-spi-1.jsonl").write_text('{"id": "1"}\n')
     same_round0 = cells[2]  # chunk 8, 16 training prompts
     assert round0_key(same_round0.config) == round0_key(donor.config)
-    assert sorted(share_round0(same_round0)) == ["eval-bon-16.jsonl", "rollouts-0.jsonl", "values/round-0"]
+    (donor.path / "eval-w2s.jsonl").write_text('{"id": "1"}\n')
+    (donor.path / "dpo").mkdir()
+    (donor.path / "dpo" / "model.safetensors").write_bytes(b"weights")
+    assert sorted(share_round0(same_round0)) == [
+        "dpo", "eval-bon-16.jsonl", "rollouts-0.jsonl", "values/round-0",
+    ]  # fmt: skip
     assert (same_round0.path / "values" / "round-0" / "value_head.json").is_file()
+    assert (same_round0.path / "dpo" / "model.safetensors").read_bytes() == b"weights"
     assert not (same_round0.path / "eval-spi-1.jsonl").exists()  # SPI's own evaluation is never shared
+    assert not (same_round0.path / "eval-w2s.jsonl").exists()  # nor weak-to-strong search (it uses W, K, L)
     other_data = cells[1]  # chunk 4, 32 training prompts: another round 0
     assert round0_key(other_data.config) != round0_key(donor.config)
     assert share_round0(other_data) == []

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -152,15 +153,22 @@ def expand(spec: SweepSpec, folder: Path) -> list[Cell]:
 
 
 def shared_paths(config: Config) -> list[str]:
-    """Round-0 artefacts of a run directory (files and folders) that every cell with its round-0 key shares."""
+    """Artefacts of a run directory (files and folders) that do not depend on the SEARCH_ONLY settings: round 0, the
+    sample and best-of-N evaluations, and the baselines that need no beam settings (DPO, BoN-I, the strong policy's
+    sample and best-of-N). Weak-to-strong search uses W, K and L, so it is never shared."""
     n = config.spi.width * config.spi.successors
-    stems = ["rollouts-0", "eval-sample", f"eval-bon-{n}"]
-    return [f"{s}{ext}" for s in stems for ext in (".jsonl", ".cost.json")] + [
-        "reward_model",
-        "reward_model.json",
-        "values/round-0",
-        "values/round-0.json",
-    ]
+    stems = ["rollouts-0", "eval-sample", f"eval-bon-{n}", "eval-dpo", f"eval-bon-i-{n}"]
+    stems += ["eval-strong-sample", f"eval-strong-bon-{n}"]
+    files = [f"{s}{ext}" for s in stems for ext in (".jsonl", ".cost.json")]
+    return files + ["reward_model", "reward_model.json", "values/round-0", "values/round-0.json", "dpo", "dpo.json"]
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link where the filesystem allows (artefacts are replaced atomically, never edited), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _round0_donors(cell: Cell) -> list[Path]:
@@ -194,9 +202,9 @@ def share_round0(cell: Cell) -> list[str]:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         if donor.is_dir():
-            shutil.copytree(donor, target)
+            shutil.copytree(donor, target, copy_function=_link_or_copy)
         else:
-            shutil.copy2(donor, target)
+            _link_or_copy(str(donor), str(target))
         copied.append(name)
     return copied
 
