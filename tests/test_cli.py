@@ -77,7 +77,13 @@ def test_prompt_longer_than_context(capsys, tmp_path, tiny_model_dir):
     long.write_text(json.dumps({"prompt": "word " * 600}) + "\n")
     one_line_error(
         capsys,
-        ["generate", f"data.prompts={long}", f"policy.model={tiny_model_dir}", "search.method=sample"],
+        [
+            "generate",
+            f"data.prompts={long}",
+            f"policy.model={tiny_model_dir}",
+            "search.method=sample",
+            f"run_dir={tmp_path}",
+        ],
         "exceeds the model's context",
     )
 

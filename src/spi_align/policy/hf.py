@@ -114,6 +114,7 @@ class HFPolicy:
             done=torch.zeros(rows, dtype=torch.bool, device=self.device),
             logprob=torch.zeros(rows, device=self.device),
             prompt_tokens=[ids[r, mask[r].bool()].tolist() for r in range(rows)],
+            prompts=list(prompts),
         )
 
     @torch.no_grad()
@@ -147,6 +148,24 @@ class HFPolicy:
                 rows.done |= active & torch.isin(token, self.eos_ids)
                 active = active & ~rows.done & (rows.length < limit)
         return rows
+
+    @torch.no_grad()
+    def end_hidden(self, rows: Rows, index: torch.Tensor, cost: Cost) -> torch.Tensor:
+        """Hidden states (len(index), H) after the end-of-turn token of rows `index`, which must be finished or at
+        max_new_tokens: a row that ended itself already holds it; the others are fed the end token once and marked
+        done (so their KV cache grows by one position: never extend them again)."""
+        need = torch.zeros(rows.size, dtype=torch.bool, device=self.device)
+        need[index] = True
+        need &= ~rows.done
+        if bool(need.any()):
+            token = torch.where(need, self.eos_ids[0], self.pad_id)
+            rows.attention_mask = torch.cat([rows.attention_mask, need.long()[:, None]], dim=1)
+            with cost.timer("reward"):
+                hidden = self._forward(token[:, None], rows.attention_mask, rows.cache)
+            rows.hidden = torch.where(need[:, None], hidden, rows.hidden)
+            rows.done |= need
+            cost.policy_forwards += 1
+        return rows.hidden[index]
 
     def texts(self, rows: Rows, index: torch.Tensor | None = None) -> list[str]:
         """Decode the responses of rows `index` (default: all), special tokens dropped."""

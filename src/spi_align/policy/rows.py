@@ -8,6 +8,8 @@ from typing import Any, Protocol
 import torch
 from transformers import Cache
 
+from spi_align.interfaces import Prompt
+
 
 class RowState(Protocol):
     """Per-row state that another model keeps beside the policy's (e.g. a value model's own KV cache)."""
@@ -45,6 +47,8 @@ class Rows:
     """(R,) log π_base of the response so far (unwarped logits): eq. 14's optional term."""
     prompt_tokens: list[list[int]] = field(default_factory=list)
     """Token ids of each prompt of the batch (as fed to the policy, chat template applied, no padding)."""
+    prompts: list[Prompt] = field(default_factory=list)
+    """The batch's prompts (`prompt_index` indexes them): what models with another tokenizer re-read as text."""
     extras: dict[str, RowState] = field(default_factory=dict)
     """States other models keep per row; `select` reorders them with the rows."""
 
@@ -67,6 +71,7 @@ class Rows:
             done=self.done[index],
             logprob=self.logprob[index],
             prompt_tokens=self.prompt_tokens,
+            prompts=self.prompts,
             extras={name: state.select(index) for name, state in self.extras.items()},
         )
 

@@ -86,10 +86,11 @@ class RewardModel(nn.Module):
         return self.head(picked.to(self.head.weight.dtype)).squeeze(-1)
 
     def format(self, prompt: str, response: str) -> str:
-        """The text scored: the tokenizer's chat template (user, assistant) when it has one."""
+        """The text scored: the tokenizer's chat template (user, assistant) when it has one, read at the turn's
+        end token (trailing newlines dropped), which is where a policy's own row ends when it stops itself."""
         if self._templated:
             messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+            return self.tokenizer.apply_chat_template(messages, tokenize=False).rstrip("\n")
         return f"{prompt}\n{response}"
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:

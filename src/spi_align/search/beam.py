@@ -13,9 +13,9 @@ from typing import Literal
 
 import torch
 
-from spi_align.interfaces import Cost, Prompt, Scorer, SearchResult
+from spi_align.interfaces import Candidate, Cost, Prompt, Scorer, SearchResult
 from spi_align.policy import HFPolicy, Rows
-from spi_align.search.candidates import pick_best, rows_to_candidates, score_candidates
+from spi_align.search.candidates import pick_best, rows_to_candidates, score_candidates, score_from_rows
 from spi_align.search.selection import diversity_first, softmax_sample, top_w
 
 Selection = Literal["diversity", "top", "softmax"]
@@ -61,11 +61,15 @@ class ChunkBeamSearch:
         rows = policy.start(prompts, cost)
         first = torch.arange(len(prompts), device=policy.device).repeat_interleave(self.width * self.successors)
         rows = policy.extend(rows.select(first), self.chunk, cost)
-        pool = []
+        pool: list[tuple[int, Candidate]] = []
+        unscored: list[tuple[int, Candidate]] = []
         while True:
             ended = rows.done | (rows.length >= policy.gen.max_new_tokens)
             if bool(ended.any()):
-                pool += rows_to_candidates(policy, rows, ended)
+                part = rows_to_candidates(policy, rows, ended)
+                if not score_from_rows(self.reward, rows, ended, part, cost):
+                    unscored += part
+                pool += part
             live = (~ended).nonzero().squeeze(1)
             if live.numel() == 0:
                 break
@@ -81,5 +85,5 @@ class ChunkBeamSearch:
                 parents += live[members[self.choose(values[members], keys)]].tolist()
             index = torch.tensor(parents, device=policy.device).repeat_interleave(self.successors)
             rows = policy.extend(rows.select(index), self.chunk, cost)
-        score_candidates(self.reward, prompts, pool, cost)
+        score_candidates(self.reward, prompts, unscored, cost)
         return pick_best(prompts, pool)

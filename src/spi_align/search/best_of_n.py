@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from spi_align.interfaces import Cost, Prompt, Scorer, SearchResult
 from spi_align.policy import HFPolicy
-from spi_align.search.candidates import pick_best, rows_to_candidates, score_candidates
+from spi_align.search.candidates import pick_best, rows_to_candidates, score_candidates, score_from_rows
 
 
 class PlainSampling:
@@ -35,5 +35,6 @@ class BestOfN:
     def run(self, prompts: Sequence[Prompt], cost: Cost) -> list[SearchResult]:
         rows = self.policy.sample(prompts, self.n, cost)
         pool = rows_to_candidates(self.policy, rows)
-        score_candidates(self.reward, prompts, pool, cost)
+        if not score_from_rows(self.reward, rows, None, pool, cost):
+            score_candidates(self.reward, prompts, pool, cost)
         return pick_best(prompts, pool)

@@ -31,6 +31,26 @@ def score_candidates(scorer: Scorer, prompts: Sequence[Prompt], pool: list[tuple
         cand.score = float(score)
 
 
+def score_from_rows(
+    reward: Scorer, rows: Rows, keep: torch.Tensor | None, part: list[tuple[int, Candidate]], cost: Cost
+) -> bool:
+    """Score the candidates `part` (made from `rows` where `keep`) from the rows themselves when the reward can
+    (`score_rows`, e.g. a reward model on the policy's own backbone); False when it cannot (score by text then).
+    """
+    score_rows = getattr(reward, "score_rows", None)
+    if score_rows is None or not part:
+        return False
+    index = (torch.arange(rows.size) if keep is None else keep.nonzero().squeeze(1)).to(rows.length.device)
+    with cost.timer("reward"):
+        scores = score_rows(rows, index, cost)
+    if scores is None:
+        return False
+    cost.reward_calls += len(part)
+    for (_, cand), score in zip(part, scores, strict=True):
+        cand.score = float(score)
+    return True
+
+
 def pick_best(prompts: Sequence[Prompt], pool: list[tuple[int, Candidate]]) -> list[SearchResult]:
     """Per prompt, the highest-scoring candidate (the first on ties; the first if unscored)."""
     grouped: list[list[Candidate]] = [[] for _ in prompts]
