@@ -28,6 +28,9 @@ from spi_align.scoring.train_reward import make_pairs, train_reward_head
 from spi_align.search import BestOfN, PlainSampling
 from spi_align.search.beam import ChunkBeamSearch
 from spi_align.values import HeadStack, ValueHead
+from spi_align.values.guide import ValueModelGuide
+from spi_align.values.model import ValueModel
+from spi_align.values.model_round import load_value_model, new_value_model, train_value_model_round
 from spi_align.values.round import flatten_rollouts, train_value
 
 console = Console()
@@ -50,16 +53,21 @@ class SPIRun:
         self.reward: Scorer | None = None
         self._pairs: list[tuple[Prompt, str, str]] | None = None
         self.heads: list[ValueHead] = []
+        self.value_models: list[ValueModel] = []
 
     # --- searches -------------------------------------------------------------------------------------------
     def guided(self, rounds: int, name: str) -> ChunkBeamSearch:
         """π_rounds: beam search guided by Σ_{i<rounds} γ V_i/β_i."""
         spi = self.cfg.spi
         weights = [spi.gamma / spi.beta(i) for i in range(rounds)]
-        stack = HeadStack(self.heads[:rounds], weights).to(self.device)
+        if spi.value == "model":
+            value: Any = ValueModelGuide(self.value_models[:rounds], weights, self.policy.tokenizer)
+        else:
+            stack = HeadStack(self.heads[:rounds], weights).to(self.device)
+            value = lambda rows: stack(rows.hidden)  # noqa: E731
         return ChunkBeamSearch(
             self.policy,
-            lambda rows: stack(rows.hidden),
+            value,
             self.reward,
             spi.width,
             spi.successors,
@@ -105,21 +113,41 @@ class SPIRun:
             self._pairs = make_pairs(prompts, cands, self.evaluator, self.cfg.reward_model.pairs_per_prompt)
         return self._pairs
 
-    def value_round(self, k: int, records: list[dict[str, Any]]) -> ValueHead:
-        folder = self.run.file(f"values/round-{k}")
-        if (folder / "value_head.json").exists():
-            return ValueHead.load(folder)
+    def scored_rollouts(self, records: list[dict[str, Any]]) -> tuple[list[Prompt], list[list[int]], list[float]]:
+        """Every candidate of the records with its reward (plain-sampling rollouts are scored here)."""
         by_id = {p.id: p for p in self.train_prompts}
         prompts, tokens, scores = flatten_rollouts(records, by_id)
         if any(s is None for s in scores):  # plain-sampling rollouts are not scored yet
             scores = self.reward.score(
                 prompts, [self.policy.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
             )
+        return prompts, tokens, scores
+
+    def value_round(self, k: int, records: list[dict[str, Any]]) -> ValueHead:
+        folder = self.run.file(f"values/round-{k}")
+        if (folder / "value_head.json").exists():
+            return ValueHead.load(folder)
+        prompts, tokens, scores = self.scored_rollouts(records)
         console.print(f"round {k}: training V_{k} on {len(tokens)} rollouts")
         head, metrics = train_value(self.policy, prompts, tokens, scores, self.cfg.spi, self.cfg.seed)
         _save_atomically(folder, head.save)
         self.run.write_json(f"values/round-{k}.json", metrics)
         return head
+
+    def value_model_round(self, k: int, records: list[dict[str, Any]]) -> ValueModel:
+        """V_k as a separate value model (`spi.value: model`), saved under values/round-k/ or loaded from there."""
+        spi, spec = self.cfg.spi, self.cfg.policy.model
+        folder = self.run.file(f"values/round-{k}")
+        if (folder / "value_model.json").exists():
+            return load_value_model(folder, spi, self.policy, spec)
+        prompts, tokens, scores = self.scored_rollouts(records)
+        console.print(f"round {k}: training value model V_{k} on {len(tokens)} rollouts")
+        model, metrics = train_value_model_round(
+            lambda: new_value_model(spi, self.policy, spec), self.policy, prompts, tokens, scores, spi, self.cfg.seed
+        )
+        _save_atomically(folder, model.save)
+        self.run.write_json(f"values/round-{k}.json", metrics)
+        return model
 
     def execute(self) -> str:
         spi = self.cfg.spi
@@ -127,7 +155,10 @@ class SPIRun:
         self.reward = self.obtain_reward(rollouts0)
         for k in range(spi.rounds):
             records = rollouts0 if k == 0 else self.rollouts(k)
-            self.heads.append(self.value_round(k, records))
+            if spi.value == "model":
+                self.value_models.append(self.value_model_round(k, records))
+            else:
+                self.heads.append(self.value_round(k, records))
         n = spi.width * spi.successors
         methods: list[tuple[str, Any]] = [
             ("sample", PlainSampling(self.policy)),

@@ -1,0 +1,135 @@
+"""One value-training step of Algorithm 1 with a separate value model (`spi.value: model`).
+
+Builds the round's model (from the policy's weights or another model), encodes the rollouts as the search will
+show them to it, trains it by eq. 12 and reports within-prompt Spearman on held-out prompts, like the heads.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from spi_align.config import SPIConfig
+from spi_align.interfaces import Prompt
+from spi_align.policy import HFPolicy
+from spi_align.values.model import ValueModel
+from spi_align.values.model_train import response_values, train_value_model
+from spi_align.values.round import PREFIXES
+from spi_align.values.tokenizers import same_tokenizer
+from spi_align.values.train import within_prompt_spearman
+
+POLICY = "policy"
+
+
+def uses_policy_weights(spi: SPIConfig, policy_spec: str) -> bool:
+    """Whether the value model starts from the policy's own backbone ('policy', or the policy's model spec)."""
+    return spi.value_backbone in (POLICY, policy_spec)
+
+
+def _policy_base(spi: SPIConfig, policy: HFPolicy):
+    """The policy's backbone itself when only the head is trained (shared, never modified), else an fp32 copy."""
+    if spi.value_train_layers == 0:
+        return policy.backbone
+    return copy.deepcopy(policy.backbone).float().requires_grad_(False)
+
+
+def new_value_model(spi: SPIConfig, policy: HFPolicy, policy_spec: str) -> ValueModel:
+    """A fresh value model for one round, on the policy's device."""
+    if uses_policy_weights(spi, policy_spec):
+        return ValueModel(
+            _policy_base(spi, policy),
+            policy.tokenizer,
+            source=policy_spec,
+            train_layers=spi.value_train_layers,
+            chat_template=policy.chat_template,
+        )
+    return ValueModel.from_source(spi.value_backbone, spi.value_train_layers, device=str(policy.device))
+
+
+def load_value_model(folder: Path, spi: SPIConfig, policy: HFPolicy, policy_spec: str) -> ValueModel:
+    """A round's saved value model; built on (a copy of) the policy's backbone when it came from there."""
+    base = _policy_base(spi, policy) if uses_policy_weights(spi, policy_spec) else None
+    return ValueModel.load(folder, device=str(policy.device), base=base)
+
+
+def rollout_ids(
+    model: ValueModel, policy: HFPolicy, prompts: Sequence[Prompt], tokens: Sequence[Sequence[int]]
+) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, response ids) as `ValueModelGuide` shows them to `model` during the search.
+
+    Same tokenizer: the policy's own prompt encoding and response tokens. Another tokenizer: the decoded
+    response re-tokenised after the prompt in the value model's own format.
+    """
+    if same_tokenizer(model.tokenizer, policy.tokenizer):
+        tok = policy.tokenizer
+        encoded = {
+            p.id: tok(policy.format_prompt(p), add_special_tokens=not policy.chat_template)["input_ids"]
+            for p in prompts
+        }
+        return [list(encoded[p.id]) for p in prompts], [list(t) for t in tokens]
+    texts = policy.tokenizer.batch_decode([list(t) for t in tokens], skip_special_tokens=True)
+    encoded = {p.id: model.prompt_ids(p.text) for p in prompts}
+    return [list(encoded[p.id]) for p in prompts], [model.response_ids(t) for t in texts]
+
+
+def train_value_model_round(
+    make: Callable[[], ValueModel],
+    policy: HFPolicy,
+    prompts: Sequence[Prompt],
+    tokens: Sequence[Sequence[int]],
+    rewards: Sequence[float],
+    spi: SPIConfig,
+    seed: int,
+) -> tuple[ValueModel, dict[str, Any]]:
+    """Train V_k on all rollouts; report within-prompt Spearman of a model trained on 80% of the prompts, on the
+    other 20% (as the heads do: two trainings)."""
+    groups = [p.id for p in prompts]
+    ids = sorted(set(groups))
+    random.Random(seed).shuffle(ids)
+    held = set(ids[: max(1, len(ids) // 5)])
+    fit_idx = [i for i, g in enumerate(groups) if g not in held]
+    test_idx = [i for i, g in enumerate(groups) if g in held]
+    metrics: dict[str, Any] = {"rollouts": len(tokens), "prompts": len(ids), "tokens": sum(len(t) for t in tokens)}
+    if fit_idx and test_idx:
+        probe = make()
+        p_ids, r_ids = rollout_ids(probe, policy, [prompts[i] for i in fit_idx], [tokens[i] for i in fit_idx])
+        _train(probe, p_ids, r_ids, [rewards[i] for i in fit_idx], [groups[i] for i in fit_idx], spi, seed)
+        p_ids, r_ids = rollout_ids(probe, policy, [prompts[i] for i in test_idx], [tokens[i] for i in test_idx])
+        values = response_values(probe, p_ids, r_ids, batch_size=spi.value_batch_size)
+        del probe
+        test_rewards, test_groups = [rewards[i] for i in test_idx], [groups[i] for i in test_idx]
+        for prefix in PREFIXES:
+            predicted = [_at(v, prefix) for v in values]
+            metrics[f"spearman_at_{prefix or 'end'}"] = within_prompt_spearman(predicted, test_rewards, test_groups)
+    model = make()
+    p_ids, r_ids = rollout_ids(model, policy, prompts, tokens)
+    fit = _train(model, p_ids, r_ids, list(rewards), groups, spi, seed)
+    metrics["loss_first_epoch"] = fit["epoch_losses"][0]
+    metrics["loss_last_epoch"] = fit["epoch_losses"][-1]
+    metrics["trained_parameters"] = fit["trained_parameters"]
+    return model, metrics
+
+
+def _train(model: ValueModel, p_ids, r_ids, rewards, groups, spi: SPIConfig, seed: int) -> dict[str, Any]:
+    return train_value_model(
+        model,
+        p_ids,
+        r_ids,
+        rewards,
+        groups,
+        centered=spi.centered,
+        epochs=spi.value_epochs,
+        lr=spi.value_lr,
+        batch_size=spi.value_batch_size,
+        seed=seed,
+    )
+
+
+def _at(values, prefix: int | None) -> float:
+    """V after `prefix` response tokens (the whole response when None or shorter)."""
+    n = values.shape[0]
+    t = n if prefix is None else min(prefix, n)
+    return float(values[t - 1]) if t > 0 else 0.0
