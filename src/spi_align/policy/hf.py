@@ -115,7 +115,6 @@ class HFPolicy:
             logprob=torch.zeros(rows, device=self.device),
             prompt_tokens=[ids[r, mask[r].bool()].tolist() for r in range(rows)],
             prompts=list(prompts),
-            prompts=list(prompts),
         )
 
     @torch.no_grad()

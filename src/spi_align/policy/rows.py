@@ -10,8 +10,6 @@ from transformers import Cache
 
 from spi_align.interfaces import Prompt
 
-from spi_align.interfaces import Prompt
-
 
 class RowState(Protocol):
     """Per-row state that another model keeps beside the policy's (e.g. a value model's own KV cache)."""
@@ -51,8 +49,6 @@ class Rows:
     """Token ids of each prompt of the batch (as fed to the policy, chat template applied, no padding)."""
     prompts: list[Prompt] = field(default_factory=list)
     """The batch's prompts (`prompt_index` indexes them): what models with another tokenizer re-read as text."""
-    prompts: list[Prompt] = field(default_factory=list)
-    """The batch's prompts (`prompt_index` indexes them): what models with another tokenizer re-read as text."""
     extras: dict[str, RowState] = field(default_factory=dict)
     """States other models keep per row; `select` reorders them with the rows."""
 
@@ -75,7 +71,6 @@ class Rows:
             done=self.done[index],
             logprob=self.logprob[index],
             prompt_tokens=self.prompt_tokens,
-            prompts=self.prompts,
             prompts=self.prompts,
             extras={name: state.select(index) for name, state in self.extras.items()},
         )
