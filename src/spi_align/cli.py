@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Our own progress bars and one-line errors only: no per-load bars or warnings from transformers."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -68,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*(args.overrides or []), *extra]
     try:
+        _quiet_libraries()
         from spi_align import commands
 
         return getattr(commands, f"cmd_{args.command}")(args) or 0

@@ -23,7 +23,8 @@ from spi_align.policy import HFPolicy, load_policy
 from spi_align.report import write_report
 from spi_align.runs import RunDir
 from spi_align.scoring import make_scorer
-from spi_align.scoring.reward_model import RewardModel, RewardModelScorer
+from spi_align.scoring.reward_model import RewardModel
+from spi_align.scoring.row_reward import PolicyHeadReward
 from spi_align.scoring.train_reward import make_pairs, train_reward_head
 from spi_align.search import BestOfN, PlainSampling
 from spi_align.search.beam import ChunkBeamSearch
@@ -101,7 +102,7 @@ class SPIRun:
             metrics = train_reward_head(model, self.preference_pairs(rollouts0), self.cfg.reward_model, self.cfg.seed)
             _save_atomically(folder, lambda tmp: model.save(tmp, with_backbone=False))
             self.run.write_json("reward_model.json", metrics)
-        return RewardModelScorer(model, name="reward_model")
+        return PolicyHeadReward(model, self.policy)
 
     def preference_pairs(self, rollouts0: list[dict[str, Any]]) -> list[tuple[Prompt, str, str]]:
         """Round-0 samples of the training prompts labelled by the evaluator, best vs worst: what the reward model
