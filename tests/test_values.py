@@ -63,8 +63,9 @@ def test_head_stack_is_the_weighted_sum_and_fuses_linear_heads():
     stack = HeadStack([v0, v1], [1.0, 0.5])
     assert stack._fused is not None
     assert stack(h).tolist() == pytest.approx([1.5, 2.5, 3.5])
-    # ranking flips with the schedule: with β = (1, 8) the first head dominates
-    assert HeadStack([v0, v1], [1.0, 1 / 8])(h).argsort().tolist() == [0, 1, 2]
+    # ranking flips with the schedule: with β = (1, 2) row 1 beats row 0, with β = (1, 8) the first head dominates
+    assert stack(h).argsort().tolist() == [0, 1, 2]
+    assert HeadStack([v0, v1], [1.0, 1 / 8])(h).argsort().tolist() == [1, 0, 2]
     assert HeadStack([v0, v1], [1.0, 1 / 8])(h).tolist() == pytest.approx([1.125, 0.625, 1.625])
 
 
