@@ -7,7 +7,6 @@ show them to it, trains it by eq. 12 and reports within-prompt Spearman on held-
 from __future__ import annotations
 
 import copy
-import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from spi_align.interfaces import Prompt
 from spi_align.policy import HFPolicy
 from spi_align.values.model import ValueModel
 from spi_align.values.model_train import response_values, train_value_model
-from spi_align.values.round import PREFIXES
+from spi_align.values.round import PREFIXES, heldout_split
 from spi_align.values.tokenizers import same_tokenizer
 from spi_align.values.train import within_prompt_spearman
 
@@ -87,12 +86,12 @@ def train_value_model_round(
     """Train V_k on all rollouts; report within-prompt Spearman of a model trained on 80% of the prompts, on the
     other 20% (as the heads do: two trainings)."""
     groups = [p.id for p in prompts]
-    ids = sorted(set(groups))
-    random.Random(seed).shuffle(ids)
-    held = set(ids[: max(1, len(ids) // 5)])
-    fit_idx = [i for i, g in enumerate(groups) if g not in held]
-    test_idx = [i for i, g in enumerate(groups) if g in held]
-    metrics: dict[str, Any] = {"rollouts": len(tokens), "prompts": len(ids), "tokens": sum(len(t) for t in tokens)}
+    fit_idx, test_idx = heldout_split(groups, seed)
+    metrics: dict[str, Any] = {
+        "rollouts": len(tokens),
+        "prompts": len(set(groups)),
+        "tokens": sum(len(t) for t in tokens),
+    }
     if fit_idx and test_idx:
         probe = make()
         p_ids, r_ids = rollout_ids(probe, policy, [prompts[i] for i in fit_idx], [tokens[i] for i in fit_idx])

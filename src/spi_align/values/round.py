@@ -31,6 +31,14 @@ def flatten_rollouts(
     return flat_prompts, tokens, scores
 
 
+def heldout_split(groups: Sequence[str], seed: int) -> tuple[list[int], list[int]]:
+    """Indices of rollouts to fit on and to test on, split by prompt (a seeded fifth of the prompts held out)."""
+    ids = sorted(set(groups))
+    random.Random(seed).shuffle(ids)
+    held = set(ids[: max(1, len(ids) // 5)])
+    return [i for i, g in enumerate(groups) if g not in held], [i for i, g in enumerate(groups) if g in held]
+
+
 def train_value(
     policy: HFPolicy,
     prompts: Sequence[Prompt],
@@ -42,12 +50,12 @@ def train_value(
     """Fit V on all rollouts; report within-prompt Spearman of a fit on 80% of the prompts, on the other 20%."""
     hidden = response_hidden_states(policy, prompts, tokens)
     groups = [p.id for p in prompts]
-    ids = sorted(set(groups))
-    random.Random(seed).shuffle(ids)
-    held = set(ids[: max(1, len(ids) // 5)])
-    fit_idx = [i for i, g in enumerate(groups) if g not in held]
-    test_idx = [i for i, g in enumerate(groups) if g in held]
-    metrics: dict[str, Any] = {"rollouts": len(tokens), "prompts": len(ids), "tokens": sum(len(t) for t in tokens)}
+    fit_idx, test_idx = heldout_split(groups, seed)
+    metrics: dict[str, Any] = {
+        "rollouts": len(tokens),
+        "prompts": len(set(groups)),
+        "tokens": sum(len(t) for t in tokens),
+    }
     if fit_idx and test_idx:
         probe = _fit(hidden, rewards, groups, fit_idx, cfg, seed)
         for prefix in PREFIXES:
