@@ -82,15 +82,18 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=2, help="parents kept per prompt after each step")
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = ValueModel.from_source(args.model, train_layers=0)
     torch.manual_seed(0)
     model.head.weight.normal_(0.0, 1.0)  # values of order 1–10, so |ΔV| is read against a visible scale
     guide = ValueModelGuide([model], [1.0], model.tokenizer)
     print(f"{args.model}: {args.rows} rows, chunk {args.chunk}, torch threads {torch.get_num_threads()}")
     print("| tokens | own KV cache (s) | re-encode (s) | ratio | max |ΔV| |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- |", flush=True)
     for length in args.lengths:
         cached, full, diff = [], [], 0.0
         for rep in range(args.repeats):
@@ -100,7 +103,7 @@ def main() -> None:
             full.append(t_f)
             diff = max(diff, float((v_c - v_f).abs().max()))
         c, f = statistics.median(cached), statistics.median(full)
-        print(f"| {length} | {c:.2f} | {f:.2f} | {f / c:.1f}× | {diff:.1e} |")
+        print(f"| {length} | {c:.2f} | {f:.2f} | {f / c:.1f}× | {diff:.1e} |", flush=True)
 
 
 if __name__ == "__main__":
