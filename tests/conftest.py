@@ -94,3 +94,12 @@ def tiny_causal_lm(smol_tokenizer: Any) -> Any:
 def tiny_backbone(smol_tokenizer: Any) -> Any:
     """`make_tiny_backbone(smol_tokenizer)`: a fresh tiny random LlamaModel per test."""
     return make_tiny_backbone(smol_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, _smol_tokenizer_once: Any) -> Path:
+    """A tiny random causal LM saved with the SmolLM2 tokenizer, for commands that take a model path."""
+    path = tmp_path_factory.mktemp("tiny-policy")
+    make_tiny_causal_lm(_smol_tokenizer_once).save_pretrained(path)
+    _smol_tokenizer_once.save_pretrained(path)
+    return path

@@ -17,7 +17,7 @@ from spi_align.policy import HFPolicy
 from spi_align.scoring.implicit import ImplicitReward
 from spi_align.search import BestOfN
 from spi_align.search.implicit_guide import CachedImplicitGuide
-from spi_align.search.w2s import TextImplicitGuide, WeakToStrongSearch, implicit_best_of_n, same_tokenizer
+from spi_align.search.w2s import TextImplicitGuide, WeakToStrongSearch, implicit_best_of_n
 
 PROMPTS = [Prompt("a", "Name three colours."), Prompt("b", "Write a poem about the sea."), Prompt("c", "Hi")]
 RESPONSES = ["Red, green and blue.", "The sea is wide and deep, the waves roll on and on.", "Hello!"]
@@ -120,7 +120,7 @@ def test_cached_guide_equals_scoring_each_prefix_from_scratch(pair, smol_tokeniz
     reward = ImplicitReward(tuned, ref, smol_tokenizer)
     policy = make_policy(ref, smol_tokenizer, max_new_tokens=12)
     policy.eos_ids = torch.arange(len(smol_tokenizer) // 8)  # rows end at different steps: ragged new tokens
-    guide = CachedImplicitGuide(reward, PROMPTS)
+    guide = CachedImplicitGuide(reward)
     cost = Cost()
     rows = policy.extend(policy.start(PROMPTS, cost).select(torch.arange(3).repeat_interleave(4)), 4, cost)
     ragged = False
@@ -173,14 +173,6 @@ def byte_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="</s>")
 
 
-def test_same_tokenizer_compares_vocabularies_and_encodings(smol_tokenizer):
-    assert same_tokenizer(smol_tokenizer, copy.deepcopy(smol_tokenizer))
-    assert not same_tokenizer(smol_tokenizer, byte_tokenizer())
-    grown = copy.deepcopy(smol_tokenizer)
-    grown.add_tokens(["<extra_token_for_test>"])
-    assert not same_tokenizer(smol_tokenizer, grown)
-
-
 def test_w2s_with_another_tokenizer_scores_re_tokenised_text(pair, smol_tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -196,7 +188,7 @@ def test_w2s_with_another_tokenizer_scores_re_tokenised_text(pair, smol_tokenize
     reward = ImplicitReward(tuned, ref, smol_tokenizer)
     w2s = WeakToStrongSearch(policy, reward, width=2, successors=2, chunk=4)
     assert not w2s.shared_tokens
-    assert isinstance(w2s.guide(PROMPTS), TextImplicitGuide)
+    assert isinstance(w2s.guide, TextImplicitGuide)
     results = w2s.run(PROMPTS, Cost())
     for result in results:
         texts = [c.text for c in result.candidates]
@@ -206,7 +198,7 @@ def test_w2s_with_another_tokenizer_scores_re_tokenised_text(pair, smol_tokenize
         assert result.chosen.score == max(c.score for c in result.candidates)
     rows = policy.extend(policy.start(PROMPTS, Cost()), 5, Cost())
     texts = policy.texts(rows)
-    assert w2s.guide(PROMPTS)(rows).tolist() == pytest.approx(reward.score_prefixes(PROMPTS, texts), abs=1e-4)
+    assert w2s.guide(rows).tolist() == pytest.approx(reward.score_prefixes(PROMPTS, texts), abs=1e-4)
 
 
 def test_dpo_raises_the_implicit_margin_of_its_training_pairs(tiny_causal_lm, smol_tokenizer, tmp_path):

@@ -7,19 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_tiny_causal_lm
 from spi_align.cli import main
 from spi_align.search.beam import ChunkBeamSearch
 
 SCORER = str(Path(__file__).parent / "mocks" / "scorers.py") + ":vowel_share"
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, _smol_tokenizer_once) -> Path:
-    path = tmp_path_factory.mktemp("tiny-policy")
-    make_tiny_causal_lm(_smol_tokenizer_once).save_pretrained(path)
-    _smol_tokenizer_once.save_pretrained(path)
-    return path
 
 
 @pytest.fixture

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the embedded default (SPI vs best-of-16)")
     _add_config_args(p)
+
+    p = sub.add_parser("bench", help="time SPI search against best-of-N and plain sampling; check the cost targets")
+    _add_config_args(p)
     return parser
 
 

@@ -81,6 +81,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from spi_align.bench.run import run_bench
+
+    run_bench(args.config, args.overrides)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from spi_align.rounds import spi_run
 

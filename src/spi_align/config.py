@@ -201,6 +201,11 @@ class BenchOptions(Section):
     """Run every method once on one prompt before timing (lazy initialisation and first allocations untimed)."""
     memory: bool = True
     """Measure the peak RSS of best-of-(W·K) and of SPI with the most rounds, each in a fresh subprocess."""
+    value_model: bool = True
+    """P2b/P3: also time SPI guided by a separate value model of the policy's size (a second copy of its backbone
+    with a scalar head, sharing its tokenizer, on its own KV cache), and that value model alone on two lengths."""
+    p3_lengths: list[Annotated[int, Field(gt=0)]] = Field([64, 256], min_length=2)
+    """P3: response lengths (tokens) the value model alone is timed on; the ratio is longest / shortest."""
 
 
 class BenchConfig(Section):

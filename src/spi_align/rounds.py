@@ -66,18 +66,7 @@ class SPIRun:
         else:
             stack = HeadStack(self.heads[:rounds], weights).to(self.device)
             value = lambda rows: stack(rows.hidden)  # noqa: E731
-        return ChunkBeamSearch(
-            self.policy,
-            value,
-            self.reward,
-            spi.width,
-            spi.successors,
-            spi.chunk,
-            spi.selection,
-            spi.temperature,
-            spi.base_logprob,
-            name=name,
-        )
+        return ChunkBeamSearch.from_config(self.policy, value, self.reward, spi, name)
 
     def method(self, key: str, search: Any, prompts: list[Prompt]) -> tuple[list[dict[str, Any]], Cost]:
         reseed = getattr(search, "policy", self.policy).reseed  # baselines may sample another policy

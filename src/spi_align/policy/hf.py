@@ -17,7 +17,7 @@ from spi_align.errors import SpiError
 from spi_align.interfaces import Cost, Prompt
 from spi_align.models import resolve_device, resolve_model_source
 from spi_align.policy.rows import Rows
-from spi_align.policy.sampling import TokenSampler
+from spi_align.policy.sampling import TokenSampler, token_logprob
 
 
 class HFPolicy:
@@ -131,18 +131,19 @@ class HFPolicy:
             for _ in range(max_tokens):
                 if not bool(active.any()):
                     break
+                everyone = bool(active.all())  # then the (R, V) masking below is skipped
                 token = self.sampler(rows.next_logits, self.generator)
-                token = torch.where(active, token, self.pad_id)
-                step_logprob = torch.log_softmax(rows.next_logits, dim=-1).gather(1, token[:, None]).squeeze(1)
-                rows.logprob += torch.where(active, step_logprob, 0.0)
+                token = token if everyone else torch.where(active, token, self.pad_id)
+                step_logprob = token_logprob(rows.next_logits, token)
+                rows.logprob += step_logprob if everyone else torch.where(active, step_logprob, 0.0)
                 column = rows.length.clamp(max=limit - 1)
                 rows.response[arange, column] = torch.where(active, token, rows.response[arange, column])
                 rows.length += active.long()
                 rows.attention_mask = torch.cat([rows.attention_mask, active.long()[:, None]], dim=1)
                 hidden = self._forward(token[:, None], rows.attention_mask, rows.cache)
                 logits = self._logits(hidden)
-                rows.hidden = torch.where(active[:, None], hidden, rows.hidden)
-                rows.next_logits = torch.where(active[:, None], logits, rows.next_logits)
+                rows.hidden = hidden if everyone else torch.where(active[:, None], hidden, rows.hidden)
+                rows.next_logits = logits if everyone else torch.where(active[:, None], logits, rows.next_logits)
                 cost.tokens_generated += int(active.sum())
                 cost.policy_forwards += 1
                 rows.done |= active & torch.isin(token, self.eos_ids)

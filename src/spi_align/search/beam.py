@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 
+from spi_align.config import SPIConfig
 from spi_align.interfaces import Candidate, Cost, Prompt, Scorer, SearchResult
 from spi_align.policy import HFPolicy, Rows
 from spi_align.search.candidates import pick_best, rows_to_candidates, score_candidates, score_from_rows
@@ -43,6 +44,24 @@ class ChunkBeamSearch:
         self.width, self.successors, self.chunk = width, successors, chunk
         self.selection, self.temperature, self.base_logprob = selection, temperature, base_logprob
         self.name = name or f"beam-w{width}k{successors}l{chunk}"
+
+    @classmethod
+    def from_config(
+        cls, policy: HFPolicy, value: ValueFn | None, reward: Scorer, spi: SPIConfig, name: str
+    ) -> ChunkBeamSearch:
+        """The search an `spi` config section describes (W, K, L, selection, temperature, log π_base)."""
+        return cls(
+            policy,
+            value,
+            reward,
+            spi.width,
+            spi.successors,
+            spi.chunk,
+            spi.selection,
+            spi.temperature,
+            spi.base_logprob,
+            name=name,
+        )
 
     def guidance(self, rows: Rows) -> torch.Tensor:
         """Ranking score of each row: Σ_i γ V_i/β_i, plus log π_base (eq. 14) when asked."""

@@ -3,18 +3,16 @@
 For a policy that shares the tuned/reference pair's tokenizer, each row's response token ids are fed to both
 models directly, and each model keeps a KV cache per row (a `RowState` in `rows.extras` that follows the rows
 through `Rows.select`), so a step costs only the tokens sampled since the last one, not the whole prefix.
-The prompt is written as the pair reads it (its own chat template), whatever template the policy used.
+The prompts (`rows.prompts`) are written as the pair reads them (its own chat template), whatever template the
+policy used.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 from transformers import DynamicCache
 
 from spi_align.errors import SpiError
-from spi_align.interfaces import Prompt
 from spi_align.policy import Rows
 from spi_align.scoring.implicit import CausalLM, ImplicitReward
 
@@ -56,16 +54,15 @@ class CachedImplicitGuide:
 
     key = "implicit_pair"
 
-    def __init__(self, reward: ImplicitReward, prompts: Sequence[Prompt]) -> None:
+    def __init__(self, reward: ImplicitReward) -> None:
         self.reward = reward
-        self.prompts = list(prompts)
         self.models: list[CausalLM] = [reward.tuned, reward.reference]
         self.device = reward.tuned.device
 
     @torch.no_grad()
     def start(self, rows: Rows) -> PairState:
         """Prefill the batch's prompts once into both caches, then fan out to the rows' prompts."""
-        ids = [self.reward.prompt_ids(p) for p in self.prompts]
+        ids = [self.reward.prompt_ids(p) for p in rows.prompts]
         width = max(len(i) for i in ids)
         input_ids = torch.full((len(ids), width), self.reward.pad_id, dtype=torch.long)
         mask = torch.zeros((len(ids), width), dtype=torch.long)

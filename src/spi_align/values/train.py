@@ -76,15 +76,33 @@ def fit_head(
     head = ValueHead(x.shape[1], kind)
     head.mean.copy_(mean)
     head.scale.copy_(scale)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-2)
-    batch = 2048
+    regress(head, x, y, epochs, lr, batch_size=2048, generator=gen, weight_decay=1e-2)
+    return head.eval()
+
+
+def regress(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    generator: torch.Generator,
+    weight_decay: float = 0.0,
+    cosine: bool = False,
+) -> None:
+    """Minimise mean squared error of model(x) against y in shuffled mini-batches (AdamW, optional cosine decay)."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if cosine else None
     for _ in range(epochs):
-        for idx in torch.randperm(len(y), generator=gen).split(batch):
-            loss = torch.nn.functional.mse_loss(head(x[idx]), y[idx])
+        for idx in torch.randperm(len(y), generator=generator).split(batch_size):
+            loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
-    return head.eval()
+        if sched is not None:
+            sched.step()
 
 
 def _ranks(x: torch.Tensor) -> torch.Tensor:

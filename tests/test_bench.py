@@ -1,0 +1,104 @@
+"""`spi bench`: alternating orders, paired ratios, target checks, and one end-to-end run on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from spi_align.bench.memory import status_mb
+from spi_align.bench.targets import memory_check, quadratic_ratio, timing_checks, value_model_checks
+from spi_align.bench.timing import Trial, paired_ratio, repeat_order, summarise, time_methods
+from spi_align.cli import main
+from spi_align.interfaces import Cost
+
+KEYS = {"sample": "sample-16", "bon": "bon-16", "spi-1": "spi-1", "spi-2": "spi-2"}
+
+
+def trials(walls: dict[str, list[float]], tokens: int = 1000) -> list[Trial]:
+    return [Trial(key, r, 0, wall, tokens) for key, series in walls.items() for r, wall in enumerate(series)]
+
+
+def test_odd_repeats_run_the_methods_in_reverse():
+    assert repeat_order(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert repeat_order(["a", "b", "c"], 1) == ["c", "b", "a"]
+
+
+def test_time_methods_runs_every_method_every_repeat_in_alternating_order():
+    calls: list[str] = []
+
+    def runner(key: str):
+        def run(prompts, cost: Cost) -> None:
+            calls.append(key)
+            cost.tokens_generated += 10 * len(prompts)
+
+        return run
+
+    reseeds = []
+    got = time_methods({k: runner(k) for k in "abc"}, list(range(5)), 2, 3, lambda: reseeds.append(1))
+    assert "".join(calls) == "aaabbbccc" + "cccbbbaaa" + "aaabbbccc"  # 3 batches of ≤ 2 prompts per run
+    assert len(reseeds) == 9  # every run starts from the seed
+    assert [t.position for t in got if t.method == "a"] == [0, 2, 0]
+    assert all(t.tokens == 50 for t in got)
+
+
+def test_paired_ratio_pairs_runs_of_the_same_repeat():
+    t = trials({"x": [2.0, 4.0, 3.0], "y": [1.0, 4.0, 1.0]})
+    r = paired_ratio(t, "x", "y")
+    assert (r.median, r.min, r.max) == (2.0, 1.0, 3.0)
+    summary = summarise(t)
+    assert summary["x"]["wall_s"] == {"median": 3.0, "min": 2.0, "max": 4.0}
+    assert summary["x"]["tokens_per_s"]["median"] == pytest.approx(1000 / 3.0)
+
+
+def test_targets_are_met_or_not_by_their_limits():
+    t = trials({"sample-16": [10, 10, 10], "bon-16": [10, 10, 10], "spi-1": [11, 11, 11], "spi-2": [12, 12, 12]})
+    checks = {(c.target, c.what.split()[0]): c for c in timing_checks(t, KEYS, 2)}
+    assert checks[("P1", "SPI-1")].met is True  # 1.10 ≤ 1.15
+    assert checks[("P1", "SPI-2")].met is False  # 1.20
+    assert checks[("P2", "SPI-2")].met is False  # +9.1% > 5%
+    assert checks[("P2", "SPI-2")].measured.startswith("+9.1%")
+    assert checks[("P4", "SPI-1")].met is True  # 10/11 = 0.909 ≥ 0.85
+    assert checks[("P4", "SPI-2")].met is False  # 0.833
+    mem = {"bon-16": {"peak_rss_mb": 1000, "increment_mb": 400}, "spi-2": {"peak_rss_mb": 1050, "increment_mb": 450}}
+    check = memory_check(mem, KEYS, 2)
+    assert check.met is True and check.measured == "1.050×"
+    assert memory_check({}, KEYS, 2).met is None
+
+
+def test_value_model_targets_unmeasured_say_why_and_quadratic_reference():
+    checks = value_model_checks([], KEYS, None, "no value model here", 16)
+    assert [(c.target, c.met, c.note) for c in checks] == [(t, None, "no value model here") for t in ("P2b", "P3")]
+    assert quadratic_ratio(64, 256, 16) == pytest.approx(2176 / 160)  # re-encoding: 13.6×, feeding new tokens: 4×
+
+
+def test_status_reads_this_process_memory():
+    rss, peak = status_mb("VmRSS"), status_mb("VmHWM")
+    assert 0 < rss <= peak
+
+
+def test_bench_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Question {i}: name a colour."}) + "\n" for i in range(3)))
+    argv = [
+        "bench", f"data.prompts={prompts}", f"policy.model={tiny_model_dir}", f"run_dir={tmp_path}", "name=b",
+        "generation.max_new_tokens=8", "spi.chunk=4", "spi.width=2", "spi.successors=2", "spi.rounds=2",
+        "bench.repeats=2", "data.batch_size=2", "bench.p3_lengths=[8,16]",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    out = json.loads((tmp_path / "b" / "bench.json").read_text())
+    methods = ["sample-4", "bon-4", "spi-1", "spi-2", "spi-vm"]
+    assert list(out["summary"]) == methods
+    assert sorted((t["method"], t["repeat"]) for t in out["trials"]) == sorted((m, r) for m in methods for r in (0, 1))
+    # the same seed every run: plain loop and best-of-N sample the same tokens
+    assert {t["tokens"] for t in out["trials"] if t["method"] in ("sample-4", "bon-4")} == {out["trials"][0]["tokens"]}
+    met = {c["target"]: c["met"] for c in out["targets"]}
+    assert set(met) >= {"P1", "P2", "P4", "memory", "P2b", "P3"}
+    assert met["P2b"] is not None and met["P3"] is not None  # the tiny value model was measured
+    p3 = out["p3"]
+    assert p3["lengths"] == [8, 16] and all(len(runs) == 2 for runs in p3["runs"].values())
+    assert p3["ratio"]["median"] > 0
+    memory = out["memory"]
+    assert set(memory) == {"bon-4", "spi-2"}
+    assert all(m["peak_rss_mb"] >= m["baseline_rss_mb"] > 0 and m["tokens"] > 0 for m in memory.values())
+    assert "| P1 |" in (tmp_path / "b" / "bench.md").read_text()
