@@ -171,6 +171,23 @@ def test_round0_is_shared_between_cells_that_differ_only_in_the_search(tmp_path)
     assert share_round0(same_round0) == []  # what is there already is kept
 
 
+def test_a_cell_that_only_adds_baselines_reuses_round_0_and_spi_but_not_other_baselines(tmp_path):
+    grid = {"baselines.dpo": [False, True]}
+    spec, folder = load_spec(write_spec(tmp_path, {"grid": grid, "config": {"baselines": {"dpo_lr": 1e-5}}}))
+    plain, with_dpo = expand(spec, folder)
+    assert round0_key(plain.config) == round0_key(with_dpo.config)
+    plain.path.mkdir(parents=True)
+    (plain.path / "config.yaml").write_text(to_yaml(plain.config))
+    for name in ("rollouts-0.jsonl", "rollouts-1.jsonl", "eval-spi-2.jsonl", "eval-dpo.jsonl", "eval-bon-16.jsonl"):
+        (plain.path / name).write_text('{"id": "0"}\n')
+    (plain.path / "values" / "round-1").mkdir(parents=True)
+    assert sorted(share_round0(with_dpo)) == [
+        "eval-bon-16.jsonl", "eval-spi-2.jsonl", "rollouts-0.jsonl", "rollouts-1.jsonl", "values/round-1",
+    ]  # fmt: skip
+    # the DPO evaluation depends on the baseline settings, which differ: computed again, not copied
+    assert not (with_dpo.path / "eval-dpo.jsonl").exists()
+
+
 def test_win_tie_loss_per_prompt():
     assert win_tie_loss([1.0, 0.2, 0.5, 0.3], [0.0, 0.2, 0.7, 0.3 + 1e-9]) == [1.0, 0.5, 0.0, 0.5]
     with pytest.raises(ValueError):

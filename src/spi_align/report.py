@@ -94,6 +94,14 @@ def plot_rounds(results: dict[str, dict[str, Any]], path: Path, title: str) -> N
     plt.close(fig)
 
 
+def value_kind(spi: Any) -> str:
+    """How the value functions were built, for a report's header."""
+    if spi.value == "model":
+        layers = {0: "head only", -1: "all layers"}.get(spi.value_train_layers, f"last {spi.value_train_layers} layers")
+        return f"value model on {spi.value_backbone} ({layers} tuned)"
+    return f"{spi.head} value heads"
+
+
 def write_report(
     run: Any, cfg: Any, results: dict[str, dict[str, Any]], values: dict[int, dict[str, Any]], baseline: str
 ) -> str:
@@ -105,7 +113,7 @@ def write_report(
         f"# SPI report: {run.path.name}\n\n"
         f"Policy `{cfg.policy.model}`, {n_eval} eval prompts, max_new_tokens={cfg.generation.max_new_tokens}, "
         f"W={spi.width} K={spi.successors} L={spi.chunk}, selection={spi.selection}, betas={spi.betas}, "
-        f"head={spi.head}, centred={spi.centered}. Reward (guides and picks): `{cfg.reward}`; "
+        f"{value_kind(spi)}, centred={spi.centered}. Reward (guides and picks): `{cfg.reward}`; "
         f"evaluator (judges only): `{cfg.evaluator}`.\n\n" + markdown_table(headers, rows)
     )
     if values:

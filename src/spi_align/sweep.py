@@ -17,8 +17,10 @@ Each cell is a run directory `<cells>/<hash>` (default cells folder: `<sweep>/ce
 resolved config (name and run_dir left out), so it does not depend on how the spec is written or ordered. A cell
 whose directory holds results.json is skipped; an unfinished one resumes through `spi run`'s own resume. Sweeps
 that name the same `cells` folder share identical cells. Cells that differ only in how the search runs (see
-`SEARCH_ONLY`) share round 0: the rollouts, reward model, V_0 and the sample / best-of-N evaluations are copied
-from another run in the cells folder before the cell runs, since `spi run` would compute exactly the same files.
+`SEARCH_ONLY`) or in the baselines they add share round 0: the rollouts, reward model, V_0 and the sample /
+best-of-N evaluations are copied from another run in the cells folder before the cell runs, since `spi run` would
+compute exactly the same files. Likewise the beam-free baselines between cells with the same baseline settings,
+and SPI's own rounds between cells that differ only in their baselines (`SHARED_GROUPS`).
 """
 
 from __future__ import annotations
@@ -124,8 +126,8 @@ def config_hash(config: Config, leave_out: tuple[str, ...] = RUN_PLACE) -> str:
 
 
 def round0_key(config: Config) -> str:
-    """Cells with the same key compute the same round 0 (see SEARCH_ONLY)."""
-    return config_hash(config, RUN_PLACE + SEARCH_ONLY)
+    """Cells with the same key compute the same round 0 (see SEARCH_ONLY; the baselines only add methods)."""
+    return config_hash(config, RUN_PLACE + SEARCH_ONLY + ("baselines",))
 
 
 def expand(spec: SweepSpec, folder: Path) -> list[Cell]:
@@ -152,15 +154,40 @@ def expand(spec: SweepSpec, folder: Path) -> list[Cell]:
     return list(cells.values())
 
 
-def shared_paths(config: Config) -> list[str]:
-    """Artefacts of a run directory (files and folders) that do not depend on the SEARCH_ONLY settings: round 0, the
-    sample and best-of-N evaluations, and the baselines that need no beam settings (DPO, BoN-I, the strong policy's
-    sample and best-of-N). Weak-to-strong search uses W, K and L, so it is never shared."""
+def round0_paths(config: Config) -> list[str]:
+    """Round 0's artefacts (rollouts, reward model, V_0, sample and best-of-N evaluations): they depend on neither
+    the search settings nor the baselines."""
+    stems = ["rollouts-0", "eval-sample", f"eval-bon-{config.spi.width * config.spi.successors}"]
+    return _stem_files(stems) + ["reward_model", "reward_model.json", "values/round-0", "values/round-0.json"]
+
+
+def baseline_paths(config: Config) -> list[str]:
+    """The baselines that need no beam settings (DPO, BoN-I, the strong policy's sample and best-of-N): shared
+    between runs with the same round 0 and the same baseline settings. Weak-to-strong search uses W, K and L, so it is
+    never shared."""
     n = config.spi.width * config.spi.successors
-    stems = ["rollouts-0", "eval-sample", f"eval-bon-{n}", "eval-dpo", f"eval-bon-i-{n}"]
-    stems += ["eval-strong-sample", f"eval-strong-bon-{n}"]
-    files = [f"{s}{ext}" for s in stems for ext in (".jsonl", ".cost.json")]
-    return files + ["reward_model", "reward_model.json", "values/round-0", "values/round-0.json", "dpo", "dpo.json"]
+    stems = ["eval-dpo", f"eval-bon-i-{n}", "eval-strong-sample", f"eval-strong-bon-{n}"]
+    return _stem_files(stems) + ["dpo", "dpo.json"]
+
+
+def search_paths(config: Config) -> list[str]:
+    """SPI's own rounds ≥ 1 (rollouts, value functions, evaluations): shared between runs that differ only in
+    which baselines they add."""
+    rounds = range(1, config.spi.rounds + 1)
+    values = [f"values/round-{k}{ext}" for k in rounds for ext in ("", ".json")]
+    return _stem_files([f"rollouts-{k}" for k in rounds] + [f"eval-spi-{k}" for k in rounds]) + values
+
+
+def _stem_files(stems: list[str]) -> list[str]:
+    return [f"{s}{ext}" for s in stems for ext in (".jsonl", ".cost.json")]
+
+
+SHARED_GROUPS: tuple[tuple[tuple[str, ...], Callable[[Config], list[str]]], ...] = (
+    (RUN_PLACE + SEARCH_ONLY + ("baselines",), round0_paths),
+    (RUN_PLACE + SEARCH_ONLY, baseline_paths),
+    (RUN_PLACE + ("baselines",), search_paths),
+)
+"""(settings left out of the key, artefacts): a run takes the artefacts from another run with the same key."""
 
 
 def _link_or_copy(source: str, target: str) -> None:
@@ -171,41 +198,44 @@ def _link_or_copy(source: str, target: str) -> None:
         shutil.copy2(source, target)
 
 
-def _round0_donors(cell: Cell) -> list[Path]:
-    """Other runs in the cells folder with the same round-0 key, finished ones first."""
-    key, donors = round0_key(cell.config), []
-    folder = cell.path.parent
+def _runs_in(folder: Path, exclude: Path) -> list[tuple[Path, Config]]:
+    """Other runs in the cells folder with a readable config, finished ones first."""
+    runs = []
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
         saved = path / "config.yaml"
-        if path == cell.path or not saved.is_file():
+        if path == exclude or not saved.is_file():
             continue
         try:
             config = Config.model_validate(yaml.safe_load(saved.read_text(encoding="utf-8")))
         except (ValidationError, yaml.YAMLError):  # a run from an older config schema: not comparable
             continue
-        if round0_key(config) == key:
-            donors.append(path)
-    return sorted(donors, key=lambda p: not (p / "results.json").is_file())
+        runs.append((path, config))
+    return sorted(runs, key=lambda run: not (run[0] / "results.json").is_file())
 
 
 def share_round0(cell: Cell) -> list[str]:
-    """Copy round-0 artefacts into `cell` from runs in its cells folder with the same round-0 key.
+    """Copy into `cell` what other runs of its cells folder computed the same way: round 0 from runs with the same
+    round-0 settings, the beam-free baselines from runs that also have the same baseline settings, and SPI's rounds
+    from runs that differ only in their baselines (`SHARED_GROUPS`).
 
     Returns what was copied. A partial file is still worth copying: the run resumes after it.
     """
-    donors = _round0_donors(cell)
+    runs = _runs_in(cell.path.parent, cell.path)
     copied = []
-    for name in shared_paths(cell.config):
-        target = cell.path / name
-        donor = next((d / name for d in donors if (d / name).exists()), None)
-        if target.exists() or donor is None:
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if donor.is_dir():
-            shutil.copytree(donor, target, copy_function=_link_or_copy)
-        else:
-            _link_or_copy(str(donor), str(target))
-        copied.append(name)
+    for leave_out, paths in SHARED_GROUPS:
+        key = config_hash(cell.config, leave_out)
+        donors = [path for path, config in runs if config_hash(config, leave_out) == key]
+        for name in paths(cell.config):
+            target = cell.path / name
+            donor = next((d / name for d in donors if (d / name).exists()), None)
+            if target.exists() or donor is None:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if donor.is_dir():
+                shutil.copytree(donor, target, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(str(donor), str(target))
+            copied.append(name)
     return copied
 
 
