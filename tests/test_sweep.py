@@ -188,6 +188,18 @@ def test_a_cell_that_only_adds_baselines_reuses_round_0_and_spi_but_not_other_ba
     assert not (with_dpo.path / "eval-dpo.jsonl").exists()
 
 
+def test_a_cell_with_another_value_kind_reuses_rollouts_and_reward_model_but_not_v0(tmp_path):
+    spec, folder = load_spec(write_spec(tmp_path, {"grid": {"spi.value": ["heads", "model"]}}))
+    heads, model = expand(spec, folder)
+    heads.path.mkdir(parents=True)
+    (heads.path / "config.yaml").write_text(to_yaml(heads.config))
+    for name in ("rollouts-0.jsonl", "eval-bon-16.jsonl", "reward_model.json", "eval-spi-1.jsonl", "eval-dpo.jsonl"):
+        (heads.path / name).write_text('{"id": "0"}\n')
+    (heads.path / "values" / "round-0").mkdir(parents=True)
+    shared = ["eval-bon-16.jsonl", "eval-dpo.jsonl", "reward_model.json", "rollouts-0.jsonl"]
+    assert sorted(share_round0(model)) == shared  # V_0 and SPI's rounds depend on the value kind: not shared
+
+
 def test_win_tie_loss_per_prompt():
     assert win_tie_loss([1.0, 0.2, 0.5, 0.3], [0.0, 0.2, 0.7, 0.3 + 1e-9]) == [1.0, 0.5, 0.0, 0.5]
     with pytest.raises(ValueError):

@@ -19,8 +19,9 @@ whose directory holds results.json is skipped; an unfinished one resumes through
 that name the same `cells` folder share identical cells. Cells that differ only in how the search runs (see
 `SEARCH_ONLY`) or in the baselines they add share round 0: the rollouts, reward model, V_0 and the sample /
 best-of-N evaluations are copied from another run in the cells folder before the cell runs, since `spi run` would
-compute exactly the same files. Likewise the beam-free baselines between cells with the same baseline settings,
-and SPI's own rounds between cells that differ only in their baselines (`SHARED_GROUPS`).
+compute exactly the same files; V_0 too when the value settings (`VALUE_SETTINGS`) match. Likewise the beam-free
+baselines between cells with the same baseline settings, and SPI's own rounds between cells that differ only in
+their baselines (`SHARED_GROUPS`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,19 @@ SEARCH_ONLY = (
     "spi.base_logprob",
 )
 """Settings that change only the guided search (rounds ≥ 1 and SPI's evaluation), never round 0's work."""
+VALUE_SETTINGS = (
+    "spi.value",
+    "spi.head",
+    "spi.centered",
+    "spi.ridge",
+    "spi.value_backbone",
+    "spi.value_train_layers",
+    "spi.value_epochs",
+    "spi.value_lr",
+    "spi.value_batch_size",
+)
+"""Settings that change only how value functions are built from the rollouts, never the rollouts of round 0, the
+reward model or the sample / best-of-N evaluations."""
 RUN_PLACE = ("name", "run_dir")
 """Where a run lives: left out of every hash."""
 
@@ -126,8 +140,9 @@ def config_hash(config: Config, leave_out: tuple[str, ...] = RUN_PLACE) -> str:
 
 
 def round0_key(config: Config) -> str:
-    """Cells with the same key compute the same round 0 (see SEARCH_ONLY; the baselines only add methods)."""
-    return config_hash(config, RUN_PLACE + SEARCH_ONLY + ("baselines",))
+    """Cells with the same key compute the same round 0 up to V_0 (see SEARCH_ONLY and VALUE_SETTINGS; the
+    baselines only add methods)."""
+    return config_hash(config, SHARED_GROUPS[0][0])
 
 
 def expand(spec: SweepSpec, folder: Path) -> list[Cell]:
@@ -155,10 +170,15 @@ def expand(spec: SweepSpec, folder: Path) -> list[Cell]:
 
 
 def round0_paths(config: Config) -> list[str]:
-    """Round 0's artefacts (rollouts, reward model, V_0, sample and best-of-N evaluations): they depend on neither
-    the search settings nor the baselines."""
+    """Round 0's artefacts before any value function (rollouts, reward model, sample and best-of-N evaluations):
+    they depend on neither the search, the value settings nor the baselines."""
     stems = ["rollouts-0", "eval-sample", f"eval-bon-{config.spi.width * config.spi.successors}"]
-    return _stem_files(stems) + ["reward_model", "reward_model.json", "values/round-0", "values/round-0.json"]
+    return _stem_files(stems) + ["reward_model", "reward_model.json"]
+
+
+def value0_paths(config: Config) -> list[str]:
+    """V_0: depends on round 0 and the value settings."""
+    return ["values/round-0", "values/round-0.json"]
 
 
 def baseline_paths(config: Config) -> list[str]:
@@ -183,8 +203,9 @@ def _stem_files(stems: list[str]) -> list[str]:
 
 
 SHARED_GROUPS: tuple[tuple[tuple[str, ...], Callable[[Config], list[str]]], ...] = (
-    (RUN_PLACE + SEARCH_ONLY + ("baselines",), round0_paths),
-    (RUN_PLACE + SEARCH_ONLY, baseline_paths),
+    (RUN_PLACE + SEARCH_ONLY + ("baselines",) + VALUE_SETTINGS, round0_paths),
+    (RUN_PLACE + SEARCH_ONLY + ("baselines",), value0_paths),
+    (RUN_PLACE + SEARCH_ONLY + VALUE_SETTINGS, baseline_paths),
     (RUN_PLACE + ("baselines",), search_paths),
 )
 """(settings left out of the key, artefacts): a run takes the artefacts from another run with the same key."""
