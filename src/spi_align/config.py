@@ -82,6 +82,10 @@ class SPIConfig(Section):
     """γ in eq. 13: guidance = Σ_i γ V_i / β_i."""
     base_logprob: bool = False
     """Add log π_base of the partial response to the guidance (eq. 14); off as in the paper's Figure 3."""
+    reward_guide: float = Field(0.0, ge=0)
+    """Weight of the reward model's score of each partial response closed with the end-of-turn token, added to the
+    guidance Σ_i γ V_i/β_i (0 = off): the reward model as one more value function, with no training. Needs a
+    reward model on the policy's own hidden states (reward: train); costs one one-token forward per chunk."""
     head: Literal["linear", "mlp"] = "linear"
     """Value head on the policy's last hidden state: closed-form ridge (linear) or a small MLP."""
     centered: bool = True

@@ -98,8 +98,10 @@ def value_kind(spi: Any) -> str:
     """How the value functions were built, for a report's header."""
     if spi.value == "model":
         layers = {0: "head only", -1: "all layers"}.get(spi.value_train_layers, f"last {spi.value_train_layers} layers")
-        return f"value model on {spi.value_backbone} ({layers} tuned)"
-    return f"{spi.head} value heads"
+        kind = f"value model on {spi.value_backbone} ({layers} tuned)"
+    else:
+        kind = f"{spi.head} value heads"
+    return kind + (f" + {spi.reward_guide} × reward model on prefixes" if spi.reward_guide else "")
 
 
 def write_report(

@@ -28,6 +28,7 @@ from spi_align.scoring.row_reward import PolicyHeadReward
 from spi_align.scoring.train_reward import make_pairs, train_reward_head
 from spi_align.search import BestOfN, PlainSampling
 from spi_align.search.beam import ChunkBeamSearch
+from spi_align.search.reward_guide import RewardPrefixValue, with_reward_prefix
 from spi_align.values import HeadStack, ValueHead
 from spi_align.values.guide import ValueModelGuide
 from spi_align.values.model import ValueModel
@@ -66,6 +67,8 @@ class SPIRun:
         else:
             stack = HeadStack(self.heads[:rounds], weights).to(self.device)
             value = lambda rows: stack(rows.hidden)  # noqa: E731
+        if spi.reward_guide > 0:
+            value = with_reward_prefix(value, RewardPrefixValue(self.reward), spi.reward_guide)
         return ChunkBeamSearch.from_config(self.policy, value, self.reward, spi, name)
 
     def method(self, key: str, search: Any, prompts: list[Prompt]) -> tuple[list[dict[str, Any]], Cost]:

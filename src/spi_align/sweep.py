@@ -50,6 +50,7 @@ SEARCH_ONLY = (
     "spi.betas",
     "spi.gamma",
     "spi.base_logprob",
+    "spi.reward_guide",
 )
 """Settings that change only the guided search (rounds ≥ 1 and SPI's evaluation), never round 0's work."""
 VALUE_SETTINGS = (

@@ -168,6 +168,20 @@ class HFPolicy:
             cost.policy_forwards += 1
         return rows.hidden[index]
 
+    @torch.no_grad()
+    def peek_end_hidden(self, rows: Rows) -> torch.Tensor:
+        """Hidden states (R, H) each row would have after the end-of-turn token, without ending any row: rows not
+        yet done are fed the end token in one forward, then the KV cache is cropped back (a view, no copy) and the
+        attention mask left as it was, so generation goes on exactly as if nothing had been fed."""
+        need = ~rows.done
+        if not bool(need.any()):
+            return rows.hidden
+        token = torch.where(need, self.eos_ids[0], self.pad_id)
+        mask = torch.cat([rows.attention_mask, need.long()[:, None]], dim=1)
+        hidden = self._forward(token[:, None], mask, rows.cache)
+        rows.cache.crop(-1)
+        return torch.where(need[:, None], hidden, rows.hidden)
+
     def texts(self, rows: Rows, index: torch.Tensor | None = None) -> list[str]:
         """Decode the responses of rows `index` (default: all), special tokens dropped."""
         return self.tokenizer.batch_decode(rows.token_lists(index), skip_special_tokens=True)

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Reproduces results/sweep-reward-guide: SPI-1 vs best-of-16 with and without the reward model scoring partial
+# responses as guidance, at L = 8 and 16, on 32 held-out AlpacaEval prompts with the embedded SmolLM2-135M-Instruct.
+# Run after results/sweep-chunk/command.sh, whose round 0 and weight-0 cells it reuses.
+set -euo pipefail
+spi sweep results/sweep-reward-guide/spec.yaml
+cp runs/sweeps/sweep-reward-guide/table.md runs/sweeps/sweep-reward-guide/table.json results/sweep-reward-guide/
