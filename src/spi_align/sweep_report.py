@@ -113,7 +113,7 @@ def _label(settings: dict[str, Any], keys: list[str]) -> str:
 
 def _strategy(settings: dict[str, Any]) -> str:
     selection = settings.get("spi.selection", "diversity")
-    names = {"diversity": "beam, diversity-first", "top": "beam, plain top-W"}
+    names = {"diversity": "beam,\ndiversity-first", "top": "beam,\nplain top-W"}
     if selection == "softmax":
         return f"softmax T={settings.get('spi.temperature', 1.0)}"
     return names.get(selection, str(selection))
