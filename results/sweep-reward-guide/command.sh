@@ -4,4 +4,5 @@
 # Run after results/sweep-chunk/command.sh, whose round 0 and weight-0 cells it reuses.
 set -euo pipefail
 spi sweep results/sweep-reward-guide/spec.yaml
-cp runs/sweeps/sweep-reward-guide/table.md runs/sweeps/sweep-reward-guide/table.json results/sweep-reward-guide/
+cp runs/sweeps/sweep-reward-guide/table.md runs/sweeps/sweep-reward-guide/table.json \
+  runs/sweeps/sweep-reward-guide/fig5_chunk.png results/sweep-reward-guide/
