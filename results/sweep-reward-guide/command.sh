@@ -6,3 +6,5 @@ set -euo pipefail
 spi sweep results/sweep-reward-guide/spec.yaml
 cp runs/sweeps/sweep-reward-guide/table.md runs/sweeps/sweep-reward-guide/table.json \
   runs/sweeps/sweep-reward-guide/fig5_chunk.png results/sweep-reward-guide/
+# report-L16-reward-guide.md is the report.md of the L = 16, weight 1 cell: runs/sweeps/cells/<key>/, with the key
+# listed in runs/sweeps/sweep-reward-guide/cells.json.
