@@ -1,4 +1,4 @@
-"""`spi demo`: the SPI pipeline on the embedded default, sized to finish in about 15 minutes on 2 CPU cores."""
+"""`spi demo`: the SPI pipeline on the embedded default, sized to finish in about 20 minutes on 2 CPU cores."""
 
 from __future__ import annotations
 
