@@ -61,7 +61,7 @@ def test_head_stack_is_the_weighted_sum_and_fuses_linear_heads():
     v0, v1 = _linear_head([1.0, 0.0], 0.0), _linear_head([0.0, 4.0], 1.0)
     # γ = 1, β = (1, 2): V = V0/1 + V1/2 -> rows: 1 + 0.5, 0 + 2.5, 1 + 2.5
     stack = HeadStack([v0, v1], [1.0, 0.5])
-    assert stack._fused is not None
+    assert stack.fused is not None
     assert stack(h).tolist() == pytest.approx([1.5, 2.5, 3.5])
     # ranking flips with the schedule: with β = (1, 2) row 1 beats row 0, with β = (1, 8) the first head dominates
     assert stack(h).argsort().tolist() == [0, 1, 2]
@@ -74,7 +74,7 @@ def test_mlp_heads_are_summed_like_linear_ones():
     heads = [ValueHead(4, "mlp"), _linear_head([1.0, 2.0, 3.0, 4.0], 0.5)]
     h = torch.randn(5, 4)
     stack = HeadStack(heads, [2.0, 0.25])
-    assert stack._fused is None
+    assert stack.fused is None
     expected = 2.0 * heads[0](h) + 0.25 * heads[1](h)
     torch.testing.assert_close(stack(h), expected.detach())
 

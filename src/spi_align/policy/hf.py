@@ -159,11 +159,8 @@ class HFPolicy:
         need[index] = True
         need &= ~rows.done
         if bool(need.any()):
-            token = torch.where(need, self.eos_ids[0], self.pad_id)
-            rows.attention_mask = torch.cat([rows.attention_mask, need.long()[:, None]], dim=1)
             with cost.timer("reward"):
-                hidden = self._forward(token[:, None], rows.attention_mask, rows.cache)
-            rows.hidden = torch.where(need[:, None], hidden, rows.hidden)
+                rows.hidden, rows.attention_mask = self._feed_end(rows, need)
             rows.done |= need
             cost.policy_forwards += 1
         return rows.hidden[index]
@@ -176,11 +173,17 @@ class HFPolicy:
         need = ~rows.done
         if not bool(need.any()):
             return rows.hidden
+        hidden, _ = self._feed_end(rows, need)
+        rows.cache.crop(-1)
+        return hidden
+
+    def _feed_end(self, rows: Rows, need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed the end-of-turn token to rows `need` (the others a masked pad) through the cache; returns the
+        hidden states (rows not fed keep theirs) and the attention mask with the new column."""
         token = torch.where(need, self.eos_ids[0], self.pad_id)
         mask = torch.cat([rows.attention_mask, need.long()[:, None]], dim=1)
         hidden = self._forward(token[:, None], mask, rows.cache)
-        rows.cache.crop(-1)
-        return torch.where(need[:, None], hidden, rows.hidden)
+        return torch.where(need[:, None], hidden, rows.hidden), mask
 
     def texts(self, rows: Rows, index: torch.Tensor | None = None) -> list[str]:
         """Decode the responses of rows `index` (default: all), special tokens dropped."""

@@ -18,9 +18,9 @@ from spi_align.values.train import regress, within_prompt_spearman
 
 def fused_linear_head(stack: HeadStack) -> ValueHead:
     """The exact single linear head equal to a stack of linear heads (raw features, no standardisation)."""
-    if stack._fused is None:
+    if stack.fused is None:
         raise ValueError("only a stack of linear heads fuses exactly; distil the others with `distill`")
-    w, b = stack._fused
+    w, b = stack.fused
     head = ValueHead(int(w.shape[0]), "linear")
     with torch.no_grad():
         head.net.weight.copy_(w[None])  # type: ignore[union-attr]
@@ -39,7 +39,7 @@ def distill(
     seed: int = 0,
 ) -> ValueHead:
     """One head ≈ Σ_i γ V_i/β_i, fitted by mean squared error on `features` (N, H). Exact for linear stacks."""
-    if stack._fused is not None and kind == "linear":
+    if stack.fused is not None and kind == "linear":
         return fused_linear_head(stack)
     x = features.float()
     with torch.no_grad():

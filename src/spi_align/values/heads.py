@@ -68,21 +68,22 @@ class HeadStack(nn.Module):
             raise ValueError("one weight per head")
         self.heads = nn.ModuleList(heads)
         self.weights = [float(w) for w in weights]
-        self._fused: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.fused: tuple[torch.Tensor, torch.Tensor] | None = None
+        """(w, b) with Σ_i weight_i V_i(h) = h·w + b, when every head is linear (one mat-vec per call); else None."""
         if heads and all(h.kind == "linear" for h in heads):
             with torch.no_grad():
                 parts = [h.affine() for h in heads]
                 w = sum(wt * p[0] for wt, p in zip(self.weights, parts, strict=True))
                 b = sum(wt * p[1] for wt, p in zip(self.weights, parts, strict=True))
-            self._fused = (w, b)
+            self.fused = (w, b)
 
     def __len__(self) -> int:
         return len(self.heads)
 
     @torch.no_grad()
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self._fused is not None:
-            w, b = self._fused
+        if self.fused is not None:
+            w, b = self.fused
             return hidden.float() @ w.to(hidden.device) + b.to(hidden.device)
         total = torch.zeros(hidden.shape[:-1], device=hidden.device)
         for weight, head in zip(self.weights, self.heads, strict=True):
