@@ -10,7 +10,7 @@ import pytest
 from spi_align import assets
 from spi_align.cli import main
 from spi_align.errors import SpiError
-from spi_align.export import export_run
+from spi_align.evaluation.export import export_run
 
 
 def write_method(run: Path, method: str, answers: list[tuple[str, str, str]]) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from spi_align.cli import main
 from spi_align.errors import SpiError
-from spi_align.judge import (
+from spi_align.evaluation.judge import (
     ChatClient,
     JudgeConfig,
     Pair,
@@ -25,7 +25,7 @@ from spi_align.judge import (
     parse_verdict,
     resolve_endpoint,
 )
-from spi_align.judge_run import judge_run
+from spi_align.evaluation.judge_run import judge_run
 
 Answer = tuple[int, bytes]
 

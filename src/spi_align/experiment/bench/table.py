@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
-from spi_align.bench.targets import Check
+from spi_align.experiment.bench.targets import Check
 
 METHOD_COLUMNS = (
     "method",

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from spi_align.config import Config, build_config
 from spi_align.errors import SpiError
-from spi_align.runs import RunDir, atomic_write_jsonl
+from spi_align.experiment.rundir import RunDir
+from spi_align.files import atomic_write_jsonl
 
 console = Console()
 
@@ -32,7 +33,7 @@ def cmd_assets(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from spi_align.data import load_prompts
-    from spi_align.pipeline import run_method
+    from spi_align.experiment.pipeline import run_method
     from spi_align.policy import load_policy
     from spi_align.scoring import make_scorer
     from spi_align.search import BestOfN, PlainSampling
@@ -75,29 +76,29 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from spi_align.demo import run_demo
+    from spi_align.experiment.demo import run_demo
 
     run_demo(args.config, args.overrides)
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from spi_align.bench.run import run_bench
+    from spi_align.experiment.bench.run import run_bench
 
     run_bench(args.config, args.overrides)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from spi_align.rounds import spi_run
+    from spi_align.experiment.spi_run import spi_run
 
     spi_run(build_config(Config, args.config, args.overrides))
     return 0
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from spi_align.judge import JudgeConfig
-    from spi_align.judge_run import judge_run
+    from spi_align.evaluation.judge import JudgeConfig
+    from spi_align.evaluation.judge_run import judge_run
 
     cfg = build_config(JudgeConfig, args.config, args.overrides)
     text, folder = judge_run(args.run, cfg, against=args.against, methods=args.methods)
@@ -107,7 +108,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from spi_align.export import export_run
+    from spi_align.evaluation.export import export_run
 
     files = export_run(args.run, args.methods, args.out)
     for path in files:
@@ -116,7 +117,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from spi_align.sweep import run_sweep
+    from spi_align.experiment.sweep import run_sweep
 
     _, folder = run_sweep(
         args.spec,

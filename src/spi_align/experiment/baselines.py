@@ -12,27 +12,25 @@ run directory (`dpo/`, safetensors) and reused when the run resumes.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
 
 from spi_align.config import Config, PolicyConfig
 from spi_align.errors import SpiError
+from spi_align.experiment.rundir import RunDir
 from spi_align.interfaces import Scorer
 from spi_align.policy import HFPolicy, load_policy
-from spi_align.runs import RunDir
 from spi_align.scoring.implicit import ImplicitReward
 from spi_align.search import BestOfN, PlainSampling
 from spi_align.search.w2s import WeakToStrongSearch, implicit_best_of_n
 from spi_align.train.dpo import PreferencePair
 
-console = Console()
+log = logging.getLogger(__name__)
 DPO_DIR = "dpo"
 
 
@@ -78,10 +76,9 @@ class Baselines:
         if not (folder / "config.json").is_file():
             b = self.cfg.baselines
             pairs = list(self.pairs())
-            console.print(f"DPO: tuning a copy of the policy on {len(pairs)} preference pairs, {b.dpo_steps} steps")
-            tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{DPO_DIR}."))
-            try:
-                start = time.perf_counter()
+            log.info("DPO: tuning a copy of the policy on %d preference pairs, %d steps", len(pairs), b.dpo_steps)
+            start = time.perf_counter()
+            with self.run.folder(DPO_DIR) as tmp:
                 metrics = train_dpo(
                     self.policy.model,
                     self.policy.tokenizer,
@@ -95,16 +92,13 @@ class Baselines:
                     seed=self.cfg.seed,
                     chat_template=self.policy.chat_template,
                 )
-                metrics["seconds"] = time.perf_counter() - start
-                if folder.exists():
-                    shutil.rmtree(folder)
-                tmp.rename(folder)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            metrics["seconds"] = time.perf_counter() - start
             self.run.write_json("dpo.json", metrics)
-            console.print(
-                f"DPO: implicit-reward margin on its pairs {metrics['train_margin']:.3f}, "
-                f"chosen wins {metrics['train_accuracy']:.0%} ({metrics['seconds']:.0f}s)"
+            log.info(
+                "DPO: implicit-reward margin on its pairs %.3f, chosen wins %.0f%% (%.0fs)",
+                metrics["train_margin"],
+                100 * metrics["train_accuracy"],
+                metrics["seconds"],
             )
         self._dpo = self._load(folder)
         return self._dpo
@@ -148,7 +142,7 @@ class Baselines:
                 strong, implicit, spi.width, spi.successors, spi.chunk, b.w2s_selection, spi.temperature
             )
             how = "reads the policy's token ids" if w2s.shared_tokens else "re-tokenises the policy's text"
-            console.print(f"weak-to-strong search: the implicit-reward pair {how}")
+            log.info("weak-to-strong search: the implicit-reward pair %s", how)
             if strong is not self.policy:
                 out += [("strong-sample", PlainSampling(strong)), (f"strong-bon-{n}", BestOfN(strong, self.reward, n))]
             out.append(("w2s" if strong is self.policy else "strong-w2s", w2s))

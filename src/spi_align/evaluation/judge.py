@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from spi_align.errors import SpiError
-from spi_align.judge_client import ChatClient, Endpoint, JudgeConfig, resolve_endpoint
+from spi_align.evaluation.judge_client import ChatClient, Endpoint, JudgeConfig, resolve_endpoint
 
 __all__ = [
     "ChatClient",

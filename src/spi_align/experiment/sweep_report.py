@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from spi_align.report import bootstrap_ci, markdown_table
-from spi_align.runs import atomic_write_json, atomic_write_text
+from spi_align.experiment.report import bootstrap_ci, markdown_table
+from spi_align.files import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
-    from spi_align.sweep import Cell, SweepSpec
+    from spi_align.experiment.sweep import Cell, SweepSpec
 
 
 def win_tie_loss(ours: Sequence[float], theirs: Sequence[float], tol: float = 1e-6) -> list[float]:

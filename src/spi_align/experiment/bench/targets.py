@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from spi_align.bench.timing import Spread, Trial, paired_ratio
+from spi_align.experiment.bench.timing import Spread, Trial, paired_ratio
 
 P1_MAX = 1.15
 """SPI wall time / BoN wall time, every number of rounds."""

@@ -1,4 +1,4 @@
-"""Peak resident memory of one method, each in a fresh subprocess (`python -m spi_align.bench.memory`).
+"""Peak resident memory of one method, each in a fresh subprocess (`python -m spi_align.experiment.bench.memory`).
 
 In one long process, peak RSS cannot be split by method: the high-water mark only rises and the allocator keeps
 freed memory. So every measured method runs once in its own process, which loads the same config, reads VmRSS
@@ -32,9 +32,9 @@ def status_mb(field: str) -> float:
 
 def measure(config_path: str, key: str) -> dict[str, Any]:
     """Load the bench config, run method `key` once, and report baseline and peak RSS (MiB)."""
-    from spi_align.bench.context import BenchContext
-    from spi_align.bench.timing import run_once
     from spi_align.config import BenchConfig, build_config
+    from spi_align.experiment.bench.context import BenchContext
+    from spi_align.experiment.bench.timing import run_once
 
     cfg: BenchConfig = build_config(BenchConfig, config_path)
     ctx = BenchContext.load(cfg, value_model=False)
@@ -54,7 +54,7 @@ def measure(config_path: str, key: str) -> dict[str, Any]:
 
 def measure_in_subprocess(config_path: str | Path, key: str) -> dict[str, Any]:
     """`measure` in a fresh Python process; its result is the last line it prints."""
-    cmd = [sys.executable, "-m", "spi_align.bench.memory", str(config_path), key]
+    cmd = [sys.executable, "-m", "spi_align.experiment.bench.memory", str(config_path), key]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]

@@ -13,10 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from spi_align.errors import SpiError
-from spi_align.judge import ChatClient, JudgeConfig, Pair, PairJudgement, PairwiseJudge, Tally, resolve_endpoint
-from spi_align.report import markdown_table
-from spi_align.run_outputs import load_answers, open_run, pick_methods
-from spi_align.runs import atomic_write_json, atomic_write_text, slug
+from spi_align.evaluation.judge import (
+    ChatClient,
+    JudgeConfig,
+    Pair,
+    PairJudgement,
+    PairwiseJudge,
+    Tally,
+    resolve_endpoint,
+)
+from spi_align.experiment.outputs import load_answers, open_run, pick_methods
+from spi_align.experiment.report import markdown_table
+from spi_align.experiment.rundir import slug
+from spi_align.files import atomic_write_json, atomic_write_text
 
 
 def default_baseline(methods: list[str]) -> str:

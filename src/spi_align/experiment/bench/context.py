@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from spi_align.bench.methods import build_methods
-from spi_align.bench.timing import Runner
-from spi_align.bench.value_model import KEY, load_guide, spi_with_value_model
 from spi_align.config import BenchConfig
 from spi_align.data import load_prompts
+from spi_align.experiment.bench.methods import build_methods
+from spi_align.experiment.bench.timing import Runner
+from spi_align.experiment.bench.value_model import KEY, load_guide, spi_with_value_model
 from spi_align.interfaces import Prompt, Scorer
 from spi_align.policy import HFPolicy, load_policy
 from spi_align.scoring import make_scorer

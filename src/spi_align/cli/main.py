@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a finished `spi run` directory")
     p.add_argument("--against", help="baseline method (default: the run's bon-N)")
     p.add_argument("--methods", type=_names, help="comma-separated methods to judge (default: all others)")
-    _add_config_args(p)  # judge settings: base_url=... model=... (see spi_align.judge.JudgeConfig)
+    _add_config_args(p)  # judge settings: base_url=... model=... (see spi_align.evaluation.judge.JudgeConfig)
 
     p = sub.add_parser("export", help="write a finished run's answers in AlpacaEval's model_outputs format")
     p.add_argument("run", help="a finished `spi run` directory")
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: RUN/alpaca_eval)")
 
     p = sub.add_parser("sweep", help="a grid of `spi run` configs, cached by config hash; Table 1/3 and Fig 4/5")
-    p.add_argument("spec", help="sweep spec YAML (base config + grid; see spi_align.sweep)")
+    p.add_argument("spec", help="sweep spec YAML (base config + grid; see spi_align.experiment.sweep)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and which are cached; run nothing")
     p.add_argument("--max-cells", type=int, help="run at most this many missing cells, then write the report")
 
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*(args.overrides or []), *extra]
     try:
         _quiet_libraries()
-        from spi_align import commands
+        from spi_align.cli import commands
 
         return getattr(commands, f"cmd_{args.command}")(args) or 0
     except SpiError as exc:

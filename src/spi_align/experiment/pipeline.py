@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from spi_align.experiment.rundir import RunDir
+from spi_align.files import read_jsonl
 from spi_align.interfaces import Cost, Prompt, Scorer, Search
-from spi_align.runs import RunDir, read_jsonl
-from spi_align.search.driver import progress_bar
+
+log = logging.getLogger(__name__)
 
 
 def run_method(
@@ -30,16 +33,16 @@ def run_method(
     cost = Cost(**run.read_json(cost_file)["cost"]) if run.has(cost_file) and records else Cost()
     done = {r["id"] for r in records}
     todo = [p for p in prompts if p.id not in done]
-    with progress_bar() as bar:
-        task = bar.add_task(key, total=len(prompts), completed=len(prompts) - len(todo))
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            if reseed is not None:
-                reseed(batch_seed(seed, key, (len(prompts) - len(todo) + start) // batch_size))
-            records.extend(r.to_record() for r in search.run(batch, cost))
-            run.write_jsonl(out, records)
-            run.write_json(cost_file, {"cost": _cost_fields(cost)})
-            bar.advance(task, len(batch))
+    if todo:
+        log.info("%s: %d prompts to run (%d done before)", key, len(todo), len(prompts) - len(todo))
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        if reseed is not None:
+            reseed(batch_seed(seed, key, (len(prompts) - len(todo) + start) // batch_size))
+        records.extend(r.to_record() for r in search.run(batch, cost))
+        run.write_jsonl(out, records)
+        run.write_json(cost_file, {"cost": _cost_fields(cost)})
+        log.info("%s: %d/%d prompts", key, len(prompts) - len(todo) + start + len(batch), len(prompts))
     order = {p.id: i for i, p in enumerate(prompts)}
     records = sorted((r for r in records if r["id"] in order), key=lambda r: order[r["id"]])
     return records, cost

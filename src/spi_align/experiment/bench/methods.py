@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
-from spi_align.bench.timing import Runner
 from spi_align.config import BenchConfig
+from spi_align.experiment.bench.timing import Runner
 from spi_align.interfaces import Cost, Prompt, Scorer
 from spi_align.policy import HFPolicy
 from spi_align.search import BestOfN

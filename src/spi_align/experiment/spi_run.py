@@ -14,14 +14,14 @@ from typing import Any
 from rich.console import Console
 from rich.markdown import Markdown
 
-from spi_align.baselines import Baselines
 from spi_align.config import Config, DataConfig
 from spi_align.data import load_prompts
+from spi_align.experiment.baselines import Baselines
+from spi_align.experiment.pipeline import evaluate, run_method
+from spi_align.experiment.report import write_report
+from spi_align.experiment.rundir import RunDir
 from spi_align.interfaces import Cost, Prompt, Scorer
-from spi_align.pipeline import evaluate, run_method
 from spi_align.policy import HFPolicy, load_policy
-from spi_align.report import write_report
-from spi_align.runs import RunDir
 from spi_align.scoring import make_scorer
 from spi_align.scoring.reward_model import RewardModel
 from spi_align.scoring.row_reward import PolicyHeadReward

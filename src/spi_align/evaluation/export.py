@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from spi_align.run_outputs import load_answers, open_run, pick_methods
-from spi_align.runs import atomic_write_json
+from spi_align.experiment.outputs import load_answers, open_run, pick_methods
+from spi_align.files import atomic_write_json
 
 
 def _datasets(run: Path) -> dict[str, str]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spi_align.errors import SpiError
-from spi_align.runs import read_jsonl
+from spi_align.files import read_jsonl
 
 EVAL_PREFIX = "eval-"
 

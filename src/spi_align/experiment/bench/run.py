@@ -16,10 +16,11 @@ import torch
 import transformers
 from rich.console import Console
 
-from spi_align.bench.context import BenchContext
-from spi_align.bench.memory import measure_in_subprocess
-from spi_align.bench.methods import method_keys
-from spi_align.bench.table import (
+from spi_align.config import BenchConfig, build_config
+from spi_align.experiment.bench.context import BenchContext
+from spi_align.experiment.bench.memory import measure_in_subprocess
+from spi_align.experiment.bench.methods import method_keys
+from spi_align.experiment.bench.table import (
     METHOD_COLUMNS,
     TARGET_COLUMNS,
     markdown_table,
@@ -27,11 +28,10 @@ from spi_align.bench.table import (
     rich_table,
     target_rows,
 )
-from spi_align.bench.targets import Check, memory_check, timing_checks, unmeasured, value_model_checks
-from spi_align.bench.timing import Trial, paired_ratio, run_once, summarise, time_methods
-from spi_align.bench.value_model import p3_seconds, p3_summary
-from spi_align.config import BenchConfig, build_config
-from spi_align.runs import RunDir
+from spi_align.experiment.bench.targets import Check, memory_check, timing_checks, unmeasured, value_model_checks
+from spi_align.experiment.bench.timing import Trial, paired_ratio, run_once, summarise, time_methods
+from spi_align.experiment.bench.value_model import p3_seconds, p3_summary
+from spi_align.experiment.rundir import RunDir
 
 console = Console()
 
@@ -97,7 +97,7 @@ def run_bench(config_path: str | Path | None, overrides: list[str]) -> dict[str,
     if cfg.bench.memory:
         for key in (keys["bon"], keys[f"spi-{rounds}"]):
             console.print(f"  peak memory of {key} (fresh process)")
-            memory[key] = measure_in_subprocess(run.file("config.yaml"), key)
+            memory[key] = measure_in_subprocess(run.commit() / "config.yaml", key)
     p3 = None
     if ctx.guide is not None:
         console.print(f"  value model alone on {cfg.bench.p3_lengths}-token responses (P3)")

@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from spi_align.config import Config, _merge, _set_dotted, build_config, read_yaml
+from spi_align.config import Config, build_config, merge_trees, read_yaml, set_dotted
 from spi_align.errors import SpiError
 
 SEARCH_ONLY = (
@@ -149,7 +149,7 @@ def round0_key(config: Config) -> str:
 def expand(spec: SweepSpec, folder: Path) -> list[Cell]:
     """Every grid combination × variant as a validated config, duplicates (same hash) dropped, in grid order."""
     base = read_yaml(spec.base) if spec.base else {}
-    base = _merge(base, spec.config)
+    base = merge_trees(base, spec.config)
     keys = list(spec.grid)
     cells: dict[str, Cell] = {}
     for values in itertools.product(*(spec.grid[k] for k in keys)):
@@ -157,7 +157,7 @@ def expand(spec: SweepSpec, folder: Path) -> list[Cell]:
             settings = {**dict(zip(keys, values, strict=True)), **variant}
             tree = json.loads(json.dumps(base))  # a deep copy
             for dotted, value in settings.items():
-                _set_dotted(tree, dotted, value)
+                set_dotted(tree, dotted, value)
             tree["run_dir"] = spec.cells or str(folder / "cells")
             tree.pop("name", None)
             try:
@@ -267,9 +267,9 @@ def is_done(cell: Cell) -> bool:
 
 def default_runner(config: Config) -> Any:
     """`spi run` on one config (imported late: it loads torch)."""
-    from spi_align import rounds
+    from spi_align.experiment.spi_run import spi_run
 
-    return rounds.spi_run(config)
+    return spi_run(config)
 
 
 def run_sweep(
@@ -281,7 +281,7 @@ def run_sweep(
 ) -> tuple[list[Cell], Path]:
     """Run every cell that has no results yet (unless dry_run; at most `max_cells` of them), then write the sweep's
     tables and plots."""
-    from spi_align.sweep_report import write_sweep_report
+    from spi_align.experiment.sweep_report import write_sweep_report
 
     spec, folder = load_spec(spec_path)
     cells = expand(spec, folder)
@@ -307,7 +307,7 @@ def run_sweep(
 
 
 def _write_manifest(spec: SweepSpec, folder: Path, cells: list[Cell]) -> None:
-    from spi_align.runs import atomic_write_json
+    from spi_align.files import atomic_write_json
 
     atomic_write_json(
         folder / "cells.json",

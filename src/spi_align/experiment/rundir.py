@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,32 +13,7 @@ from pydantic import BaseModel
 
 from spi_align.config import to_yaml
 from spi_align.errors import SpiError
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def atomic_write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+from spi_align.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, staged_folder
 
 
 def slug(text: str) -> str:
@@ -51,7 +25,7 @@ class RunDir:
 
     def __init__(self, root: str | Path, name: str) -> None:
         self.path = Path(root) / slug(name)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self._config: str | None = None
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -60,27 +34,53 @@ class RunDir:
         return self.file(name).exists()
 
     def start(self, config: BaseModel) -> None:
-        """Record the resolved config; a rerun must use the same config to resume this run."""
+        """Check the resolved config against the run's; a rerun must use the same config to resume this run.
+
+        Nothing is written yet: the folder and its `config.yaml` appear with the first finished step, so a run
+        that fails before any (a missing prompt file, say) leaves nothing behind. A folder that holds only a
+        `config.yaml` (no finished step) is taken over by the new config.
+        """
         text = to_yaml(config)
         saved = self.file("config.yaml")
-        if saved.exists() and saved.read_text(encoding="utf-8") != text:
+        if saved.exists() and saved.read_text(encoding="utf-8") != text and self._has_steps():
             raise SpiError(
                 f"run directory {self.path} holds a run with another config; "
                 "pass name=... for a new run or delete that directory"
             )
-        atomic_write_text(saved, text)
+        self._config = text
+
+    def _has_steps(self) -> bool:
+        return any(p.name != "config.yaml" and not p.name.startswith(".") for p in self.path.iterdir())
+
+    def commit(self) -> Path:
+        """Create the folder and record the config (once): called before any artefact is written."""
+        if self._config is not None:
+            atomic_write_text(self.file("config.yaml"), self._config)
+            self._config = None
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self.path
 
     def write_json(self, name: str, data: Any) -> Path:
+        self.commit()
         atomic_write_json(self.file(name), data)
         return self.file(name)
 
     def write_jsonl(self, name: str, records: Iterable[dict[str, Any]]) -> Path:
+        self.commit()
         atomic_write_jsonl(self.file(name), records)
         return self.file(name)
 
     def write_text(self, name: str, text: str) -> Path:
+        self.commit()
         atomic_write_text(self.file(name), text)
         return self.file(name)
+
+    @contextmanager
+    def folder(self, name: str) -> Iterator[Path]:
+        """A checkpoint folder `name`, filled under a temporary name and renamed into place when the block ends."""
+        self.commit()
+        with staged_folder(self.file(name)) as tmp:
+            yield tmp
 
     def read_json(self, name: str) -> Any:
         return json.loads(self.file(name).read_text(encoding="utf-8"))

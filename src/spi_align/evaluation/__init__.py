@@ -1,0 +1,1 @@
+"""Evaluation of finished runs: the pairwise LLM judge and the AlpacaEval export."""
