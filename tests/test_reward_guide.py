@@ -8,7 +8,7 @@ import torch
 
 from spi_align.errors import SpiError
 from spi_align.interfaces import Cost
-from spi_align.search.reward_guide import RewardPrefixValue, with_reward_prefix
+from spi_align.search.reward_guide import RowPartialReward, TextPartialReward, partial_reward_value, weighted_sum
 from test_row_reward import PROMPTS, exact_rewards, setup
 
 
@@ -17,7 +17,7 @@ def test_partial_responses_score_as_if_closed_with_the_end_token(tiny_causal_lm,
     cost = Cost()
     rows = policy.start(PROMPTS, cost).select(torch.tensor([0, 0, 0, 1, 1, 1]))
     policy.extend(rows, 5, cost)
-    got = RewardPrefixValue(reward)(rows).tolist()
+    got = partial_reward_value(reward, policy)(rows).tolist()
     prompt_tokens = [rows.prompt_tokens[p] for p in rows.prompt_index.tolist()]
     rows_seen = zip(prompt_tokens, rows.token_lists(), rows.done.tolist(), strict=True)
     expected = exact_rewards(policy, reward_model, rows_seen)
@@ -34,24 +34,55 @@ def test_peeking_leaves_the_generation_exactly_as_without_it(tiny_causal_lm, smo
         for _ in range(3):
             policy.extend(rows, 4, cost)
             if peek:
-                RewardPrefixValue(reward)(rows)
+                RowPartialReward(reward)(rows)
         runs.append((rows.token_lists(), rows.hidden.clone(), rows.attention_mask.shape, rows.cache.get_seq_length()))
     assert runs[0][0] == runs[1][0]
     torch.testing.assert_close(runs[0][1], runs[1][1])
     assert runs[0][2:] == runs[1][2:]
 
 
-def test_the_guide_adds_the_weighted_reward_to_the_values(tiny_causal_lm, smol_tokenizer):
-    policy, _, reward = setup(tiny_causal_lm, smol_tokenizer)
+def test_weighted_sum_adds_weighted_values_and_skips_missing_terms(tiny_causal_lm, smol_tokenizer):
+    policy, _, _ = setup(tiny_causal_lm, smol_tokenizer)
     rows = policy.start(PROMPTS, Cost())
     policy.extend(rows, 3, Cost())
-    prefix = RewardPrefixValue(reward)
-    values = torch.tensor([1.0, -2.0])
-    combined = with_reward_prefix(lambda r: values, prefix, 0.5)(rows)
-    torch.testing.assert_close(combined, values + 0.5 * prefix(rows))
+    guide = weighted_sum(
+        [(1.0, lambda r: torch.tensor([1.0, -2.0])), (0.5, lambda r: torch.tensor([4.0, 6.0])), (2.0, None)]
+    )
+    # 1·(1, -2) + 0.5·(4, 6) = (3, 1), worked by hand
+    assert guide(rows).tolist() == [3.0, 1.0]
 
 
-def test_a_reward_that_cannot_read_rows_is_refused(tiny_causal_lm, smol_tokenizer):
-    _, _, reward = setup(tiny_causal_lm, smol_tokenizer)
-    with pytest.raises(SpiError, match="reward_guide"):
-        RewardPrefixValue(reward.text)
+class LengthScorer:
+    """Stand-in text reward: characters of the response minus a tenth of the prompt's."""
+
+    name = "length"
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def score(self, prompts, responses):
+        self.calls.append(list(responses))
+        return [len(r) - len(p.text) / 10 for p, r in zip(prompts, responses, strict=True)]
+
+
+def test_a_text_reward_scores_the_decoded_partial_responses_in_one_call(tiny_causal_lm, smol_tokenizer):
+    policy, _, reward = setup(tiny_causal_lm, smol_tokenizer, max_new_tokens=12)
+    scorer = LengthScorer()
+    value = partial_reward_value(scorer, policy)
+    assert isinstance(value, TextPartialReward)
+    cost = Cost()
+    rows = policy.start(PROMPTS, cost).select(torch.tensor([0, 0, 1]))
+    policy.extend(rows, 4, cost)
+    got = value(rows).tolist()
+    texts = smol_tokenizer.batch_decode(rows.token_lists(), skip_special_tokens=True)
+    prompts = [PROMPTS[i] for i in rows.prompt_index.tolist()]
+    assert got == pytest.approx([len(t) - len(p.text) / 10 for p, t in zip(prompts, texts, strict=True)])
+    assert scorer.calls == [texts]
+
+
+def test_a_reward_model_that_cannot_read_rows_falls_back_to_text(tiny_causal_lm, smol_tokenizer):
+    policy, _, reward = setup(tiny_causal_lm, smol_tokenizer)
+    assert isinstance(partial_reward_value(reward.text, policy), TextPartialReward)
+    reward.from_rows = False
+    with pytest.raises(SpiError, match="cannot read"):
+        RowPartialReward(reward)

@@ -57,10 +57,14 @@ class DataConfig(Section):
 
 
 class SearchConfig(Section):
-    method: Literal["sample", "best_of_n"] = "best_of_n"
-    """'sample': one plain sample per prompt; 'best_of_n': N samples, the reward picks."""
+    method: str = "best_of_n"
+    """Which method `spi generate` runs: 'sample', 'best_of_n' (N = `n`), or any registered method name
+    ('bon-8', and with `improved` set: 'spi-1' .. 'spi-K')."""
     n: int = Field(16, gt=0)
     """Samples per prompt for best-of-N."""
+    improved: str | None = None
+    """A saved SPI policy or finished `spi run` directory: its policy, reward and value functions are used, so
+    its 'spi-k' methods can be generated (None = the base policy with `reward`)."""
 
 
 class SPIConfig(Section):

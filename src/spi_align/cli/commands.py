@@ -10,8 +10,8 @@ from rich.table import Table
 
 from spi_align.config import Config, build_config
 from spi_align.errors import SpiError
-from spi_align.experiment.rundir import RunDir
 from spi_align.files import atomic_write_jsonl
+from spi_align.rundir import RunDir
 
 console = Console()
 
@@ -33,18 +33,23 @@ def cmd_assets(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from spi_align.data import load_prompts
-    from spi_align.experiment.pipeline import run_method
     from spi_align.policy import load_policy
+    from spi_align.resumable import run_method
     from spi_align.scoring import make_scorer
-    from spi_align.search import BestOfN, PlainSampling
+    from spi_align.search.registry import MethodContext, build_method
 
     cfg: Config = build_config(Config, args.config, args.overrides)
     prompts = load_prompts(cfg.data)
-    policy = load_policy(cfg.policy, cfg.generation, cfg.seed)
-    if cfg.search.method == "best_of_n":
-        search = BestOfN(policy, make_scorer(cfg.reward, device=str(policy.device)), cfg.search.n)
+    name = {"best_of_n": f"bon-{cfg.search.n}"}.get(cfg.search.method, cfg.search.method)
+    if cfg.search.improved is not None:
+        from spi_align.spi import load
+
+        improved = load(cfg.search.improved, device=cfg.policy.device)
+        policy, search = improved.policy, improved.method(name)
     else:
-        search = PlainSampling(policy)
+        policy = load_policy(cfg.policy, cfg.generation, cfg.seed)
+        reward = None if name == "sample" else make_scorer(cfg.reward, device=str(policy.device))
+        search = build_method(name, MethodContext(policy, reward, cfg.spi))
     run = RunDir(cfg.run_dir, cfg.name or f"generate-{search.name}-seed{cfg.seed}")
     run.start(cfg)
     records, cost = run_method(run, "outputs", search, prompts, cfg.data.batch_size, policy.reseed, cfg.seed)
@@ -76,9 +81,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from rich.markdown import Markdown
+
     from spi_align.experiment.demo import run_demo
 
-    run_demo(args.config, args.overrides)
+    console.print(Markdown(run_demo(args.config, args.overrides)))
     return 0
 
 
@@ -90,9 +97,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from rich.markdown import Markdown
+
     from spi_align.experiment.spi_run import spi_run
 
-    spi_run(build_config(Config, args.config, args.overrides))
+    console.print(Markdown(spi_run(build_config(Config, args.config, args.overrides))))
     return 0
 
 

@@ -71,6 +71,19 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
+def _log_to_console() -> None:
+    """The library logs through `logging`; the command line renders its INFO lines with rich (once)."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    root = logging.getLogger("spi_align")
+    if not any(isinstance(h, RichHandler) for h in root.handlers):
+        handler = RichHandler(show_path=False, show_level=False, markup=False, log_time_format="[%X]")
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -80,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*(args.overrides or []), *extra]
     try:
         _quiet_libraries()
+        _log_to_console()
         from spi_align.cli import commands
 
         return getattr(commands, f"cmd_{args.command}")(args) or 0

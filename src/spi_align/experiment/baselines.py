@@ -13,6 +13,7 @@ run directory (`dpo/`, safetensors) and reused when the run resumes.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,11 +23,12 @@ import torch
 
 from spi_align.config import Config, PolicyConfig
 from spi_align.errors import SpiError
-from spi_align.experiment.rundir import RunDir
-from spi_align.interfaces import Scorer
+from spi_align.interfaces import Scorer, Search
 from spi_align.policy import HFPolicy, load_policy
+from spi_align.rundir import RunDir
 from spi_align.scoring.implicit import ImplicitReward
 from spi_align.search import BestOfN, PlainSampling
+from spi_align.search.registry import MethodContext, register
 from spi_align.search.w2s import WeakToStrongSearch, implicit_best_of_n
 from spi_align.train.dpo import PreferencePair
 
@@ -47,6 +49,8 @@ class Baselines:
     ) -> None:
         self.cfg, self.run, self.policy, self.reward, self.pairs = cfg, run, policy, reward, pairs
         self._dpo: Any = None
+        self._strong: HFPolicy | None = None
+        self._implicit: ImplicitReward | None = None
 
     @property
     def budget(self) -> int:
@@ -109,6 +113,8 @@ class Baselines:
 
         from spi_align.models import resolve_model_source
 
+        if self._implicit is not None:
+            return self._implicit
         b = self.cfg.baselines
         tuned = self.dpo_model() if b.tuned is None else self._load(b.tuned)
         reference = self.policy.model if b.reference is None else self._load(b.reference)
@@ -116,39 +122,93 @@ class Baselines:
             tokenizer, chat = self.policy.tokenizer, self.policy.chat_template
         else:
             tokenizer, chat = AutoTokenizer.from_pretrained(resolve_model_source(b.tuned)), True
-        return ImplicitReward(tuned, reference, tokenizer, beta=b.implicit_beta, chat_template=chat)
-
-    def methods(self) -> list[tuple[str, Any]]:
-        """(key, search) of every enabled baseline, in a fixed order."""
-        b, spi, n = self.cfg.baselines, self.cfg.spi, self.budget
-        out: list[tuple[str, Any]] = []
-        if b.dpo:
-            tuned = HFPolicy(
-                self.dpo_model(),
-                self.policy.tokenizer,
-                self.cfg.generation,
-                chat_template=self.cfg.policy.chat_template,
-                seed=self.cfg.seed,
-            )
-            out.append(("dpo", PlainSampling(tuned)))
-        if not b.implicit:
-            return out
-        implicit = self.implicit()
-        if b.bon_implicit:
-            out.append((f"bon-i-{n}", implicit_best_of_n(self.policy, implicit, n)))
-        if b.w2s:
-            strong = self.policy if b.w2s_policy is None else self._strong_policy(b.w2s_policy)
-            w2s = WeakToStrongSearch(
-                strong, implicit, spi.width, spi.successors, spi.chunk, b.w2s_selection, spi.temperature
-            )
-            how = "reads the policy's token ids" if w2s.shared_tokens else "re-tokenises the policy's text"
-            log.info("weak-to-strong search: the implicit-reward pair %s", how)
-            if strong is not self.policy:
-                out += [("strong-sample", PlainSampling(strong)), (f"strong-bon-{n}", BestOfN(strong, self.reward, n))]
-            out.append(("w2s" if strong is self.policy else "strong-w2s", w2s))
-        return out
+        self._implicit = ImplicitReward(tuned, reference, tokenizer, beta=b.implicit_beta, chat_template=chat)
+        return self._implicit
 
     def _strong_policy(self, source: str) -> HFPolicy:
         p = self.cfg.policy
         cfg = PolicyConfig(model=source, dtype=p.dtype, device=p.device, chat_template=p.chat_template)
         return load_policy(cfg, self.cfg.generation, self.cfg.seed)
+
+    def names(self) -> list[str]:
+        """Every enabled baseline's method name, in a fixed order."""
+        b, n = self.cfg.baselines, self.budget
+        out = ["dpo"] if b.dpo else []
+        if b.bon_implicit:
+            out.append(f"bon-i-{n}")
+        if b.w2s:
+            out += ["w2s"] if b.w2s_policy is None else ["strong-sample", f"strong-bon-{n}", "strong-w2s"]
+        return out
+
+    def dpo(self) -> Search:
+        """One plain sample per prompt from the DPO-tuned copy of the policy."""
+        tuned = HFPolicy(
+            self.dpo_model(),
+            self.policy.tokenizer,
+            self.cfg.generation,
+            chat_template=self.cfg.policy.chat_template,
+            seed=self.cfg.seed,
+        )
+        return PlainSampling(tuned)
+
+    def strong(self) -> HFPolicy:
+        """The policy weak-to-strong search guides (the frozen policy, or `w2s_policy` loaded once)."""
+        source = self.cfg.baselines.w2s_policy
+        if source is None:
+            return self.policy
+        if self._strong is None:
+            self._strong = self._strong_policy(source)
+        return self._strong
+
+    def w2s(self) -> Search:
+        """Weak-to-strong search with spi's W, K, L on the guided policy."""
+        b, spi = self.cfg.baselines, self.cfg.spi
+        search = WeakToStrongSearch(
+            self.strong(), self.implicit(), spi.width, spi.successors, spi.chunk, b.w2s_selection, spi.temperature
+        )
+        how = "reads the policy's token ids" if search.shared_tokens else "re-tokenises the policy's text"
+        log.info("weak-to-strong search: the implicit-reward pair %s", how)
+        return search
+
+
+def _provider(ctx: MethodContext) -> Baselines:
+    provider = ctx.extras.get("baselines")
+    if not isinstance(provider, Baselines):
+        raise SpiError("the paper's baselines are evaluated inside `spi run` (enable them in its baselines section)")
+    return provider
+
+
+def _offered(keep: Callable[[str], bool]) -> Callable[[MethodContext], list[str]]:
+    """The enabled baselines' names that `keep` accepts (none outside `spi run`)."""
+
+    def names(ctx: MethodContext) -> list[str]:
+        provider = ctx.extras.get("baselines")
+        return [n for n in provider.names() if keep(n)] if isinstance(provider, Baselines) else []
+
+    return names
+
+
+@register("dpo", _offered(lambda n: n == "dpo"), "one sample from the DPO-tuned policy")
+def _dpo(match: re.Match[str], ctx: MethodContext) -> Search:
+    return _provider(ctx).dpo()
+
+
+@register(r"bon-i-(\d+)", _offered(lambda n: n.startswith("bon-i-")), "best-of-N by the implicit reward (BoN-I)")
+def _bon_implicit(match: re.Match[str], ctx: MethodContext) -> Search:
+    b = _provider(ctx)
+    return implicit_best_of_n(b.policy, b.implicit(), int(match.group(1)))
+
+
+@register("w2s|strong-w2s", _offered(lambda n: n.endswith("w2s")), "weak-to-strong search (implicit reward)")
+def _w2s(match: re.Match[str], ctx: MethodContext) -> Search:
+    return _provider(ctx).w2s()
+
+
+@register("strong-sample", _offered(lambda n: n == "strong-sample"), "one sample from the strong policy")
+def _strong_sample(match: re.Match[str], ctx: MethodContext) -> Search:
+    return PlainSampling(_provider(ctx).strong())
+
+
+@register(r"strong-bon-(\d+)", _offered(lambda n: n.startswith("strong-bon-")), "best-of-N on the strong policy")
+def _strong_bon(match: re.Match[str], ctx: MethodContext) -> Search:
+    return BestOfN(_provider(ctx).strong(), ctx.needs_reward(match.group(0)), int(match.group(1)))

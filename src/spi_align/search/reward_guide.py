@@ -1,39 +1,75 @@
-"""The reward model as a value of partial responses: each candidate is closed with the end-of-turn token and scored
-by the reward head, as if it ended there (`spi.reward_guide`).
+"""The reward on partial responses as a value function (`spi.reward_guide`), for every kind of reward.
 
-Works for a reward model that reads the policy's rows (`PolicyHeadReward.from_rows`: a head on the frozen policy's
-own hidden states); then a score costs one one-token forward per chunk and no re-encoding.
+V_R(x, y_{1:t}) = r(x, y_{1:t}): the reward model reads the partial response as if it ended there. It needs no
+training, and ranking a prompt's candidates by it is what speculative-rejection and reward-guided decoders do.
+
+- A reward head on the policy's own hidden states (`PolicyHeadReward.from_rows`) reads each row's state after
+  the end-of-turn token: one one-token forward per chunk, the KV cache cropped back after (no re-encoding).
+- Any other scorer (a text scorer, a reward-model directory, a Python callable) scores the decoded partial
+  responses in one batched call per chunk.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from spi_align.errors import SpiError
-from spi_align.interfaces import Scorer
-from spi_align.policy import Rows
+from spi_align.interfaces import Policy, Scorer, ValueFunction
+from spi_align.policy.rows import Rows
 from spi_align.scoring.row_reward import PolicyHeadReward
-from spi_align.search.beam import ValueFn
 
 
-class RewardPrefixValue:
+class RowPartialReward:
     """`value(rows) -> (R,)`: the reward head on the state after each partial response + end-of-turn token."""
 
-    def __init__(self, reward: Scorer) -> None:
-        if not isinstance(reward, PolicyHeadReward) or not reward.from_rows:
-            raise SpiError(
-                "spi.reward_guide needs a reward model on the policy's own hidden states (reward: train with a "
-                "policy whose rows it reads); set spi.reward_guide=0 for this reward"
-            )
+    def __init__(self, reward: PolicyHeadReward) -> None:
+        if not reward.from_rows:
+            raise SpiError("this reward model cannot read the policy's rows; score partial responses as text")
         self.reward = reward
 
     @torch.no_grad()
     def __call__(self, rows: Rows) -> torch.Tensor:
         hidden = self.reward.policy.peek_end_hidden(rows)
         head = self.reward.model.head
-        return head(hidden.to(head.weight.dtype)).squeeze(-1).to(rows.hidden.dtype)
+        return head(hidden.to(head.weight.dtype)).squeeze(-1).float()
 
 
-def with_reward_prefix(value: ValueFn, reward_value: RewardPrefixValue, weight: float) -> ValueFn:
-    """value(rows) + weight · reward_value(rows)."""
-    return lambda rows: value(rows) + weight * reward_value(rows)
+class TextPartialReward:
+    """`value(rows) -> (R,)`: the scorer on (prompt, decoded partial response) of every row, one batched call."""
+
+    def __init__(self, reward: Scorer, policy: Policy) -> None:
+        self.reward, self.policy = reward, policy
+
+    def __call__(self, rows: Rows) -> torch.Tensor:
+        if not rows.prompts:
+            raise SpiError("rows carry no prompts: the reward cannot score partial responses as text")
+        texts = self.policy.texts(rows)
+        prompts = [rows.prompts[i] for i in rows.prompt_index.tolist()]
+        scores = self.reward.score(prompts, texts)
+        return torch.tensor(scores, dtype=torch.float32, device=rows.length.device)
+
+
+def partial_reward_value(reward: Scorer, policy: Policy) -> ValueFunction:
+    """The cheapest exact way to score partial responses with `reward` (see the module docstring)."""
+    if isinstance(reward, PolicyHeadReward) and reward.from_rows:
+        return RowPartialReward(reward)
+    return TextPartialReward(reward, policy)
+
+
+class WeightedSum:
+    """Σ_j w_j f_j(rows) over the value functions given (None terms are skipped)."""
+
+    def __init__(self, parts: Sequence[tuple[float, ValueFunction | None]]) -> None:
+        self.parts = [(float(w), f) for w, f in parts if f is not None and w != 0]
+
+    def __call__(self, rows: Rows) -> torch.Tensor:
+        total = torch.zeros(rows.size, device=rows.length.device)
+        for weight, value in self.parts:
+            total = total + weight * value(rows).to(total.device).float()
+        return total
+
+
+def weighted_sum(parts: Sequence[tuple[float, ValueFunction | None]]) -> ValueFunction:
+    return WeightedSum(parts)

@@ -31,7 +31,7 @@ from spi_align.experiment.bench.table import (
 from spi_align.experiment.bench.targets import Check, memory_check, timing_checks, unmeasured, value_model_checks
 from spi_align.experiment.bench.timing import Trial, paired_ratio, run_once, summarise, time_methods
 from spi_align.experiment.bench.value_model import p3_seconds, p3_summary
-from spi_align.experiment.rundir import RunDir
+from spi_align.rundir import RunDir
 
 console = Console()
 

@@ -1,0 +1,205 @@
+"""Algorithm 1 as a library API: successive policy iterations over a frozen policy, and the policy they improve.
+
+    spi = SuccessivePolicyIteration(policy, reward, cfg, workdir)
+    improved = spi.fit(train_prompts)          # rounds k = 0..K-1: roll out π_k, score, fit V_k (eq. 12)
+    improved.save("my-policy")                 # values, reward head and settings
+    improved = load("my-policy")               # or a finished `spi run` directory
+    results = improved.search().run(prompts, Cost())   # π_K: chunk search guided by Σ_i γ V_i/β_i (eq. 13)
+
+Round k rolls out π_k (π_0 = plain sampling of the base policy, later rounds the guided search), scores every
+rollout with the reward, and trains V_k on every prefix of them with the configured value kind (`values/kinds.py`).
+π_k is the chunk beam search (Algorithm 2) guided by Σ_{i<k} γ V_i/β_i, plus w · the reward on the partial
+response when `spi.reward_guide` = w > 0. Every step is saved in `workdir` when it finishes and skipped when it is
+already there, so an interrupted `fit` resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from spi_align.config import Config, build_config
+from spi_align.errors import SpiError
+from spi_align.interfaces import Policy, Prompt, Scorer, Search, ValueFunction
+from spi_align.resumable import run_method
+from spi_align.rundir import RunDir
+from spi_align.search.registry import MethodContext, build_method, method_names
+from spi_align.values.kinds import Rollouts, ValueKind, make_value_kind
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+REWARD_DIR = "reward_model"
+
+
+def round_folder(k: int) -> str:
+    return f"values/round-{k}"
+
+
+class ImprovedPolicy:
+    """π_1 .. π_K: the frozen policy, the reward that picks, and the value functions V_0 .. V_{K-1}.
+
+    Satisfies what `spi serve` needs: `available_methods()` and `method(name, width, successors, chunk)`.
+    """
+
+    def __init__(self, policy: Policy, reward: Scorer, kind: ValueKind, values: Sequence[Any], cfg: Config) -> None:
+        self.policy, self.reward, self.kind, self.cfg = policy, reward, kind, cfg
+        self.values = list(values)
+        self._partial: ValueFunction | None = None
+
+    @property
+    def rounds(self) -> int:
+        return len(self.values)
+
+    def guidance(self, k: int) -> ValueFunction | None:
+        """The guidance of π_k: Σ_{i<k} γ V_i/β_i, plus w · the reward on the partial response (spi.reward_guide)."""
+        spi = self.cfg.spi
+        weights = [spi.gamma / spi.beta(i) for i in range(k)]
+        value = self.kind.guide(self.values[:k], weights) if k > 0 else None
+        if spi.reward_guide <= 0:
+            return value
+        from spi_align.search.reward_guide import partial_reward_value, weighted_sum
+
+        if self._partial is None:
+            self._partial = partial_reward_value(self.reward, self.policy)
+        return weighted_sum([(1.0, value), (spi.reward_guide, self._partial)])
+
+    def context(self, width: int | None = None, successors: int | None = None, chunk: int | None = None):
+        """The method context, with the beam shape optionally overridden (W, K, L)."""
+        update = {k: v for k, v in {"width": width, "successors": successors, "chunk": chunk}.items() if v is not None}
+        spi = self.cfg.spi.model_validate({**self.cfg.spi.model_dump(), **update}) if update else self.cfg.spi
+        return MethodContext(self.policy, self.reward, spi, self.rounds, self.guidance)
+
+    def available_methods(self) -> list[str]:
+        """Method names this policy serves: 'sample', 'bon-N' (N = W·K), 'spi-1' .. 'spi-K'."""
+        return method_names(self.context())
+
+    def method(
+        self, name: str, width: int | None = None, successors: int | None = None, chunk: int | None = None
+    ) -> Search:
+        """The search called `name`, with the beam shape optionally overridden."""
+        return build_method(name, self.context(width, successors, chunk))
+
+    def search(self, k: int | None = None) -> Search:
+        """π_k (default: π_K, guided by every value function)."""
+        return self.method(f"spi-{self.rounds if k is None else k}")
+
+    def save(self, folder: str | Path) -> Path:
+        """Settings, every V_k and (for a trained reward head) the reward head, each written atomically."""
+        run = RunDir(Path(folder).parent, Path(folder).name)
+        run.start(self.cfg)
+        for k, value in enumerate(self.values):
+            with run.folder(round_folder(k)) as tmp:
+                self.kind.save(value, tmp)
+        model = getattr(self.reward, "model", None)
+        if self.cfg.reward == "train" and model is not None:
+            with run.folder(REWARD_DIR) as tmp:
+                model.save(tmp, with_backbone=False)
+        run.commit()
+        return run.path
+
+
+def load(path: str | Path, device: str | None = None) -> ImprovedPolicy:
+    """An improved policy saved by `ImprovedPolicy.save`, or a finished `spi run` directory."""
+    from spi_align.policy import load_policy
+
+    folder = Path(path)
+    if not (folder / CONFIG_FILE).is_file():
+        raise SpiError(f"{folder} is not a saved SPI policy or run directory (no {CONFIG_FILE})")
+    cfg = build_config(Config, str(folder / CONFIG_FILE), [])
+    if device is not None:
+        cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"device": device})})
+    policy = load_policy(cfg.policy, cfg.generation, cfg.seed)
+    reward = load_reward(cfg, folder, policy)
+    kind = make_value_kind(policy, cfg.spi, cfg.policy.model, cfg.seed)
+    values = []
+    for k in range(cfg.spi.rounds):
+        round_dir = folder / round_folder(k)
+        if not kind.saved(round_dir):
+            break
+        values.append(kind.load(round_dir))
+    if not values:
+        raise SpiError(f"{folder} holds no trained value function ({round_folder(0)} is missing)")
+    return ImprovedPolicy(policy, reward, kind, values, cfg)
+
+
+def load_reward(cfg: Config, folder: Path, policy: Policy) -> Scorer:
+    """The run's reward: its trained reward head on the policy (`reward: train`), or the configured scorer."""
+    from spi_align.scoring import make_scorer
+
+    if cfg.reward != "train":
+        return make_scorer(cfg.reward, device=str(policy.device))
+    from spi_align.scoring.reward_model import SPEC_FILE, RewardModel
+    from spi_align.scoring.row_reward import PolicyHeadReward
+
+    reward_dir = folder / REWARD_DIR
+    if not (reward_dir / SPEC_FILE).is_file():
+        raise SpiError(f"{folder} was run with reward: train but holds no trained reward model ({REWARD_DIR}/)")
+    model = RewardModel.load(reward_dir, device=str(policy.device), backbone=policy.backbone)  # type: ignore[attr-defined]
+    return PolicyHeadReward(model, policy)  # type: ignore[arg-type]
+
+
+class SuccessivePolicyIteration:
+    """Algorithm 1: K rounds of (roll out π_k, score with the reward, fit V_k); each step resumable in `workdir`."""
+
+    def __init__(self, policy: Policy, reward: Scorer | None, cfg: Config, workdir: RunDir) -> None:
+        """`reward` scores the rollouts and picks answers; it may be set later (round 0's rollouts need none)."""
+        self.policy, self.reward, self.cfg, self.run = policy, reward, cfg, workdir
+        self.kind = make_value_kind(policy, cfg.spi, cfg.policy.model, cfg.seed)
+        self.values: list[Any] = []
+
+    def improved(self) -> ImprovedPolicy:
+        """The policy improved by the value functions trained so far."""
+        if self.reward is None:
+            raise SpiError("successive policy iteration needs a reward before round 0's value function")
+        return ImprovedPolicy(self.policy, self.reward, self.kind, self.values, self.cfg)
+
+    def rollouts(self, k: int, prompts: Sequence[Prompt]) -> list[dict[str, Any]]:
+        """Round k's rollouts on `prompts` (saved as `rollouts-k.jsonl`): π_0 = `spi.rollouts` plain samples per
+        prompt; π_k for k ≥ 1 = the search guided by V_0 .. V_{k-1}, every candidate it finished kept."""
+        from spi_align.search.best_of_n import PlainSampling
+
+        search = PlainSampling(self.policy, self.cfg.spi.rollouts) if k == 0 else self.improved().search(k)
+        log.info("round %d: rollouts on %d training prompts", k, len(prompts))
+        records, _ = run_method(
+            self.run, f"rollouts-{k}", search, prompts, self.cfg.data.batch_size, self.policy.reseed, self.cfg.seed
+        )
+        return records
+
+    def scored(self, records: Sequence[dict[str, Any]], prompts: Sequence[Prompt]) -> Rollouts:
+        """Every candidate of the records with its reward (plain-sampling rollouts are scored here)."""
+        from spi_align.values.round import flatten_rollouts
+
+        by_id = {p.id: p for p in prompts}
+        flat_prompts, tokens, scores = flatten_rollouts(records, by_id)
+        if any(s is None for s in scores):
+            if self.reward is None:
+                raise SpiError("successive policy iteration needs a reward to score rollouts")
+            texts = self.policy.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+            scores = self.reward.score(flat_prompts, texts)
+        return Rollouts(flat_prompts, [list(t) for t in tokens], [float(s) for s in scores])  # type: ignore[arg-type]
+
+    def fit_round(self, k: int, records: Sequence[dict[str, Any]], prompts: Sequence[Prompt]) -> Any:
+        """V_k from round k's rollouts, trained once and then loaded from `values/round-k/`."""
+        folder = self.run.file(round_folder(k))
+        if self.kind.saved(folder):
+            return self.kind.load(folder)
+        data = self.scored(records, prompts)
+        log.info("round %d: training V_%d (%s) on %d rollouts", k, k, self.kind.name, len(data))
+        value, metrics = self.kind.fit(data)
+        with self.run.folder(round_folder(k)) as tmp:
+            self.kind.save(value, tmp)
+        self.run.write_json(f"{round_folder(k)}.json", metrics)
+        return value
+
+    def fit(self, prompts: Sequence[Prompt], rollouts0: Sequence[dict[str, Any]] | None = None) -> ImprovedPolicy:
+        """Run every round on the training prompts; `rollouts0` reuses round 0's rollouts when already made."""
+        for k in range(len(self.values), self.cfg.spi.rounds):
+            if k == 0:
+                records = list(rollouts0) if rollouts0 is not None else self.rollouts(0, prompts)
+            else:
+                records = self.rollouts(k, prompts)
+            self.values.append(self.fit_round(k, records, prompts))
+        return self.improved()
