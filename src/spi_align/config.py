@@ -18,15 +18,60 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
+class VLLMConfig(Section):
+    """vLLM's own engine settings for `policy.backend: vllm`, passed to `vllm.LLM` as they are (see vLLM's engine
+    arguments). Several GPUs and several nodes are vLLM's tensor / pipeline / data parallelism (Ray across nodes)."""
+
+    tensor_parallel_size: int = Field(1, gt=0)
+    """GPUs each layer is split over (one node; the usual choice for a model too large for one GPU)."""
+    pipeline_parallel_size: int = Field(1, gt=0)
+    """Stages the layers are split into (across GPUs or nodes; combine with tensor parallelism)."""
+    data_parallel_size: int = Field(1, gt=0)
+    """Engine replicas. vLLM's offline engine supports more than 1 only under an external launcher (torchrun,
+    `distributed_executor_backend: external_launcher`); otherwise run one process per prompt shard."""
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    """Share of each GPU's memory vLLM takes for weights, activations and the paged KV cache."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
+    """Weights and activations dtype of the engine; None = `policy.dtype`. bfloat16 on GPUs."""
+    max_model_len: int | None = Field(None, gt=0)
+    """Longest prompt + response the engine plans its KV cache for; None = the model's context length."""
+    enforce_eager: bool = False
+    """Disable CUDA graphs (faster start, slower decoding)."""
+    distributed_executor_backend: Literal["mp", "ray", "uni", "external_launcher"] | None = None
+    """How vLLM runs its workers: 'mp' (processes on one node), 'ray' (needed across nodes), 'uni' (one process),
+    'external_launcher' (torchrun); None = vLLM's choice."""
+    enable_prefix_caching: bool = True
+    """Automatic prefix caching: a chunk re-reads the cached KV blocks of its prefix instead of re-encoding it."""
+    block_size: int | None = Field(None, gt=0)
+    """Tokens per KV-cache block; only whole blocks are shared between rows. None = vLLM's (16 on GPUs, 128 on
+    CPUs, where a multiple of 32 is fastest)."""
+    kv_cache_memory_bytes: int | None = Field(None, gt=0)
+    """KV-cache size in bytes (overrides `gpu_memory_utilization`; on CPUs the cache's size)."""
+    extra: dict[str, Any] = {}
+    """Any other `vllm.LLM` / engine argument, passed as is (e.g. {quantization: fp8, max_num_seqs: 1024})."""
+
+    def engine_kwargs(self, default_dtype: str) -> dict[str, Any]:
+        """Keyword arguments for `vllm.LLM`: every setting that is not None, then `extra`."""
+        kwargs = self.model_dump(exclude={"extra"}, exclude_none=True)
+        kwargs["dtype"] = self.dtype or default_dtype
+        return {**kwargs, **self.extra}
+
+
 class PolicyConfig(Section):
     model: str = "default"
     """'default' (the embedded SmolLM2-135M-Instruct), a local model directory, or a hub id."""
+    backend: Literal["hf", "vllm"] = "hf"
+    """Which engine runs the policy: 'hf' (transformers; exposes hidden states, so value heads and the reward head
+    on the policy work) or 'vllm' (vLLM's offline engine with prefix caching: faster sampling, one or many GPUs;
+    needs the `vllm` extra and guidance that reads no hidden states)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights and activations dtype. float32 on CPU; bfloat16 on a GPU."""
     device: str = "auto"
-    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ... (hf backend; vLLM places itself)."""
     chat_template: bool = True
     """Wrap each prompt in the tokenizer's chat template (when it has one)."""
+    vllm: VLLMConfig = VLLMConfig()
+    """Engine settings of `backend: vllm` (ignored by the hf backend)."""
 
 
 class GenerationConfig(Section):
@@ -100,9 +145,11 @@ class SPIConfig(Section):
     """Round 0: plain samples per training prompt (later rounds keep every candidate their search finished)."""
     train_prompts: int | None = Field(64, gt=0)
     """Training prompts used for rollouts and the reward model (None = the whole training split)."""
-    value: Literal["heads", "model"] = "heads"
-    """Value functions: 'heads' on the frozen policy's own hidden states (free during the search), or 'model': a
-    separate value model per round (backbone + scalar head, fine-tuned by eq. 12, with its own KV cache)."""
+    value: Literal["heads", "model", "anchored"] = "heads"
+    """Value functions: 'heads' on the frozen policy's own hidden states (free during the search); 'model': a
+    separate value model per round (backbone + scalar head, fine-tuned by eq. 12, with its own KV cache);
+    'anchored': the reward head on the partial response closed with the end token plus a linear head fitted to the
+    residual (needs reward: train; the learned part is kept only as far as it ranks better on held-out prompts)."""
     value_backbone: str = "policy"
     """For value=model: start from the policy's weights ('policy'), or from a model directory / hub id
     ('default' = the embedded SmolLM2), e.g. a smaller or other-family model (weak-to-strong)."""
@@ -214,6 +261,10 @@ class BenchOptions(Section):
     with a scalar head, sharing its tokenizer, on its own KV cache), and that value model alone on two lengths."""
     p3_lengths: list[Annotated[int, Field(gt=0)]] = Field([64, 256], min_length=2)
     """P3: response lengths (tokens) the value model alone is timed on; the ratio is longest / shortest."""
+    backends: list[Literal["hf", "vllm"]] = []
+    """Other policy backends timed in the same run beside `policy.backend` (same model, prompts, sizes and seed):
+    plain sampling, best-of-(W·K) and SPI guided by the reward on partial text (what every backend can run), keyed
+    'BACKEND:method'. E.g. [vllm] compares vLLM with transformers side by side."""
 
 
 class BenchConfig(Section):

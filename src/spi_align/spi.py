@@ -46,6 +46,7 @@ class ImprovedPolicy:
 
     def __init__(self, policy: Policy, reward: Scorer, kind: ValueKind, values: Sequence[Any], cfg: Config) -> None:
         self.policy, self.reward, self.kind, self.cfg = policy, reward, kind, cfg
+        kind.reward = reward
         self.values = list(values)
         self._partial: ValueFunction | None = None
 
@@ -181,12 +182,16 @@ class SuccessivePolicyIteration:
             scores = self.reward.score(flat_prompts, texts)
         return Rollouts(flat_prompts, [list(t) for t in tokens], [float(s) for s in scores])  # type: ignore[arg-type]
 
-    def fit_round(self, k: int, records: Sequence[dict[str, Any]], prompts: Sequence[Prompt]) -> Any:
-        """V_k from round k's rollouts, trained once and then loaded from `values/round-k/`."""
+    def fit_round(
+        self, k: int, records: Sequence[dict[str, Any]], prompts: Sequence[Prompt], data: Rollouts | None = None
+    ) -> Any:
+        """V_k from round k's rollouts (`data`: already scored, e.g. with shared prefix states), trained once and
+        then loaded from `values/round-k/`."""
+        self.kind.reward = self.reward
         folder = self.run.file(round_folder(k))
         if self.kind.saved(folder):
             return self.kind.load(folder)
-        data = self.scored(records, prompts)
+        data = data if data is not None else self.scored(records, prompts)
         log.info("round %d: training V_%d (%s) on %d rollouts", k, k, self.kind.name, len(data))
         value, metrics = self.kind.fit(data)
         with self.run.folder(round_folder(k)) as tmp:
@@ -194,12 +199,18 @@ class SuccessivePolicyIteration:
         self.run.write_json(f"{round_folder(k)}.json", metrics)
         return value
 
-    def fit(self, prompts: Sequence[Prompt], rollouts0: Sequence[dict[str, Any]] | None = None) -> ImprovedPolicy:
-        """Run every round on the training prompts; `rollouts0` reuses round 0's rollouts when already made."""
+    def fit(
+        self,
+        prompts: Sequence[Prompt],
+        rollouts0: Sequence[dict[str, Any]] | None = None,
+        scored0: Rollouts | None = None,
+    ) -> ImprovedPolicy:
+        """Run every round on the training prompts; `rollouts0` / `scored0` reuse round 0's rollouts (and their
+        scores and states) when the caller already has them."""
         for k in range(len(self.values), self.cfg.spi.rounds):
             if k == 0:
                 records = list(rollouts0) if rollouts0 is not None else self.rollouts(0, prompts)
-            else:
-                records = self.rollouts(k, prompts)
-            self.values.append(self.fit_round(k, records, prompts))
+                self.values.append(self.fit_round(0, records, prompts, scored0))
+                continue
+            self.values.append(self.fit_round(k, self.rollouts(k, prompts), prompts))
         return self.improved()

@@ -17,6 +17,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from spi_align.config import Config, DataConfig
 from spi_align.data import load_prompts
 from spi_align.experiment.baselines import Baselines
@@ -27,9 +29,10 @@ from spi_align.policy import load_policy
 from spi_align.resumable import run_method
 from spi_align.rundir import RunDir
 from spi_align.scoring import make_scorer
-from spi_align.scoring.train_reward import make_pairs, train_reward_head
+from spi_align.scoring.train_reward import make_pairs, train_reward_head_on_states
 from spi_align.search.registry import build_method, method_names
 from spi_align.spi import REWARD_DIR, SuccessivePolicyIteration, load_reward, round_folder
+from spi_align.values.kinds import Rollouts
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +57,50 @@ class SPIRun:
         reseed = getattr(search, "policy", self.policy).reseed  # baselines may sample another policy
         return run_method(self.run, key, search, prompts, self.cfg.data.batch_size, reseed, self.cfg.seed)
 
-    def obtain_reward(self, rollouts0: list[dict[str, Any]]) -> Scorer:
-        """The configured scorer, or the reward head trained on round 0's pairs (once; then loaded)."""
-        if self.cfg.reward != "train" or self.run.has(f"{REWARD_DIR}/spi_reward.json"):
-            return load_reward(self.cfg, self.run.path, self.policy)
-        from spi_align.scoring.reward_model import RewardModel
+    def round0_states(self, rollouts0: list[dict[str, Any]]) -> tuple[list[Prompt], list[list[int]], list[Any]]:
+        """Round 0's rollouts with their prefix states (at the search's decision lengths when the value kind reads
+        them, else only at the end): one teacher-forced pass, saved in the run, shared by the reward model and V_0."""
+        from spi_align.values.anchored import decision_lengths
+        from spi_align.values.prefix_states import STATES_FILE, load_states, prefix_states, save_states
+        from spi_align.values.round import flatten_rollouts
 
-        log.info("training the reward model (Bradley–Terry, pairs labelled by the evaluator)")
-        model = RewardModel(self.policy.backbone, self.policy.tokenizer, source=self.cfg.policy.model)
-        metrics = train_reward_head(model, self.preference_pairs(rollouts0), self.cfg.reward_model, self.cfg.seed)
-        with self.run.folder(REWARD_DIR) as tmp:
-            model.save(tmp, with_backbone=False)
-        self.run.write_json("reward_model.json", metrics)
-        return load_reward(self.cfg, self.run.path, self.policy)
+        prompts, tokens, _ = flatten_rollouts(rollouts0, {p.id: p for p in self.train_prompts})
+        name = "rollouts-0.states"
+        if self.run.has(f"{name}/{STATES_FILE}"):
+            return prompts, tokens, load_states(self.run.file(name))
+        spi = self.cfg.spi
+        lengths = decision_lengths(spi.chunk, self.cfg.generation.max_new_tokens) if spi.value == "anchored" else []
+        log.info("prefix states of %d round-0 rollouts at lengths %s and their ends", len(tokens), lengths)
+        states = prefix_states(self.policy, prompts, tokens, lengths)
+        with self.run.folder(name) as tmp:
+            save_states(states, tmp)
+        return prompts, tokens, states
+
+    def obtain_reward(self, rollouts0: list[dict[str, Any]]) -> tuple[Scorer, Rollouts | None]:
+        """The configured scorer, or (reward: train) the reward head trained once, by Bradley–Terry on every ordered
+        pair of each training prompt's round-0 samples labelled by the evaluator; then loaded. With a trained head
+        round 0's rollouts come back scored from their states (no re-encoding)."""
+        if self.cfg.reward != "train":
+            return load_reward(self.cfg, self.run.path, self.policy), None
+        prompts, tokens, states = self.round0_states(rollouts0)
+        ends = torch.stack([s.closed[-1] for s in states])
+        if not self.run.has(f"{REWARD_DIR}/spi_reward.json"):
+            from spi_align.scoring.reward_model import RewardModel
+
+            texts = self.policy.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+            labels = self.evaluator.score(prompts, texts)
+            log.info("training the reward model (Bradley–Terry on all ordered pairs labelled by the evaluator)")
+            model = RewardModel(self.policy.backbone, self.policy.tokenizer, source=self.cfg.policy.model)
+            groups = [p.id for p in prompts]
+            metrics = train_reward_head_on_states(model, ends, groups, labels, self.cfg.reward_model, self.cfg.seed)
+            with self.run.folder(REWARD_DIR) as tmp:
+                model.save(tmp, with_backbone=False)
+            self.run.write_json("reward_model.json", metrics)
+        reward = load_reward(self.cfg, self.run.path, self.policy)
+        head = reward.model.head  # type: ignore[attr-defined]
+        with torch.no_grad():
+            rewards = head(ends.to(head.weight)).squeeze(-1).tolist()
+        return reward, Rollouts(prompts, tokens, rewards, states)
 
     def preference_pairs(self, rollouts0: list[dict[str, Any]]) -> list[tuple[Prompt, str, str]]:
         """Round-0 samples of the training prompts labelled by the evaluator: what the reward model and the DPO
@@ -82,8 +116,9 @@ class SPIRun:
         cfg = self.cfg
         algorithm = SuccessivePolicyIteration(self.policy, None, cfg, self.run)
         rollouts0 = algorithm.rollouts(0, self.train_prompts)  # needs no reward yet
-        reward = algorithm.reward = self.obtain_reward(rollouts0)
-        improved = algorithm.fit(self.train_prompts, rollouts0)
+        reward, scored0 = self.obtain_reward(rollouts0)
+        algorithm.reward = reward
+        improved = algorithm.fit(self.train_prompts, rollouts0, scored0)
         ctx = improved.context()
         ctx.extras["baselines"] = Baselines(
             cfg, self.run, self.policy, reward, lambda: self.preference_pairs(rollouts0)

@@ -7,8 +7,9 @@ Every kind answers the same four questions, so Algorithm 1 (`spi.py`) never bran
 - `save(value, folder)` / `load(folder)`: safetensors + a JSON that says how to rebuild it;
 - `guide(values, weights)`: the `ValueFunction` Σ_i weight_i V_i over rows, weight_i = γ/β_i.
 
-Kinds: `heads` (a head on the frozen policy's own hidden states: free during the search) and `model` (a separate
-value model with its own KV cache). Adding a kind is one subclass plus one entry in `VALUE_KINDS`.
+Kinds: `heads` (a head on the frozen policy's own hidden states: free during the search), `model` (a separate
+value model with its own KV cache) and `anchored` (the reward on the partial response plus a learned residual).
+Adding a kind is one subclass plus one entry in `VALUE_KINDS`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class Rollouts:
     prompts: list[Prompt]
     tokens: list[list[int]]
     rewards: list[float]
+    states: list[Any] | None = None
+    """Optional `PrefixStates` of each rollout (computed once by the caller and shared, e.g. with the reward model)."""
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -52,6 +55,8 @@ class ValueKind(ABC):
                 "use spi.value=model or spi.reward_guide (reward on partial text)"
             )
         self.policy, self.spi, self.policy_spec, self.seed = policy, spi, policy_spec, seed
+        self.reward: Any = None
+        """The reward of the run (set by Algorithm 1 before fitting); kinds anchored on it read it."""
 
     def saved(self, folder: Path) -> bool:
         return (folder / self.marker).is_file()
@@ -138,7 +143,55 @@ class ModelValues(ValueKind):
         return ValueModelGuide(list(values), list(weights), self.policy.tokenizer)
 
 
-VALUE_KINDS: dict[str, type[ValueKind]] = {kind.name: kind for kind in (HeadValues, ModelValues)}
+class AnchoredValues(ValueKind):
+    """V = R_t + α·u(e_t): the reward head on the partial response closed with the end token, plus a linear head
+    on that state fitted to the residual (`values/anchored.py`). Needs a reward head on the policy's own states."""
+
+    name = "anchored"
+    marker = "value_head.json"
+    needs_hidden_states = True
+
+    def reward_head(self) -> Any:
+        from spi_align.scoring.row_reward import PolicyHeadReward
+
+        if not isinstance(self.reward, PolicyHeadReward) or not self.reward.from_rows:
+            raise SpiError(
+                "spi.value=anchored needs a reward head on the policy's own states (reward: train); "
+                "with another reward use spi.value=heads and spi.reward_guide"
+            )
+        return self.reward.model.head
+
+    def lengths(self) -> list[int]:
+        from spi_align.values.anchored import decision_lengths
+
+        return decision_lengths(self.spi.chunk, self.policy.max_new_tokens)
+
+    def fit(self, rollouts: Rollouts) -> tuple[Any, dict[str, Any]]:
+        from spi_align.values.anchored import fit_anchored
+        from spi_align.values.prefix_states import prefix_states
+
+        head = self.reward_head()
+        states = rollouts.states
+        if states is None:
+            states = prefix_states(self.policy, rollouts.prompts, rollouts.tokens, self.lengths())
+        groups = [p.id for p in rollouts.prompts]
+        return fit_anchored(states, rollouts.rewards, groups, head, self.lengths(), self.spi.ridge, self.seed)
+
+    def save(self, value: Any, folder: Path) -> None:
+        value.save(folder)
+
+    def load(self, folder: Path) -> Any:
+        from spi_align.values.heads import ValueHead
+
+        return ValueHead.load(folder)
+
+    def guide(self, values: Sequence[Any], weights: Sequence[float]) -> ValueFunction:
+        from spi_align.values.anchored import AnchoredGuide
+
+        return AnchoredGuide(self.policy, self.reward_head(), list(values), list(weights))
+
+
+VALUE_KINDS: dict[str, type[ValueKind]] = {kind.name: kind for kind in (HeadValues, ModelValues, AnchoredValues)}
 """Every value kind by its `spi.value` name."""
 
 

@@ -1,0 +1,158 @@
+"""Values anchored on the reward of the partial response: V(x, y_{1:t}) = R_t + α · u(e_t)  (`spi.value: anchored`).
+
+R_t = r(x, y_{1:t} + <end>) is the reward head on e_t, the policy's state after the partial response closed with
+the end token: the reward on partial text, which ranks a prompt's candidates with no training at all. The learned
+part u is a linear head on the same state, fitted by eq. 12 to the residual r(x, y) − R_t (centred within each
+prompt and prefix length: the search only compares one prompt's candidates at one length). So V predicts the
+final reward as eq. 12 asks, starting from the free estimate instead of from nothing.
+
+The learned part must earn its place: the ridge penalty and α ∈ {0, ½, 1} are chosen on held-out training prompts
+by within-prompt Spearman with the final reward, averaged over the prefix lengths the search ranks at (multiples
+of the chunk length L); α = 0 means V is the partial reward alone. The metrics report, per length, the held-out
+Spearman of R_t alone beside that of V.
+
+During the search e_t costs one one-token forward per chunk (the KV cache is cropped back after), shared by the
+reward anchor and every round's head: Σ_i w_i V_i = (Σ_i w_i) R_t + Σ_i w_i α_i u_i(e_t).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import torch
+
+from spi_align.values.heads import HeadStack, ValueHead
+from spi_align.values.prefix_states import PrefixStates
+from spi_align.values.train import TokenDataset, fit_head, within_prompt_spearman
+
+ALPHAS = (0.0, 0.5, 1.0)
+RIDGE_FACTORS = (1.0, 10.0, 100.0)
+
+
+def decision_lengths(chunk: int, max_new_tokens: int) -> list[int]:
+    """The prefix lengths at which the chunk search ranks live candidates: L, 2L, ... below max_new_tokens."""
+    return list(range(chunk, max_new_tokens, chunk))
+
+
+def boundary_rows(
+    states: Sequence[PrefixStates], lengths: Sequence[int], rewards: Sequence[float], groups: Sequence[Hashable]
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[Hashable, int]], list[int]]:
+    """(closed states (n, H), final rewards (n,), (group, length) keys, rollout index) of every rollout still
+    unfinished at each decision length (a rollout that already ended there is never ranked)."""
+    wanted = set(lengths)
+    feats, targets, keys, index = [], [], [], []
+    for i, s in enumerate(states):
+        full = s.lengths[-1] if s.lengths else 0
+        for k, t in enumerate(s.lengths):
+            if t in wanted and t < full:
+                feats.append(s.closed[k])
+                targets.append(float(rewards[i]))
+                keys.append((groups[i], t))
+                index.append(i)
+    if not feats:
+        return torch.zeros(0, 0), torch.zeros(0), [], []
+    return torch.stack(feats).float(), torch.tensor(targets), keys, index
+
+
+def centred(values: torch.Tensor, keys: Sequence[Hashable]) -> torch.Tensor:
+    """`values` (n,) or (n, d) minus the mean of its key's members."""
+    ids = {k: j for j, k in enumerate(dict.fromkeys(keys))}
+    gid = torch.tensor([ids[k] for k in keys])
+    sums = torch.zeros(len(ids), *values.shape[1:]).index_add_(0, gid, values)
+    counts = torch.zeros(len(ids)).index_add_(0, gid, torch.ones(len(values)))
+    return values - (sums / counts.reshape(-1, *[1] * (values.dim() - 1)))[gid]
+
+
+def _fit(x: torch.Tensor, residual: torch.Tensor, keys, ridge: float, seed: int) -> ValueHead:
+    """Ridge on within-(prompt, length) deviations of features and residual: only a prompt's own candidates at one
+    length are ever compared, so between-prompt differences must not steer the fit. The head then reads raw states
+    (any per-prompt offset it adds does not change a ranking)."""
+    xc = centred(x, keys)
+    data = TokenDataset(xc, residual, torch.arange(len(residual)), torch.zeros(len(residual), dtype=torch.long))
+    return fit_head(data, kind="linear", ridge=ridge, seed=seed)
+
+
+def _by_length(predicted: torch.Tensor, final: torch.Tensor, keys, lengths) -> dict[int, float]:
+    """Held-out within-prompt Spearman with the final reward at each length."""
+    out = {}
+    for t in lengths:
+        rows = [j for j, (_, length) in enumerate(keys) if length == t]
+        if rows:
+            out[t] = within_prompt_spearman(predicted[rows].tolist(), final[rows].tolist(), [keys[j][0] for j in rows])
+    return out
+
+
+def _mean(scores: dict[int, float]) -> float:
+    good = [v for v in scores.values() if v == v]
+    return sum(good) / len(good) if good else float("-inf")
+
+
+def fit_anchored(
+    states: Sequence[PrefixStates],
+    rewards: Sequence[float],
+    groups: Sequence[str],
+    reward_head: torch.nn.Linear,
+    lengths: Sequence[int],
+    ridge: float,
+    seed: int,
+) -> tuple[ValueHead, dict[str, Any]]:
+    """The residual head u (α folded into its weights) and its held-out ranking, next to the anchor's."""
+    x, final, keys, _ = boundary_rows(states, lengths, rewards, groups)
+    metrics: dict[str, Any] = {"rollouts": len(states), "prompts": len(set(groups)), "states": len(keys)}
+    if not keys:
+        head = ValueHead(reward_head.in_features)
+        torch.nn.init.zeros_(head.net.weight)  # type: ignore[arg-type]
+        torch.nn.init.zeros_(head.net.bias)  # type: ignore[arg-type]
+        return head.eval(), {**metrics, "alpha": 0.0}
+    with torch.no_grad():
+        anchor = reward_head(x.to(reward_head.weight)).squeeze(-1).float().cpu()
+    residual = centred(final - anchor, keys)
+    ids = sorted(set(groups))
+    random.Random(seed).shuffle(ids)
+    held = set(ids[: max(1, len(ids) // 5)])
+    test = torch.tensor([k[0] in held for k in keys])
+    best = (float("-inf"), ridge, 0.0)
+    if 0 < int(test.sum()) < len(keys):
+        tkeys = [k for k, h in zip(keys, test.tolist(), strict=True) if h]
+        base = _by_length(anchor[test], final[test], tkeys, lengths)
+        for t, v in base.items():
+            metrics[f"partial_reward_spearman_at_{t}"] = v
+        fkeys = [k for k, h in zip(keys, test.tolist(), strict=True) if not h]
+        for factor in RIDGE_FACTORS:
+            probe = _fit(x[~test], centred(final[~test] - anchor[~test], fkeys), fkeys, ridge * factor, seed)
+            with torch.no_grad():
+                learned = probe(x[test])
+            for alpha in ALPHAS:
+                score = _mean(_by_length(anchor[test] + alpha * learned, final[test], tkeys, lengths))
+                if score > best[0] + 1e-9:
+                    best = (score, ridge * factor, alpha)
+        _, chosen_ridge, alpha = best
+        probe = _fit(x[~test], centred(final[~test] - anchor[~test], fkeys), fkeys, chosen_ridge, seed)
+        with torch.no_grad():
+            chosen = _by_length(anchor[test] + alpha * probe(x[test]), final[test], tkeys, lengths)
+        for t, v in chosen.items():
+            metrics[f"spearman_at_{t}"] = v
+    _, chosen_ridge, alpha = best
+    head = _fit(x, residual, keys, chosen_ridge, seed)
+    with torch.no_grad():
+        head.net.weight.mul_(alpha)  # type: ignore[operator]
+        head.net.bias.mul_(alpha)  # type: ignore[operator]
+    metrics.update({"ridge": chosen_ridge, "alpha": alpha})
+    return head.eval(), metrics
+
+
+class AnchoredGuide:
+    """Σ_i w_i (R_t + u_i(e_t)) over rows: one end-token peek per call, shared by the anchor and every head."""
+
+    def __init__(self, policy: Any, reward_head: torch.nn.Linear, heads: Sequence[ValueHead], weights: Sequence[float]):
+        self.policy, self.reward_head = policy, reward_head
+        self.total_weight = float(sum(weights))
+        self.stack = HeadStack(list(heads), list(weights)).to(policy.device)
+
+    @torch.no_grad()
+    def __call__(self, rows: Any) -> torch.Tensor:
+        closed = self.policy.peek_end_hidden(rows)
+        anchor = self.reward_head(closed.to(self.reward_head.weight.dtype)).squeeze(-1).float()
+        return self.total_weight * anchor + self.stack(closed).float()

@@ -1,0 +1,144 @@
+"""Algorithm 1 as a library API and the anchored value kind: `spi run` with `spi.value=anchored`, then the improved
+policy loaded back from the run and saved again; the anchored maths on hand-checked cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from spi_align.cli import main
+from spi_align.errors import SpiError
+from spi_align.interfaces import Cost, Prompt
+from spi_align.scoring.train_reward import all_pairs
+from spi_align.spi import load
+from spi_align.values.anchored import boundary_rows, centred, decision_lengths, fit_anchored
+from spi_align.values.prefix_states import PrefixStates
+
+SCORER = str(Path(__file__).parent / "mocks" / "scorers.py") + ":vowel_share"
+
+
+def run_args(tmp_path: Path, name: str, model: Path, prompts: Path, *extra: str) -> list[str]:
+    return [
+        "demo", f"run_dir={tmp_path}", f"name={name}", f"policy.model={model}", f"data.prompts={prompts}",
+        f"evaluator={SCORER}", "reward=train", "generation.max_new_tokens=8", "data.batch_size=2",
+        "spi.chunk=3", "spi.width=2", "spi.successors=2", "spi.rollouts=4", "spi.rounds=1", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def prompt_file(tmp_path) -> Path:
+    rows = [{"prompt": f"Question {i}: name a colour.", "reference": "Blue."} for i in range(6)]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_anchored_run_reports_the_partial_reward_baseline_and_loads_back(tmp_path, tiny_model_dir, prompt_file):
+    assert main(run_args(tmp_path, "anch", tiny_model_dir, prompt_file, "spi.value=anchored")) == 0
+    run = tmp_path / "anch"
+    reward = json.loads((run / "reward_model.json").read_text())
+    assert reward["pairs"] > 0 and 0.0 <= reward["train_accuracy"] <= 1.0
+    v0 = json.loads((run / "values" / "round-0.json").read_text())
+    assert v0["alpha"] in (0.0, 0.5, 1.0)
+    assert any(k.startswith("partial_reward_spearman_at_") for k in v0), v0
+    assert "partial_reward_spearman_at_3" in (run / "report.md").read_text()
+
+    improved = load(run)
+    assert improved.available_methods() == ["sample", "bon-4", "spi-1"]
+    prompts = [Prompt("x", "Name a fruit."), Prompt("y", "Say hello.")]
+    improved.policy.reseed(3)
+    first = improved.method("spi-1").run(prompts, Cost())
+    saved = improved.save(tmp_path / "saved")
+    again = load(saved)
+    again.policy.reseed(3)
+    second = again.method("spi-1").run(prompts, Cost())
+    assert [r.chosen.text for r in first] == [r.chosen.text for r in second]
+    assert [r.chosen.score for r in first] == pytest.approx([r.chosen.score for r in second])
+    wider = again.method("spi-1", width=1, successors=3, chunk=2)
+    assert (wider.width, wider.successors, wider.chunk) == (1, 3, 2)
+    with pytest.raises(SpiError, match="spi-1 .. spi-1"):
+        again.method("spi-2")
+    with pytest.raises(SpiError, match="unknown method"):
+        again.method("beam-of-light")
+
+
+def test_load_refuses_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(SpiError, match="no config.yaml"):
+        load(tmp_path)
+
+
+def test_all_pairs_orients_every_differing_pair_within_a_prompt():
+    groups = ["a", "a", "a", "b", "b"]
+    labels = [0.1, 0.5, 0.5, 2.0, 1.0]
+    # a: 1>0, 2>0 (1 and 2 tie: no pair); b: 3>4; never across prompts
+    assert sorted(all_pairs(groups, labels)) == [(1, 0), (2, 0), (3, 4)]
+
+
+def test_decision_lengths_are_the_chunk_boundaries_before_the_end():
+    assert decision_lengths(16, 64) == [16, 32, 48]
+    assert decision_lengths(3, 8) == [3, 6]
+
+
+def test_centred_subtracts_each_keys_mean():
+    values = torch.tensor([1.0, 3.0, 10.0, 4.0])
+    assert centred(values, ["p", "p", "q", "p"]).tolist() == pytest.approx([-1.6667, 0.3333, 0.0, 1.3333], abs=1e-4)
+
+
+def _states(closed_rows: list[list[list[float]]], lengths: list[list[int]]) -> list[PrefixStates]:
+    return [
+        PrefixStates(ls, torch.zeros(len(ls), len(rows[0])), torch.tensor(rows))
+        for rows, ls in zip(closed_rows, lengths, strict=True)
+    ]
+
+
+def test_boundary_rows_keep_only_unfinished_rollouts_at_decision_lengths():
+    states = _states([[[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]], [[4.0, 0.0], [5.0, 0.0]]], [[2, 4, 5], [2, 4]])
+    x, final, keys, index = boundary_rows(states, [2, 4], rewards=[7.0, 9.0], groups=["p", "q"])
+    # rollout 0 (5 tokens) is live at 2 and 4; rollout 1 ended at 4, so only its length-2 state is a decision point
+    assert keys == [("p", 2), ("p", 4), ("q", 2)] and index == [0, 0, 1]
+    assert x[:, 0].tolist() == [1.0, 2.0, 4.0] and final.tolist() == [7.0, 7.0, 9.0]
+
+
+def test_anchored_value_learns_a_residual_that_ranks_better_and_keeps_it():
+    """Final reward = anchor (feature 0) + 2·feature 1: the anchor alone ranks imperfectly; the residual head on the
+    same states recovers feature 1, so α = 1 is chosen and the held-out ranking becomes perfect."""
+    gen = torch.Generator().manual_seed(0)
+    states, rewards, groups = [], [], []
+    for p in range(20):
+        for _ in range(6):
+            f = torch.randn(3, 2, generator=gen)
+            states.append(PrefixStates([4, 8, 12], torch.zeros(3, 2), f))
+            rewards.append(float(f[0, 0] + 2 * f[0, 1]))  # what the state at length 4 says about the end
+            groups.append(f"p{p}")
+    head = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        head.bias.zero_()
+    value, metrics = fit_anchored(states, rewards, groups, head, [4], ridge=1e-3, seed=0)
+    assert metrics["alpha"] == 1.0
+    assert metrics["spearman_at_4"] > 0.99 > metrics["partial_reward_spearman_at_4"]
+    torch.testing.assert_close(value.affine()[0], torch.tensor([0.0, 2.0]), atol=0.05, rtol=0.0)
+
+
+def test_anchored_value_drops_a_residual_that_does_not_help():
+    """Final reward = the anchor exactly: any learned residual only adds noise, so α = 0 (V = the partial reward)."""
+    gen = torch.Generator().manual_seed(1)
+    states, rewards, groups = [], [], []
+    for p in range(20):
+        for _ in range(6):
+            f = torch.randn(2, 8, generator=gen)
+            states.append(PrefixStates([4, 8], torch.zeros(2, 8), f))
+            rewards.append(float(f[0, 0]) + 0.0)
+            groups.append(f"p{p}")
+    head = torch.nn.Linear(8, 1)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.weight[0, 0] = 1.0
+        head.bias.zero_()
+    value, metrics = fit_anchored(states, rewards, groups, head, [4], ridge=1.0, seed=0)
+    assert metrics["partial_reward_spearman_at_4"] == pytest.approx(1.0)
+    assert metrics["alpha"] == 0.0
+    assert value.affine()[0].abs().max() == 0.0
