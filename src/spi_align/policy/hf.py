@@ -6,12 +6,12 @@ Only public transformers APIs are used: the backbone's forward with `past_key_va
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
 
+from spi_align.backbone import BackboneRunner, pad_batch
 from spi_align.config import GenerationConfig, PolicyConfig
 from spi_align.errors import SpiError
 from spi_align.interfaces import Cost, Prompt
@@ -37,13 +37,14 @@ class HFPolicy:
         self.chat_template = chat_template and tokenizer.chat_template is not None
         self.device = next(model.parameters()).device
         self.backbone = model.base_model
+        self.runner = BackboneRunner(self.backbone)
         self.lm_head = model.get_output_embeddings()
-        # transformers renamed the cache argument (`past_key_values` → `cache`); use whichever this one takes.
-        params = inspect.signature(self.backbone.forward).parameters
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.eos_ids = torch.tensor(sorted(_eos_ids(model, tokenizer)), device=self.device)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(self.eos_ids[0])
+        # Prompts are padded on the left; models that share this tokenizer (the reward head trained on the
+        # policy's backbone) pad their text batches the same way.
+        self.tokenizer.padding_side = "left"
         self.max_context = getattr(model.config, "max_position_embeddings", None)
         self.sampler = TokenSampler(gen)
         self.generator = torch.Generator(device=self.device)
@@ -51,6 +52,11 @@ class HFPolicy:
 
     has_hidden_states = True
     """Rows carry each row's last hidden state (what value heads and the reward head read)."""
+
+    @property
+    def cache_arg(self) -> str:
+        """The backbone's KV-cache argument name (`past_key_values`, or `cache` in later transformers)."""
+        return self.runner.cache_arg
 
     @property
     def max_new_tokens(self) -> int:
@@ -70,6 +76,12 @@ class HFPolicy:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return prompt.text
 
+    def prompt_ids(self, prompts: Sequence[Prompt]) -> list[list[int]]:
+        """Token ids of each prompt as the policy reads it (`format_prompt`; the tokenizer's special tokens only
+        without a chat template, which writes its own)."""
+        texts = [self.format_prompt(p) for p in prompts]
+        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=not self.chat_template)["input_ids"]]
+
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(hidden).float()
         if self.softcap:
@@ -78,33 +90,21 @@ class HFPolicy:
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
         """Run the backbone on new tokens; returns the last position's hidden state (R, H)."""
-        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
-        out = self.backbone(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=positions,
-            use_cache=True,
-            **{self.cache_arg: cache},
-        )
-        return out.last_hidden_state[:, -1]
+        return self.runner.hidden(input_ids, attention_mask, cache)[:, -1]
 
     @torch.no_grad()
     def start(self, prompts: Sequence[Prompt], cost: Cost) -> Rows:
         """Encode the prompts (left-padded, one row each) and compute their next-token logits."""
-        texts = [self.format_prompt(p) for p in prompts]
-        self.tokenizer.padding_side = "left"
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not self.chat_template)
-        lengths = enc["attention_mask"].sum(-1)
+        encoded = self.prompt_ids(prompts)
         if self.max_context is not None:
-            for prompt, n in zip(prompts, lengths.tolist(), strict=True):
+            for prompt, n in zip(prompts, map(len, encoded), strict=True):
                 if n + self.gen.max_new_tokens > self.max_context:
                     raise SpiError(
                         f"prompt '{prompt.id}' has {n} tokens; with max_new_tokens={self.gen.max_new_tokens} "
                         f"it exceeds the model's context of {self.max_context} tokens"
                     )
-        ids = enc["input_ids"].to(self.device)
-        mask = enc["attention_mask"].to(self.device)
-        cache = DynamicCache(config=self.model.config)
+        ids, mask = pad_batch(encoded, self.pad_id, device=self.device)
+        cache = self.runner.new_cache()
         with cost.timer("prefill"):
             hidden = self._forward(ids, mask, cache)
             logits = self._logits(hidden)
@@ -120,7 +120,7 @@ class HFPolicy:
             length=torch.zeros(rows, dtype=torch.long, device=self.device),
             done=torch.zeros(rows, dtype=torch.bool, device=self.device),
             logprob=torch.zeros(rows, device=self.device),
-            prompt_tokens=[ids[r, mask[r].bool()].tolist() for r in range(rows)],
+            prompt_tokens=encoded,
             prompts=list(prompts),
         )
 

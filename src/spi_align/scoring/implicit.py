@@ -13,13 +13,13 @@ Log-probabilities come from the raw logits (no temperature or truncation), in fp
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
+from spi_align.backbone import BackboneRunner, pad_batch
 from spi_align.errors import SpiError
 from spi_align.interfaces import Prompt
 
@@ -36,8 +36,7 @@ class CausalLM:
         self.lm_head = model.get_output_embeddings()
         self.softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
         self.vocab_size = int(self.lm_head.weight.shape[0])
-        params = inspect.signature(self.backbone.forward).parameters
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.runner = BackboneRunner(self.backbone)
 
     @property
     def device(self) -> torch.device:
@@ -45,10 +44,11 @@ class CausalLM:
 
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any = None) -> torch.Tensor:
         """Last hidden states (B, T, H) of the new tokens; positions follow the mask (left or inner padding)."""
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
-        extra = {self.cache_arg: cache, "use_cache": True} if cache is not None else {"use_cache": False}
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, **extra)
-        return out.last_hidden_state
+        return self.runner.hidden(input_ids, attention_mask, cache)
+
+    def new_cache(self) -> Any:
+        """An empty KV cache for this model (what `SideCache` fills)."""
+        return self.runner.new_cache()
 
     def token_logprobs(self, hidden: torch.Tensor, tokens: torch.Tensor, chunk: int = 256) -> torch.Tensor:
         """log p(tokens[i] | state whose last hidden state is hidden[i]) for (N, H) states and (N,) tokens, fp32."""
@@ -75,13 +75,9 @@ def sequence_logprobs(lm: CausalLM, pairs: Sequence[Pair], pad_id: int, batch_si
         if not batch:
             continue
         seqs = [list(pairs[i][0]) + list(pairs[i][1]) for i in batch]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        ids, mask = pad_batch(seqs, pad_id, side="right")
         rows, cols = [], []
         for r, (i, seq) in enumerate(zip(batch, seqs, strict=True)):
-            ids[r, : len(seq)] = torch.tensor(seq)
-            mask[r, : len(seq)] = 1
             first = len(pairs[i][0])
             if first == 0:
                 raise SpiError("implicit reward: a target needs at least one context token before it")

@@ -11,7 +11,6 @@ where to load it from), its tokenizer, `head.safetensors`, and `spi_reward.json`
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spi_align.backbone import BackboneRunner
 from spi_align.errors import SpiError
 from spi_align.interfaces import Prompt
 
@@ -46,7 +46,7 @@ class RewardModel(nn.Module):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._templated = bool(getattr(tokenizer, "chat_template", None))
-        self._forward_args = set(inspect.signature(backbone.forward).parameters)
+        self.runner = BackboneRunner(backbone)
 
     @classmethod
     def from_pretrained(
@@ -69,13 +69,7 @@ class RewardModel(nn.Module):
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The backbone's last hidden state at each row's last real token, (B, H), in the backbone's dtype."""
-        extra: dict[str, Any] = {}
-        if "position_ids" in self._forward_args:
-            extra["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        if "use_cache" in self._forward_args:
-            extra["use_cache"] = False
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
-        hidden = out.last_hidden_state  # (B, T, H); never ask for every layer's states
+        hidden = self.runner.hidden(input_ids, attention_mask)  # (B, T, H); never every layer's states
         positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
         last = (attention_mask.long() * positions).argmax(dim=-1)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]

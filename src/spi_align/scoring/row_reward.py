@@ -22,10 +22,9 @@ PROBE = (Prompt("probe", "Name a colour."), "Blue, like the sky.")
 def same_token_layout(model: RewardModel, policy: HFPolicy) -> bool:
     """True when format(prompt, response) tokenises to the policy's prompt tokens + response tokens + end token."""
     prompt, response = PROBE
-    tok = policy.tokenizer
     as_text = model.tokenize([model.format(prompt.text, response)])["input_ids"][0].tolist()
-    prompt_ids = tok(policy.format_prompt(prompt), add_special_tokens=not policy.chat_template)["input_ids"]
-    response_ids = tok(response, add_special_tokens=False)["input_ids"]
+    prompt_ids = policy.prompt_ids([prompt])[0]
+    response_ids = policy.tokenizer(response, add_special_tokens=False)["input_ids"]
     return as_text == [*prompt_ids, *response_ids, int(policy.eos_ids[0])]
 
 

@@ -12,7 +12,6 @@ and every tensor is in the safetensors file.
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spi_align.backbone import BackboneRunner
 from spi_align.errors import SpiError
 
 SPEC_FILE = "value_model.json"
@@ -46,8 +46,7 @@ class ValueModel(nn.Module):
         self.head = nn.Linear(hidden, 1, dtype=torch.float32, device=param.device)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
-        params = inspect.signature(backbone.forward).parameters
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.runner = BackboneRunner(backbone)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad) if pad is not None else 0
 
@@ -125,20 +124,12 @@ class ValueModel(nn.Module):
 
     # --- forward --------------------------------------------------------------------------------------------------
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any | None = None) -> torch.Tensor:
-        """Last-layer hidden states (B, T, H) of the new tokens `input_ids`.
+        """Last-layer hidden states (B, T, H) of the new tokens `input_ids` (see `BackboneRunner.hidden`)."""
+        return self.runner.hidden(input_ids, attention_mask, cache)
 
-        `attention_mask` covers the cached tokens and the new ones (zeros anywhere: padding, gaps); position ids
-        follow it. Never requests every layer's hidden states.
-        """
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
-        out = self.backbone(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=positions,
-            use_cache=cache is not None,
-            **({self.cache_arg: cache} if cache is not None else {}),
-        )
-        return out.last_hidden_state
+    def new_cache(self) -> Any:
+        """An empty KV cache for the backbone (what `SideCache` fills)."""
+        return self.runner.new_cache()
 
     def value(self, hidden: torch.Tensor) -> torch.Tensor:
         """The head on hidden states (..., H) → values (...) in fp32."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from spi_align.backbone import pad_batch
 from spi_align.values.model import ValueModel
 from spi_align.values.train import eq12_targets
 
@@ -33,14 +34,10 @@ def eq12_batch(
     prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], targets: torch.Tensor, pad_id: int
 ) -> Eq12Batch:
     """Pack (prompt, response) pairs: padding at the right, loss mask = 1 exactly on response positions."""
-    lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
-    width = max(lengths)
-    ids = torch.full((len(lengths), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(lengths), width), dtype=torch.long)
-    loss_mask = torch.zeros((len(lengths), width), dtype=torch.bool)
-    for row, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True)):
-        ids[row, : len(p) + len(r)] = torch.tensor(list(p) + list(r), dtype=torch.long)
-        mask[row, : len(p) + len(r)] = 1
+    pairs = list(zip(prompt_ids, response_ids, strict=True))
+    ids, mask = pad_batch([list(p) + list(r) for p, r in pairs], pad_id, side="right")
+    loss_mask = torch.zeros(ids.shape, dtype=torch.bool)
+    for row, (p, r) in enumerate(pairs):
         loss_mask[row, len(p) : len(p) + len(r)] = True
     return Eq12Batch(ids, mask, loss_mask, targets.float())
 
