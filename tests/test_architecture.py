@@ -1,7 +1,7 @@
 """The package's layers, checked on its source: imports point one way, no cycles, no private names across modules.
 
 Layers, bottom to top (a module may import its own layer and those below):
-  0 errors, interfaces, config, files      1 assets, models, data, rundir, resumable
+  0 errors, interfaces, config, files      1 assets, models, data, rundir, resumable, backbone
   2 policy/, scoring/, values/, search/, train/      3 spi (Algorithm 1 as an API)
   4 experiment/      5 evaluation/      6 cli/, serve/
 """
@@ -15,7 +15,7 @@ import spi_align
 
 ROOT = Path(spi_align.__file__).parent
 LAYERS = {
-    "errors": 0, "interfaces": 0, "config": 0, "files": 0,
+    "errors": 0, "interfaces": 0, "config": 0, "files": 0, "backbone": 1,
     "assets": 1, "models": 1, "data": 1, "rundir": 1, "resumable": 1,
     "policy": 2, "scoring": 2, "values": 2, "search": 2, "train": 2,
     "spi": 3, "experiment": 4, "evaluation": 5, "cli": 6, "serve": 6,

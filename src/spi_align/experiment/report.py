@@ -22,14 +22,17 @@ def bootstrap_ci(
     return (float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail)))
 
 
-def win_tie_rate(ours: Sequence[float], theirs: Sequence[float], tol: float = 1e-6) -> float:
-    """Share of prompts where `ours` beats `theirs`, counting ties (within `tol`) as half a win."""
+def win_tie_loss(ours: Sequence[float], theirs: Sequence[float], tol: float = 1e-6) -> list[float]:
+    """Per prompt: 1 for a win, 0.5 for a tie (within `tol`), 0 for a loss."""
     a, b = np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float)
     if a.shape != b.shape or a.size == 0:
-        raise ValueError("win rate needs two equally long, non-empty score lists")
-    wins = (a > b + tol).sum()
-    ties = (np.abs(a - b) <= tol).sum()
-    return float((wins + 0.5 * ties) / a.size)
+        raise ValueError("win rates need two equally long, non-empty score lists")
+    return np.where(np.abs(a - b) <= tol, 0.5, np.where(a > b, 1.0, 0.0)).tolist()
+
+
+def win_tie_rate(ours: Sequence[float], theirs: Sequence[float], tol: float = 1e-6) -> float:
+    """Share of prompts where `ours` beats `theirs`, counting ties (within `tol`) as half a win."""
+    return float(np.mean(win_tie_loss(ours, theirs, tol)))
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -99,6 +102,8 @@ def value_kind(spi: Any) -> str:
     if spi.value == "model":
         layers = {0: "head only", -1: "all layers"}.get(spi.value_train_layers, f"last {spi.value_train_layers} layers")
         kind = f"value model on {spi.value_backbone} ({layers} tuned)"
+    elif spi.value == "anchored":
+        kind = "values anchored on the reward of the partial response (+ residual linear heads)"
     else:
         kind = f"{spi.head} value heads"
     return kind + (f" + {spi.reward_guide} × reward model on prefixes" if spi.reward_guide else "")
@@ -124,6 +129,11 @@ def write_report(
         text += markdown_table(
             ["round", *keys], [[f"V_{k}", *[v.get(key, "") for key in keys]] for k, v in sorted(values.items())]
         )
+    if run.has("reward_model.json"):
+        rm = run.read_json("reward_model.json")
+        shown = {k: v for k, v in rm.items() if not isinstance(v, dict)}
+        text += "\n## Reward model (Bradley–Terry head; held out: a fifth of the training prompts)\n\n"
+        text += markdown_table(list(shown), [list(shown.values())])
     text += "\n![evaluator by method](evaluator_by_round.png)\n"
     plot_rounds(results, run.file("evaluator_by_round.png"), f"{run.path.name}: evaluator score")
     run.write_json("results.json", {"results": results, "values": {str(k): v for k, v in values.items()}})

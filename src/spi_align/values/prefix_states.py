@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import DynamicCache
 
+from spi_align.backbone import pad_batch
 from spi_align.interfaces import Prompt
 
 
@@ -35,14 +35,6 @@ class PrefixStates:
     """(n, H) e_t for each length: after the end token (for the full, finished response: its own end token)."""
 
 
-def _forward(policy, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
-    out = policy.backbone(
-        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{policy.cache_arg: cache}
-    )
-    return out.last_hidden_state.float()
-
-
 @torch.no_grad()
 def prefix_states(
     policy,
@@ -52,26 +44,20 @@ def prefix_states(
     batch_size: int = 16,
 ) -> list[PrefixStates]:
     """States h_t and e_t of every rollout at every t in `lengths` that fits it, plus t = its full length."""
-    tok, device = policy.tokenizer, policy.device
+    device, runner = policy.device, policy.runner
     end_id = int(policy.eos_ids[0])
     eos = {int(e) for e in policy.eos_ids.tolist()}
-    encoded = {
-        p.id: tok(policy.format_prompt(p), add_special_tokens=not policy.chat_template)["input_ids"] for p in prompts
-    }
+    unique = list({p.id: p for p in prompts}.values())
+    encoded = dict(zip([p.id for p in unique], policy.prompt_ids(unique), strict=True))
     out: list[PrefixStates] = []
     for start in range(0, len(responses), batch_size):
         batch_p = prompts[start : start + batch_size]
         batch_r = [list(r) for r in responses[start : start + batch_size]]
         seqs = [list(encoded[p.id]) + r for p, r in zip(batch_p, batch_r, strict=True)]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), policy.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, width - len(seq) :] = torch.tensor(seq)
-            mask[row, width - len(seq) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        cache = DynamicCache(config=policy.model.config)
-        hidden = _forward(policy, ids, mask, cache)
+        ids, mask = pad_batch(seqs, policy.pad_id, "left", device)
+        width = ids.shape[1]
+        cache = runner.new_cache()
+        hidden = runner.hidden(ids, mask, cache).float()
         per_row = [sorted({t for t in lengths if 0 < t <= len(r)} | ({len(r)} if r else set())) for r in batch_r]
         closed: list[dict[int, torch.Tensor]] = [{} for _ in batch_r]
         for t in sorted({t for ts in per_row for t in ts}):
@@ -92,7 +78,7 @@ def prefix_states(
             step_mask = torch.cat([step_mask, torch.zeros_like(step_mask[:, :1])], dim=1)
             step_mask[rows, -1] = 1
             token = torch.full((len(seqs), 1), end_id, dtype=torch.long, device=device)
-            fed = _forward(policy, token, step_mask, cache)[:, -1]
+            fed = runner.hidden(token, step_mask, cache)[:, -1].float()
             cache.crop(-1)
             for row in need:
                 closed[row][t] = fed[row]
