@@ -24,7 +24,7 @@ def run_args(tmp_path: Path, name: str, model: Path, prompts: Path, *extra: str)
     return [
         "demo", f"run_dir={tmp_path}", f"name={name}", f"policy.model={model}", f"data.prompts={prompts}",
         f"evaluator={SCORER}", "reward=train", "generation.max_new_tokens=8", "data.batch_size=2",
-        "spi.chunk=3", "spi.width=2", "spi.successors=2", "spi.rollouts=4", "spi.rounds=1", *extra,
+        "spi.chunk=3", "spi.width=2", "spi.successors=2", "spi.rollouts=4", "spi.rounds=2", *extra,
     ]  # fmt: skip
 
 
@@ -47,7 +47,9 @@ def test_anchored_run_reports_the_partial_reward_baseline_and_loads_back(tmp_pat
     assert "partial_reward_spearman_at_3" in (run / "report.md").read_text()
 
     improved = load(run)
-    assert improved.available_methods() == ["sample", "bon-4", "spi-1"]
+    assert improved.available_methods() == ["sample", "bon-4", "spi-1", "spi-2"]
+    v1 = json.loads((run / "values" / "round-1.json").read_text())  # V_1 from π_1's own search rollouts
+    assert v1["rollouts"] > 0 and v1["alpha"] in (0.0, 0.5, 1.0)
     prompts = [Prompt("x", "Name a fruit."), Prompt("y", "Say hello.")]
     improved.policy.reseed(3)
     first = improved.method("spi-1").run(prompts, Cost())
@@ -59,8 +61,8 @@ def test_anchored_run_reports_the_partial_reward_baseline_and_loads_back(tmp_pat
     assert [r.chosen.score for r in first] == pytest.approx([r.chosen.score for r in second])
     wider = again.method("spi-1", width=1, successors=3, chunk=2)
     assert (wider.width, wider.successors, wider.chunk) == (1, 3, 2)
-    with pytest.raises(SpiError, match="spi-1 .. spi-1"):
-        again.method("spi-2")
+    with pytest.raises(SpiError, match="spi-1 .. spi-2"):
+        again.method("spi-3")
     with pytest.raises(SpiError, match="unknown method"):
         again.method("beam-of-light")
 

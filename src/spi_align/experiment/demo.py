@@ -14,7 +14,15 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "evaluator": "similarity",
     "data": {"split": "eval", "limit": 16, "batch_size": 4},
     "generation": {"max_new_tokens": 48},
-    "spi": {"rounds": 2, "width": 4, "successors": 4, "chunk": 8, "rollouts": 8, "train_prompts": 32},
+    "spi": {
+        "rounds": 2,
+        "width": 4,
+        "successors": 4,
+        "chunk": 8,
+        "rollouts": 8,
+        "train_prompts": 32,
+        "value": "anchored",
+    },
 }
 
 
