@@ -10,11 +10,11 @@ from pathlib import Path
 from spi_align.errors import SpiError
 from spi_align.interfaces import Scorer
 
-CHOICES = "'similarity', 'sentiment', a reward-model directory (with spi_reward.json) or 'module:function'"
+CHOICES = "'similarity', 'sentiment', 'polarity', a reward-model directory (with spi_reward.json) or 'module:function'"
 
 
 def make_scorer(spec: str, device: str = "cpu") -> Scorer:
-    """'similarity', 'sentiment', a saved reward-model directory, or 'module:function'."""
+    """'similarity', 'sentiment' (VADER), 'polarity' (TextBlob), a saved reward-model directory, or 'module:function'."""
     if spec == "similarity":
         from spi_align.scoring.similarity import ReferenceSimilarity
 
@@ -23,6 +23,10 @@ def make_scorer(spec: str, device: str = "cpu") -> Scorer:
         from spi_align.scoring.sentiment import Sentiment
 
         return Sentiment()
+    if spec == "polarity":
+        from spi_align.scoring.sentiment import Polarity
+
+        return Polarity()
     path = Path(spec).expanduser()
     if path.is_dir():
         from spi_align.scoring.reward_model import SPEC_FILE, RewardModelScorer

@@ -1,4 +1,6 @@
-"""Lexicon sentiment (VADER): the compound score of the response, in [-1, 1]. Fast, CPU only, no model."""
+"""Lexicon sentiment: VADER's compound score ("sentiment") or TextBlob's polarity ("polarity") of the response,
+both in [-1, 1]. Two different lexicons and rules, so one can guide while the other judges. Fast, CPU only.
+"""
 
 from __future__ import annotations
 
@@ -20,3 +22,15 @@ class Sentiment:
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
         """One compound score per response."""
         return [float(self._analyzer.polarity_scores(text)["compound"]) for text in responses]
+
+
+class Polarity:
+    """Scores how positive a response reads by TextBlob's pattern lexicon (polarity); the prompt is ignored."""
+
+    name = "polarity"
+
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        """One polarity per response."""
+        from textblob import TextBlob
+
+        return [float(TextBlob(text).sentiment.polarity) for text in responses]
