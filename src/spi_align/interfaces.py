@@ -31,6 +31,15 @@ class Prompt:
     id: str
     text: str
     reference: str | None = None
+    history: tuple[tuple[str, str], ...] = ()
+    """Earlier turns of a conversation, (role, content) each, before `text` (its last user message); empty for a
+    single instruction. Policies with a chat template read the whole conversation (`messages`); scorers read `text`."""
+
+    def messages(self) -> list[dict[str, str]]:
+        """The conversation in chat-template form: the earlier turns, then `text` as the user's message."""
+        return [{"role": role, "content": content} for role, content in self.history] + [
+            {"role": "user", "content": self.text}
+        ]
 
 
 @dataclass
@@ -47,6 +56,9 @@ class Cost:
     """Responses scored by the reward model or scorer that picks."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall time by phase (prefill, decode, value, reward, ...)."""
+    tokens_by_prompt: list[int] | None = None
+    """Tokens generated for each prompt of one search call (by its index in the batch), over all its candidates:
+    counted only when set to a list of zeros before the call (`spi serve` bills each request its share)."""
 
     @contextmanager
     def timer(self, phase: str) -> Iterator[None]:
@@ -68,8 +80,16 @@ class Cost:
     def total_seconds(self) -> float:
         return sum(self.seconds.values())
 
+    def count_by_prompt(self, counts: Sequence[int]) -> None:
+        """Add tokens generated per prompt of the batch (a no-op unless `tokens_by_prompt` is being counted)."""
+        if self.tokens_by_prompt is not None:
+            self.tokens_by_prompt = [a + int(b) for a, b in zip(self.tokens_by_prompt, counts, strict=True)]
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "total_seconds": self.total_seconds}
+        data = asdict(self)
+        if data["tokens_by_prompt"] is None:
+            del data["tokens_by_prompt"]
+        return {**data, "total_seconds": self.total_seconds}
 
 
 @dataclass

@@ -137,3 +137,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.dry_run:
         console.print(f"sweep tables and plots: {folder}")
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from spi_align.serve.config import ENV_API_KEY, ServeConfig, check_binding
+    from spi_align.serve.server import serve
+    from spi_align.spi import load
+
+    cfg = build_config(ServeConfig, None, args.overrides)
+    key = args.api_key or cfg.api_key or os.environ.get(ENV_API_KEY) or None
+    flags = {k: v for k, v in {"host": args.host, "port": args.port, "api_key": key}.items() if v is not None}
+    cfg = build_config(ServeConfig, None, [], defaults={**cfg.model_dump(), **flags})
+    check_binding(cfg)  # before the model loads
+    serve(load(args.run), cfg)
+    return 0

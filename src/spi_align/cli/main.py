@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time SPI search against best-of-N and plain sampling; check the cost targets")
     _add_config_args(p)
+
+    p = sub.add_parser("serve", help="serve a finished run's methods behind an OpenAI-compatible API")
+    p.add_argument("run", help="a finished `spi run` directory (or a saved improved policy)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1; any other address needs an API key)")
+    p.add_argument("--port", type=int, help="TCP port (default 8000)")
+    p.add_argument("--api-key", help="bearer key every request must carry (default: $SPI_API_KEY)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="server settings, e.g. max_batch=32")
     return parser
 
 

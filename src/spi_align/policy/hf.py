@@ -33,7 +33,7 @@ class HFPolicy:
     ) -> None:
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
-        self.gen = gen
+        self.gen = gen  # also builds the token sampler
         self.chat_template = chat_template and tokenizer.chat_template is not None
         self.device = next(model.parameters()).device
         self.backbone = model.base_model
@@ -46,7 +46,6 @@ class HFPolicy:
         # policy's backbone) pad their text batches the same way.
         self.tokenizer.padding_side = "left"
         self.max_context = getattr(model.config, "max_position_embeddings", None)
-        self.sampler = TokenSampler(gen)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
@@ -57,6 +56,16 @@ class HFPolicy:
     def cache_arg(self) -> str:
         """The backbone's KV-cache argument name (`past_key_values`, or `cache` in later transformers)."""
         return self.runner.cache_arg
+
+    @property
+    def gen(self) -> GenerationConfig:
+        """Sampling settings; assigning new ones takes effect at the next token (e.g. per request batch)."""
+        return self._gen
+
+    @gen.setter
+    def gen(self, gen: GenerationConfig) -> None:
+        self._gen = gen
+        self.sampler = TokenSampler(gen)
 
     @property
     def max_new_tokens(self) -> int:
@@ -72,8 +81,7 @@ class HFPolicy:
 
     def format_prompt(self, prompt: Prompt) -> str:
         if self.chat_template:
-            messages = [{"role": "user", "content": prompt.text}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(prompt.messages(), tokenize=False, add_generation_prompt=True)
         return prompt.text
 
     def prompt_ids(self, prompts: Sequence[Prompt]) -> list[list[int]]:
@@ -134,6 +142,7 @@ class HFPolicy:
         limit = self.gen.max_new_tokens
         active = ~rows.done & (rows.length < limit)
         arange = torch.arange(rows.size, device=self.device)
+        before = rows.length.clone() if cost.tokens_by_prompt is not None else None
         with cost.timer("decode"):
             for _ in range(max_tokens):
                 if not bool(active.any()):
@@ -155,6 +164,9 @@ class HFPolicy:
                 cost.policy_forwards += 1
                 rows.done |= active & torch.isin(token, self.eos_ids)
                 active = active & ~rows.done & (rows.length < limit)
+        if before is not None:
+            per_prompt = torch.zeros(len(rows.prompts), dtype=torch.long, device=self.device)
+            cost.count_by_prompt(per_prompt.index_add_(0, rows.prompt_index, rows.length - before).tolist())
         return rows
 
     @torch.no_grad()
