@@ -61,6 +61,22 @@ class ValueKind(ABC):
     def saved(self, folder: Path) -> bool:
         return (folder / self.marker).is_file()
 
+    def baseline(self, rollouts: Rollouts) -> dict[str, Any]:
+        """Held-out Spearman of the reward on the partial response at the reported prefix lengths, on the same
+        held-out prompts as the kind's own metrics: the zero-shot ranking a learned value must beat."""
+        from spi_align.values.baseline import partial_reward_spearman
+        from spi_align.values.round import PREFIXES, heldout_split
+
+        if self.reward is None:
+            return {}
+        _, test = heldout_split([p.id for p in rollouts.prompts], self.seed)
+        if not test:
+            return {}
+        pick = lambda xs: [xs[i] for i in test]  # noqa: E731
+        return partial_reward_spearman(
+            self.policy, self.reward, pick(rollouts.prompts), pick(rollouts.tokens), pick(rollouts.rewards), PREFIXES
+        )
+
     @abstractmethod
     def fit(self, rollouts: Rollouts) -> tuple[Any, dict[str, Any]]: ...
 
@@ -84,7 +100,10 @@ class HeadValues(ValueKind):
     def fit(self, rollouts: Rollouts) -> tuple[Any, dict[str, Any]]:
         from spi_align.values.round import train_value
 
-        return train_value(self.policy, rollouts.prompts, rollouts.tokens, rollouts.rewards, self.spi, self.seed)
+        value, metrics = train_value(
+            self.policy, rollouts.prompts, rollouts.tokens, rollouts.rewards, self.spi, self.seed
+        )
+        return value, {**metrics, **self.baseline(rollouts)}
 
     def save(self, value: Any, folder: Path) -> None:
         value.save(folder)
@@ -119,7 +138,7 @@ class ModelValues(ValueKind):
     def fit(self, rollouts: Rollouts) -> tuple[Any, dict[str, Any]]:
         from spi_align.values.model_round import new_value_model, train_value_model_round
 
-        return train_value_model_round(
+        value, metrics = train_value_model_round(
             lambda: new_value_model(self.spi, self.policy, self.policy_spec),
             self.policy,
             rollouts.prompts,
@@ -128,6 +147,7 @@ class ModelValues(ValueKind):
             self.spi,
             self.seed,
         )
+        return value, {**metrics, **self.baseline(rollouts)}
 
     def save(self, value: Any, folder: Path) -> None:
         value.save(folder)

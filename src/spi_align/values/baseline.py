@@ -1,0 +1,52 @@
+"""The zero-shot baseline every learned value must beat: the reward applied to the partial response.
+
+On the same held-out training prompts a value kind reports its ranking on, R_t = r(x, y_1..t) is computed for each
+held-out rollout at each reported prefix length and ranked within its prompt against the final reward:
+
+- a reward head on the policy's own states reads the state after the prefix closed with the end token
+  (`prefix_states`, one pass for all lengths);
+- any other scorer scores the decoded prefix text, one batched call per length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from spi_align.interfaces import Prompt, Scorer
+from spi_align.scoring.row_reward import PolicyHeadReward
+from spi_align.values.train import within_prompt_spearman
+
+
+def partial_reward_spearman(
+    policy: Any,
+    reward: Scorer,
+    prompts: Sequence[Prompt],
+    tokens: Sequence[Sequence[int]],
+    rewards: Sequence[float],
+    prefixes: Sequence[int | None],
+) -> dict[str, float]:
+    """`partial_reward_spearman_at_<t>` for each t in `prefixes` (None = the whole response: the reward itself)."""
+    groups = [p.id for p in prompts]
+    lengths = [t for t in prefixes if t is not None]
+    out: dict[str, float] = {}
+    if isinstance(reward, PolicyHeadReward) and reward.from_rows:
+        from spi_align.values.prefix_states import prefix_states
+
+        states = prefix_states(policy, prompts, tokens, lengths)
+        head = reward.model.head
+        for t in prefixes:
+            values = []
+            for s in states:
+                k = len(s.lengths) - 1 if t is None else max(i for i, n in enumerate(s.lengths) if n <= t)
+                with torch.no_grad():
+                    values.append(float(head(s.closed[k].to(head.weight)).squeeze(-1)))
+            out[f"partial_reward_spearman_at_{t or 'end'}"] = within_prompt_spearman(values, rewards, groups)
+        return out
+    for t in prefixes:
+        texts = policy.tokenizer.batch_decode([list(x)[:t] for x in tokens], skip_special_tokens=True)
+        values = reward.score(list(prompts), texts)
+        out[f"partial_reward_spearman_at_{t or 'end'}"] = within_prompt_spearman(values, rewards, groups)
+    return out
