@@ -4,7 +4,7 @@ The one home for what the policy and every model that reads beside it share (val
 pair, reward models, teacher-forced features):
 
 - `pad_batch`: token-id lists → (ids, attention mask), padded on the left (prompts, so every row's last token is
-  in the last column) or on the right (training batches);
+  in the last column) or on the right (training batches), with `pad_token_id`;
 - `positions_from_mask`: position ids that follow the attention mask, so left padding and the gaps of rows that
   received fewer new tokens do not shift positions;
 - `BackboneRunner`: the backbone's forward on new tokens, with positions from the mask and the KV cache under
@@ -41,6 +41,13 @@ def pad_batch(
             ids[row, cols] = torch.tensor(list(seq), dtype=torch.long)
             mask[row, cols] = 1
     return (ids, mask) if device is None else (ids.to(device), mask.to(device))
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The id to pad a model's batches with: its tokenizer's pad token, else its end-of-sequence token, else 0.
+    Padded positions are masked out, so any id in the vocabulary does."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return int(pad) if pad is not None else 0
 
 
 def positions_from_mask(attention_mask: torch.Tensor, new_tokens: int | None = None) -> torch.Tensor:

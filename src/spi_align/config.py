@@ -162,6 +162,11 @@ class SPIConfig(Section):
     value_batch_size: int = Field(8, gt=0)
     """For value=model: rollouts per training step (every response token of each is a regression target)."""
 
+    @property
+    def candidates(self) -> int:
+        """W·K: candidates per prompt at every step of the search, and the N of the compute-matched best-of-N."""
+        return self.width * self.successors
+
     def beta(self, round_index: int) -> float:
         return self.betas[min(round_index, len(self.betas) - 1)]
 

@@ -52,11 +52,6 @@ class Baselines:
         self._strong: HFPolicy | None = None
         self._implicit: ImplicitReward | None = None
 
-    @property
-    def budget(self) -> int:
-        """N of the best-of-N methods: W·K, the candidates of one beam-search step."""
-        return self.cfg.spi.width * self.cfg.spi.successors
-
     def _load(self, source: str | Path) -> Any:
         from transformers import AutoModelForCausalLM
 
@@ -132,7 +127,7 @@ class Baselines:
 
     def names(self) -> list[str]:
         """Every enabled baseline's method name, in a fixed order."""
-        b, n = self.cfg.baselines, self.budget
+        b, n = self.cfg.baselines, self.cfg.spi.candidates
         out = ["dpo"] if b.dpo else []
         if b.bon_implicit:
             out.append(f"bon-i-{n}")

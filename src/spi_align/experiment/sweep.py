@@ -173,7 +173,7 @@ def expand(spec: SweepSpec, folder: Path) -> list[Cell]:
 def round0_paths(config: Config) -> list[str]:
     """Round 0's artefacts before any value function (rollouts, reward model, sample and best-of-N evaluations):
     they depend on neither the search, the value settings nor the baselines."""
-    stems = ["rollouts-0", "eval-sample", f"eval-bon-{config.spi.width * config.spi.successors}"]
+    stems = ["rollouts-0", "eval-sample", f"eval-bon-{config.spi.candidates}"]
     return _stem_files(stems) + ["reward_model", "reward_model.json"]
 
 
@@ -186,7 +186,7 @@ def baseline_paths(config: Config) -> list[str]:
     """The baselines that need no beam settings (DPO, BoN-I, the strong policy's sample and best-of-N): shared
     between runs with the same round 0 and the same baseline settings. Weak-to-strong search uses W, K and L, so it is
     never shared."""
-    n = config.spi.width * config.spi.successors
+    n = config.spi.candidates
     stems = ["eval-dpo", f"eval-bon-i-{n}", "eval-strong-sample", f"eval-strong-bon-{n}"]
     return _stem_files(stems) + ["dpo", "dpo.json"]
 

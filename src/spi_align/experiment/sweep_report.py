@@ -10,25 +10,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from spi_align.experiment.report import bootstrap_ci, markdown_table
+from spi_align.experiment.report import bootstrap_ci, markdown_table, win_tie_loss
 from spi_align.files import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     from spi_align.experiment.sweep import Cell, SweepSpec
-
-
-def win_tie_loss(ours: Sequence[float], theirs: Sequence[float], tol: float = 1e-6) -> list[float]:
-    """Per prompt: 1 for a win, 0.5 for a tie (within `tol`), 0 for a loss."""
-    a, b = np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float)
-    if a.shape != b.shape or a.size == 0:
-        raise ValueError("win rates need two equally long, non-empty score lists")
-    return np.where(np.abs(a - b) <= tol, 0.5, np.where(a > b, 1.0, 0.0)).tolist()
 
 
 def _judge_rate(cell_dir: Path, method: str, baseline: str) -> float | None:
@@ -209,7 +200,7 @@ def write_sweep_report(spec: SweepSpec, folder: Path, cells: list[Cell]) -> list
         results_file = cell.path / "results.json"
         if not results_file.is_file():
             continue
-        baseline = spec.baseline or f"bon-{cell.config.spi.width * cell.config.spi.successors}"
+        baseline = spec.baseline or f"bon-{cell.config.spi.candidates}"
         baselines.add(baseline)
         results = json.loads(results_file.read_text(encoding="utf-8"))["results"]
         settings = {k: setting(cell.config, k) for k in keys}

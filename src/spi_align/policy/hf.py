@@ -53,11 +53,6 @@ class HFPolicy:
     """Rows carry each row's last hidden state (what value heads and the reward head read)."""
 
     @property
-    def cache_arg(self) -> str:
-        """The backbone's KV-cache argument name (`past_key_values`, or `cache` in later transformers)."""
-        return self.runner.cache_arg
-
-    @property
     def gen(self) -> GenerationConfig:
         """Sampling settings; assigning new ones takes effect at the next token (e.g. per request batch)."""
         return self._gen

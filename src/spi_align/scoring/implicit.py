@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from spi_align.backbone import BackboneRunner, pad_batch
+from spi_align.backbone import BackboneRunner, pad_batch, pad_token_id
 from spi_align.errors import SpiError
 from spi_align.interfaces import Prompt
 
@@ -116,8 +116,7 @@ class ImplicitReward:
         self.chat_template = chat_template and getattr(tokenizer, "chat_template", None) is not None
         self.batch_size = batch_size
         self.name = name
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_id = int(pad if pad is not None else 0)
+        self.pad_id = pad_token_id(tokenizer)
 
     # --- tokenisation -----------------------------------------------------------------------------------------
     def _ids(self, text: str) -> list[int]:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from spi_align.backbone import BackboneRunner
+from spi_align.backbone import BackboneRunner, pad_token_id
 from spi_align.errors import SpiError
 
 SPEC_FILE = "value_model.json"
@@ -47,8 +47,7 @@ class ValueModel(nn.Module):
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
         self.runner = BackboneRunner(backbone)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_id = int(pad) if pad is not None else 0
+        self.pad_id = pad_token_id(tokenizer)
 
     # --- building ---------------------------------------------------------------------------------------------
     @classmethod

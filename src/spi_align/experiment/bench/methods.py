@@ -19,15 +19,10 @@ from spi_align.search.beam import ChunkBeamSearch
 from spi_align.values import HeadStack, ValueHead
 
 
-def samples(cfg: BenchConfig) -> int:
-    """W·K: candidates per prompt of every method (compute-matched)."""
-    return cfg.spi.width * cfg.spi.successors
-
-
 def method_keys(cfg: BenchConfig, with_value_model: bool = False) -> dict[str, str]:
     """Roles → method keys: 'sample' (P4's reference loop, when timed), 'bon', 'spi-1'..'spi-R', and 'spi-vm'
     (SPI guided by a separate value model) when it is timed."""
-    n = samples(cfg)
+    n = cfg.spi.candidates  # W·K per prompt for every method (compute-matched)
     keys = {"sample": f"sample-{n}"} if cfg.bench.plain_loop else {}
     keys["bon"] = f"bon-{n}"
     keys.update({f"spi-{k}": f"spi-{k}" for k in range(1, cfg.spi.rounds + 1)})
@@ -63,7 +58,7 @@ class SampleLoop:
 
 def build_methods(policy: HFPolicy, reward: Scorer, cfg: BenchConfig) -> dict[str, Runner]:
     """Method key → runner, in the order of `method_keys`."""
-    spi, n = cfg.spi, samples(cfg)
+    spi, n = cfg.spi, cfg.spi.candidates
     heads = random_heads(policy.hidden_size, cfg.spi.rounds, cfg.spi.head, cfg.seed)
     keys = method_keys(cfg)
     methods: dict[str, Runner] = {}

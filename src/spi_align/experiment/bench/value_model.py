@@ -51,7 +51,7 @@ def score_synthetic(
     """Seconds the value model spends on W·K responses of `length` tokens per prompt, fed `chunk` at a time:
     prefill of the prompts, feeding the new tokens, and reordering its cache after each selection."""
     spi = cfg.spi
-    per_prompt = spi.width * spi.successors
+    per_prompt = spi.candidates
     rows = policy.start(prompts, Cost())
     rows = rows.select(torch.arange(len(prompts), device=policy.device).repeat_interleave(per_prompt))
     gen = torch.Generator().manual_seed(seed)
