@@ -31,7 +31,7 @@ class ServeConfig(Section):
     """Requests waiting for a batch; one more is answered 503 with Retry-After."""
     retry_after_s: int = Field(1, ge=0)
     """The Retry-After header of a 503 (seconds)."""
-    request_timeout_s: float = Field(300.0, gt=0)
+    request_timeout_s: float = Field(600.0, gt=0)
     """A request still unanswered after this long (queue + search) is dropped and answered 504."""
     drain_timeout_s: float = Field(120.0, gt=0)
     """On SIGTERM: stop accepting, then wait at most this long for in-flight requests before exiting."""
