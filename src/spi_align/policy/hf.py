@@ -40,7 +40,7 @@ class HFPolicy:
         self.runner = BackboneRunner(self.backbone)
         self.lm_head = model.get_output_embeddings()
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
-        self.eos_ids = torch.tensor(sorted(_eos_ids(model, tokenizer)), device=self.device)
+        self.eos_ids = torch.tensor(sorted(end_of_turn_ids(model.generation_config, tokenizer)), device=self.device)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(self.eos_ids[0])
         # Prompts are padded on the left; models that share this tokenizer (the reward head trained on the
         # policy's backbone) pad their text batches the same way.
@@ -210,10 +210,10 @@ class HFPolicy:
         return self.extend(rows, self.gen.max_new_tokens, cost)
 
 
-def _eos_ids(model: PreTrainedModel, tokenizer) -> set[int]:
+def end_of_turn_ids(generation_config, tokenizer) -> set[int]:
     """End-of-turn ids: the generation config's when it names any (it knows the chat format), else the
     tokenizer's."""
-    configured = getattr(model.generation_config, "eos_token_id", None) if model.generation_config else None
+    configured = getattr(generation_config, "eos_token_id", None) if generation_config else None
     if configured is None:
         configured = tokenizer.eos_token_id
     if configured is None:
@@ -221,8 +221,8 @@ def _eos_ids(model: PreTrainedModel, tokenizer) -> set[int]:
     return {configured} if isinstance(configured, int) else set(configured)
 
 
-def load_policy(cfg: PolicyConfig, gen: GenerationConfig, seed: int = 0) -> HFPolicy:
-    """Load the frozen policy named by `cfg.model`: 'default', a local directory, or a hub id."""
+def load_hf_policy(cfg: PolicyConfig, gen: GenerationConfig, seed: int = 0) -> HFPolicy:
+    """Load the frozen policy named by `cfg.model` ('default', a local directory, or a hub id) on transformers."""
     source = resolve_model_source(cfg.model)
     device = resolve_device(cfg.device)
     dtype = getattr(torch, cfg.dtype)

@@ -24,19 +24,21 @@ class Rows:
     """Partial responses with everything needed to continue them without re-encoding their prefix.
 
     `next_logits` holds the policy's logits for each row's next token and `hidden` the last-layer hidden state
-    of each row's last token (prompt or response): the features value heads read at no extra cost.
+    of each row's last token (prompt or response): the features value heads read at no extra cost. A backend that
+    keeps its KV cache itself (vLLM: rows are token-id prefixes, its prefix cache finds their blocks) leaves
+    `cache`, `attention_mask`, `next_logits` and `hidden` None.
     """
 
     prompt_index: torch.Tensor
     """(R,) which prompt of the batch each row continues."""
-    cache: Cache
-    """The policy's KV cache over prompt + response tokens, R rows."""
-    attention_mask: torch.Tensor
-    """(R, T) 1 for real tokens, 0 for left padding and for steps after a row ended."""
-    next_logits: torch.Tensor
-    """(R, V) logits for each row's next token."""
-    hidden: torch.Tensor
-    """(R, H) last hidden state of each row's last real token."""
+    cache: Cache | None
+    """The policy's KV cache over prompt + response tokens, R rows (None: the backend keeps its own)."""
+    attention_mask: torch.Tensor | None
+    """(R, T) 1 for real tokens, 0 for left padding and for steps after a row ended (None without `cache`)."""
+    next_logits: torch.Tensor | None
+    """(R, V) logits for each row's next token (None: the backend samples them itself)."""
+    hidden: torch.Tensor | None
+    """(R, H) last hidden state of each row's last real token (None: the backend exposes no hidden states)."""
     response: torch.Tensor
     """(R, max_new_tokens) response token ids, padded."""
     length: torch.Tensor
@@ -58,14 +60,15 @@ class Rows:
 
     def select(self, index: torch.Tensor) -> Rows:
         """Rows `index` (repeats allowed), in that order. Reorders the KV cache in place: `self` is consumed."""
-        index = index.to(self.attention_mask.device)
-        self.cache.reorder_cache(index)
+        index = index.to(self.length.device)
+        if self.cache is not None:
+            self.cache.reorder_cache(index)
         return Rows(
             prompt_index=self.prompt_index[index],
             cache=self.cache,
-            attention_mask=self.attention_mask[index],
-            next_logits=self.next_logits[index],
-            hidden=self.hidden[index],
+            attention_mask=_take(self.attention_mask, index),
+            next_logits=_take(self.next_logits, index),
+            hidden=_take(self.hidden, index),
             response=self.response[index],
             length=self.length[index],
             done=self.done[index],
@@ -81,3 +84,7 @@ class Rows:
         if index is not None:
             response, length = response[index], length[index]
         return [row[:n].tolist() for row, n in zip(response.cpu(), length.tolist(), strict=True)]
+
+
+def _take(tensor: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+    return None if tensor is None else tensor[index]

@@ -65,7 +65,7 @@ class ChunkBeamSearch:
 
     def guidance(self, rows: Rows) -> torch.Tensor:
         """Ranking score of each row: Σ_i γ V_i/β_i, plus log π_base (eq. 14) when asked."""
-        score = self.value(rows) if self.value is not None else torch.zeros(rows.size, device=rows.hidden.device)
+        score = self.value(rows) if self.value is not None else torch.zeros(rows.size, device=rows.length.device)
         return score + rows.logprob if self.base_logprob else score
 
     def choose(self, values: torch.Tensor, keys: Sequence[tuple[int, ...]]) -> list[int]:
@@ -83,7 +83,7 @@ class ChunkBeamSearch:
         pool: list[tuple[int, Candidate]] = []
         unscored: list[tuple[int, Candidate]] = []
         while True:
-            ended = rows.done | (rows.length >= policy.gen.max_new_tokens)
+            ended = rows.done | (rows.length >= policy.max_new_tokens)
             if bool(ended.any()):
                 part = rows_to_candidates(policy, rows, ended)
                 if not score_from_rows(self.reward, rows, ended, part, cost):

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from spi_align.interfaces import Cost, Prompt, Scorer, SearchResult
-from spi_align.policy import HFPolicy
+from spi_align.interfaces import Cost, Policy, Prompt, Scorer, SearchResult
 from spi_align.search.candidates import pick_best, rows_to_candidates, score_candidates, score_from_rows
 
 
@@ -13,7 +12,7 @@ class PlainSampling:
     """Plain samples from the base policy (the first is the answer): the reference point every method must
     beat, and with n > 1 the rollouts of round 0."""
 
-    def __init__(self, policy: HFPolicy, n: int = 1) -> None:
+    def __init__(self, policy: Policy, n: int = 1) -> None:
         self.policy = policy
         self.n = n
         self.name = "sample" if n == 1 else f"sample-{n}"
@@ -26,7 +25,7 @@ class PlainSampling:
 class BestOfN:
     """N samples per prompt, all prompts of the batch decoded together; the reward picks one."""
 
-    def __init__(self, policy: HFPolicy, reward: Scorer, n: int, name: str | None = None) -> None:
+    def __init__(self, policy: Policy, reward: Scorer, n: int, name: str | None = None) -> None:
         self.policy = policy
         self.reward = reward
         self.n = n

@@ -6,11 +6,12 @@ from collections.abc import Sequence
 
 import torch
 
-from spi_align.interfaces import Candidate, Cost, Prompt, Scorer, SearchResult
-from spi_align.policy import HFPolicy, Rows
+from spi_align.interfaces import Candidate, Cost, Policy, Prompt, Scorer, SearchResult
+from spi_align.policy import Rows
+from spi_align.scoring.finite import finite_scores
 
 
-def rows_to_candidates(policy: HFPolicy, rows: Rows, keep: torch.Tensor | None = None) -> list[tuple[int, Candidate]]:
+def rows_to_candidates(policy: Policy, rows: Rows, keep: torch.Tensor | None = None) -> list[tuple[int, Candidate]]:
     """(prompt index, candidate) for every row (or the rows where `keep` is True), in row order."""
     index = torch.arange(rows.size) if keep is None else keep.nonzero().squeeze(1)
     index = index.to(rows.length.device)
@@ -21,14 +22,15 @@ def rows_to_candidates(policy: HFPolicy, rows: Rows, keep: torch.Tensor | None =
 
 
 def score_candidates(scorer: Scorer, prompts: Sequence[Prompt], pool: list[tuple[int, Candidate]], cost: Cost) -> None:
-    """Fill each candidate's `score` with one batched scorer call."""
+    """Fill each candidate's `score` with one batched scorer call (SpiError if a score is NaN or infinite)."""
     if not pool:
         return
+    texts = [c.text for _, c in pool]
     with cost.timer("reward"):
-        scores = scorer.score([prompts[i] for i, _ in pool], [c.text for _, c in pool])
+        scores = finite_scores(scorer, scorer.score([prompts[i] for i, _ in pool], texts), texts)
     cost.reward_calls += len(pool)
     for (_, cand), score in zip(pool, scores, strict=True):
-        cand.score = float(score)
+        cand.score = score
 
 
 def score_from_rows(
@@ -45,9 +47,10 @@ def score_from_rows(
         scores = score_rows(rows, index, cost)
     if scores is None:
         return False
+    scores = finite_scores(reward, scores, [c.text for _, c in part])
     cost.reward_calls += len(part)
     for (_, cand), score in zip(part, scores, strict=True):
-        cand.score = float(score)
+        cand.score = score
     return True
 
 

@@ -37,7 +37,7 @@ def measure(config_path: str, key: str) -> dict[str, Any]:
     from spi_align.experiment.bench.timing import run_once
 
     cfg: BenchConfig = build_config(BenchConfig, config_path)
-    ctx = BenchContext.load(cfg, value_model=False)
+    ctx = BenchContext.load(cfg, value_model=False, other_backends=False)
     gc.collect()
     baseline = status_mb("VmRSS")
     wall, cost = run_once(key, ctx.methods[key], ctx.prompts, cfg.data.batch_size, ctx.reseed)

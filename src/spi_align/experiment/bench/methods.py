@@ -1,7 +1,9 @@
 """What `spi bench` times: a plain sampling loop, best-of-(W·K), and SPI search guided by 1..R rounds of heads.
 
 The heads are randomly initialised on the policy's hidden states: the bench measures cost, and a head's cost does
-not depend on its weights. All methods share one policy and one reward scorer.
+not depend on its weights. All methods share one policy and one reward scorer. A backend without hidden states
+(vLLM), and every backend when several are compared, also times SPI guided by the reward on partial text
+('spi-text'), which every backend can run.
 """
 
 from __future__ import annotations
@@ -12,20 +14,27 @@ import torch
 
 from spi_align.config import BenchConfig
 from spi_align.experiment.bench.timing import Runner
-from spi_align.interfaces import Cost, Prompt, Scorer
-from spi_align.policy import HFPolicy
+from spi_align.interfaces import Cost, Policy, Prompt, Scorer
 from spi_align.search import BestOfN
 from spi_align.search.beam import ChunkBeamSearch
+from spi_align.search.reward_guide import TextPartialReward
 from spi_align.values import HeadStack, ValueHead
 
+TEXT_GUIDED = "spi-text"
+"""SPI guided by the reward on partial text: reads no hidden states, so every backend runs it."""
 
-def method_keys(cfg: BenchConfig, with_value_model: bool = False) -> dict[str, str]:
-    """Roles → method keys: 'sample' (P4's reference loop, when timed), 'bon', 'spi-1'..'spi-R', and 'spi-vm'
-    (SPI guided by a separate value model) when it is timed."""
+
+def method_keys(cfg: BenchConfig, with_value_model: bool = False, hidden_states: bool = True) -> dict[str, str]:
+    """Roles → method keys: 'sample' (P4's reference loop, when timed), 'bon', 'spi-1'..'spi-R' (when the policy
+    exposes hidden states), 'spi-text' (without them, or when other backends are compared), and 'spi-vm' (SPI
+    guided by a separate value model) when it is timed."""
     n = cfg.spi.candidates  # W·K per prompt for every method (compute-matched)
     keys = {"sample": f"sample-{n}"} if cfg.bench.plain_loop else {}
     keys["bon"] = f"bon-{n}"
-    keys.update({f"spi-{k}": f"spi-{k}" for k in range(1, cfg.spi.rounds + 1)})
+    if hidden_states:
+        keys.update({f"spi-{k}": f"spi-{k}" for k in range(1, cfg.spi.rounds + 1)})
+    if not hidden_states or cfg.bench.backends:
+        keys[TEXT_GUIDED] = TEXT_GUIDED
     if with_value_model:
         keys["spi-vm"] = "spi-vm"
     return keys
@@ -49,26 +58,37 @@ def guidance(heads: Sequence[ValueHead], cfg: BenchConfig, device: torch.device)
 class SampleLoop:
     """A plain batched sampling loop: `policy.sample` with W·K samples per prompt, nothing decoded or scored."""
 
-    def __init__(self, policy: HFPolicy, n: int) -> None:
+    def __init__(self, policy: Policy, n: int) -> None:
         self.policy, self.n = policy, n
 
     def __call__(self, prompts: Sequence[Prompt], cost: Cost) -> None:
         self.policy.sample(prompts, self.n, cost)
 
 
-def build_methods(policy: HFPolicy, reward: Scorer, cfg: BenchConfig) -> dict[str, Runner]:
+def build_methods(policy: Policy, reward: Scorer, cfg: BenchConfig) -> dict[str, Runner]:
     """Method key → runner, in the order of `method_keys`."""
     spi, n = cfg.spi, cfg.spi.candidates
-    heads = random_heads(policy.hidden_size, cfg.spi.rounds, cfg.spi.head, cfg.seed)
-    keys = method_keys(cfg)
+    keys = method_keys(cfg, hidden_states=policy.has_hidden_states)
     methods: dict[str, Runner] = {}
     if "sample" in keys:
         methods[keys["sample"]] = SampleLoop(policy, n)
     methods[keys["bon"]] = BestOfN(policy, reward, n).run
-    for k in range(1, cfg.spi.rounds + 1):
-        stack = guidance(heads[:k], cfg, policy.device)
-        search = ChunkBeamSearch.from_config(
-            policy, lambda rows, stack=stack: stack(rows.hidden), reward, spi, f"spi-{k}"
-        )
-        methods[keys[f"spi-{k}"]] = search.run
+    if policy.has_hidden_states:
+        heads = random_heads(policy.hidden_size, cfg.spi.rounds, cfg.spi.head, cfg.seed)  # type: ignore[attr-defined]
+        for k in range(1, cfg.spi.rounds + 1):
+            stack = guidance(heads[:k], cfg, policy.device)
+            search = ChunkBeamSearch.from_config(
+                policy, lambda rows, stack=stack: stack(rows.hidden), reward, spi, f"spi-{k}"
+            )
+            methods[keys[f"spi-{k}"]] = search.run
+    if TEXT_GUIDED in keys:
+        text = ChunkBeamSearch.from_config(policy, TextPartialReward(reward, policy), reward, spi, TEXT_GUIDED)
+        methods[TEXT_GUIDED] = text.run
     return methods
+
+
+def backend_methods(backend: str, policy: Policy, reward: Scorer, cfg: BenchConfig) -> dict[str, Runner]:
+    """What another backend is timed on: the methods every backend runs (sampling loop, best-of-N, 'spi-text'),
+    keyed 'BACKEND:method'."""
+    methods = build_methods(policy, reward, cfg)
+    return {f"{backend}:{k}": r for k, r in methods.items() if not k.startswith("spi-") or k == TEXT_GUIDED}

@@ -19,7 +19,7 @@ from rich.console import Console
 from spi_align.config import BenchConfig, build_config
 from spi_align.experiment.bench.context import BenchContext
 from spi_align.experiment.bench.memory import measure_in_subprocess
-from spi_align.experiment.bench.methods import method_keys
+from spi_align.experiment.bench.methods import TEXT_GUIDED, method_keys
 from spi_align.experiment.bench.table import (
     METHOD_COLUMNS,
     TARGET_COLUMNS,
@@ -28,7 +28,14 @@ from spi_align.experiment.bench.table import (
     rich_table,
     target_rows,
 )
-from spi_align.experiment.bench.targets import Check, memory_check, timing_checks, unmeasured, value_model_checks
+from spi_align.experiment.bench.targets import (
+    Check,
+    backend_checks,
+    memory_check,
+    timing_checks,
+    unmeasured,
+    value_model_checks,
+)
 from spi_align.experiment.bench.timing import Trial, paired_ratio, run_once, summarise, time_methods
 from spi_align.experiment.bench.value_model import p3_seconds, p3_summary
 from spi_align.rundir import RunDir
@@ -52,7 +59,9 @@ def environment(ctx: BenchContext) -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if "model name" in ln), "")
+    backends = {ctx.cfg.policy.backend: ctx.policy, **ctx.others}
     return {
+        "backends": {name: backend_info(policy) for name, policy in backends.items()},
         "device": str(ctx.policy.device),
         "cpu": cpu,
         "threads": torch.get_num_threads(),
@@ -60,6 +69,16 @@ def environment(ctx: BenchContext) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
     }
+
+
+def backend_info(policy: Any) -> dict[str, Any]:
+    """Engine version and, for vLLM, its prefix-cache counters over the whole bench."""
+    stats = getattr(policy, "prefix_cache", None)
+    if stats is None:
+        return {"engine": f"transformers {transformers.__version__}"}
+    import vllm
+
+    return {"engine": f"vllm {vllm.__version__}", "prefix_cache": stats.to_dict()}
 
 
 def gpu_checks(ctx: BenchContext) -> list[Check]:
@@ -75,11 +94,14 @@ def run_bench(config_path: str | Path | None, overrides: list[str]) -> dict[str,
     run = RunDir(cfg.run_dir, cfg.name or "bench")
     run.start(cfg)
     ctx = BenchContext.load(cfg)
-    keys, rounds = method_keys(cfg, ctx.guide is not None), cfg.spi.rounds
+    hidden = ctx.policy.has_hidden_states
+    keys, rounds = method_keys(cfg, ctx.guide is not None, hidden), cfg.spi.rounds
+    backends = ", ".join([cfg.policy.backend, *ctx.others])
     console.print(
         f"[bold]spi bench[/]: {len(ctx.prompts)} prompts × {cfg.generation.max_new_tokens} tokens, "
         f"W={cfg.spi.width} K={cfg.spi.successors} L={cfg.spi.chunk}, {rounds} rounds of {cfg.spi.head} heads, "
-        f"{cfg.bench.repeats} repeats, reward {cfg.reward}, {torch.get_num_threads()} threads on {ctx.policy.device}"
+        f"{cfg.bench.repeats} repeats, reward {cfg.reward}, {torch.get_num_threads()} threads on {ctx.policy.device}, "
+        f"backends {backends}"
     )
     if cfg.bench.warmup:
         for key, runner in ctx.methods.items():
@@ -94,7 +116,7 @@ def run_bench(config_path: str | Path | None, overrides: list[str]) -> dict[str,
     summary = summarise(trials)
     ratios = {key: paired_ratio(trials, key, keys["bon"]).to_dict() for key in summary}
     memory: dict[str, dict[str, Any]] = {}
-    if cfg.bench.memory:
+    if cfg.bench.memory and hidden:
         for key in (keys["bon"], keys[f"spi-{rounds}"]):
             console.print(f"  peak memory of {key} (fresh process)")
             memory[key] = measure_in_subprocess(run.commit() / "config.yaml", key)
@@ -103,8 +125,10 @@ def run_bench(config_path: str | Path | None, overrides: list[str]) -> dict[str,
         console.print(f"  value model alone on {cfg.bench.p3_lengths}-token responses (P3)")
         batch = ctx.prompts[: cfg.data.batch_size]
         p3 = p3_summary(p3_seconds(ctx.guide, ctx.policy, batch, cfg, cfg.bench.p3_lengths, cfg.bench.repeats))
-    checks = timing_checks(trials, keys, rounds)
-    checks.append(memory_check(memory, keys, rounds))
+    checks = timing_checks(trials, keys, rounds) if hidden else []
+    if hidden:
+        checks.append(memory_check(memory, keys, rounds))
+    checks += backend_checks(trials, cfg.policy.backend, list(ctx.others), keys)
     checks += value_model_checks(trials, keys, p3, ctx.guide_note, cfg.spi.chunk)
     checks += gpu_checks(ctx)
 
@@ -138,6 +162,7 @@ def bench_markdown(cfg: BenchConfig, result: dict[str, Any], rows: list[list[str
             f"{cfg.generation.max_new_tokens} new tokens, policy {cfg.policy.model} ({cfg.policy.dtype}), "
             f"W={cfg.spi.width} K={cfg.spi.successors} L={cfg.spi.chunk}, SPI guided by 1–{cfg.spi.rounds} "
             f"random {cfg.spi.head} heads, reward {cfg.reward}, {cfg.bench.repeats} repeats.",
+            *backends_paragraph(cfg, env),
             f"Device {env['device']} ({env['cpu'] or 'unknown CPU'}, {env['threads']} threads), "
             f"torch {env['torch']}, transformers {env['transformers']}; load average (1, 5, 15 min) before timing "
             f"{_load(env['load_average_before'])}, after {_load(env['load_average_after'])}.",
@@ -158,6 +183,31 @@ def bench_markdown(cfg: BenchConfig, result: dict[str, Any], rows: list[list[str
             "",
         ]
     )
+
+
+def backends_paragraph(cfg: BenchConfig, env: dict[str, Any]) -> list[str]:
+    """Which engine ran which methods; vLLM's prefix-cache reads over the whole bench."""
+    backends = env.get("backends", {})
+    if len(backends) < 2 and cfg.policy.backend == "hf":
+        return []
+    lines = [
+        "",
+        f"Backends: {cfg.policy.backend} (methods without a prefix) and "
+        f"{', '.join(b for b in backends if b != cfg.policy.backend) or 'no other'} (methods 'BACKEND:...'); "
+        f"'{TEXT_GUIDED}' is SPI guided by the reward on partial text, which every backend runs. vLLM settings: "
+        f"{cfg.policy.vllm.engine_kwargs(cfg.policy.dtype)}.",
+        "",
+    ]
+    for name, info in backends.items():
+        stats = info.get("prefix_cache")
+        line = f"- {name}: {info['engine']}"
+        if stats:
+            line += (
+                f"; prefix cache: {stats['cached_tokens']} of {stats['prompt_tokens']} prompt tokens read from "
+                f"the cache ({stats['hit_rate']:.1%}) over {stats['requests']} requests"
+            )
+        lines.append(line)
+    return [*lines, ""]
 
 
 def _load(values: Sequence[float]) -> str:

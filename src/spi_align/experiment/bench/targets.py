@@ -124,3 +124,24 @@ def quadratic_ratio(short: int, long: int, chunk: int) -> float:
         return sum(min(c * chunk, n) for c in range(1, -(-n // chunk) + 1))
 
     return total(long) / total(short)
+
+
+def backend_checks(trials: Sequence[Trial], primary: str, others: Sequence[str], keys: dict[str, str]) -> list[Check]:
+    """Per backend, P1 with the guidance every backend runs (SPI on the reward of partial text / best-of-N), and
+    each other backend's best-of-N speed against the primary's (informative, no limit)."""
+    if not others and "spi-text" not in keys:
+        return []
+    timed = {t.method for t in trials}
+    checks = []
+    for backend in [primary, *others]:
+        prefix = "" if backend == primary else f"{backend}:"
+        spi, bon = f"{prefix}spi-text", f"{prefix}{keys['bon']}"
+        if spi in timed and bon in timed:
+            r = paired_ratio(trials, spi, bon)
+            what = f"{backend}: SPI (reward on partial text) / {keys['bon']} wall time"
+            checks.append(Check("P1", what, fmt_ratio(r), f"≤ {P1_MAX}×", r.median <= P1_MAX))
+        if prefix and bon in timed:
+            r = paired_ratio(trials, bon, keys["bon"], metric="tokens_per_s")
+            what = f"{backend} / {primary}: {keys['bon']} tokens/s"
+            checks.append(Check("backends", what, fmt_ratio(r), "", None, "informative"))
+    return checks
