@@ -66,7 +66,7 @@ class StandIn:
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stand_in.requests.append({"path": self.path, **body})
-                stand_in.headers.append(dict(self.headers))
+                stand_in.headers.append({k.lower(): v for k, v in self.headers.items()})  # names are case-blind
                 status, payload = stand_in.answer(body)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -159,12 +159,18 @@ def test_both_orders_asked_and_agreement_is_a_win(stand_in, monkeypatch):
     assert first == ("Name a colour.", "GOOD: blue", "meh") and second == ("Name a colour.", "meh", "GOOD: blue")
     assert all(r["model"] == "stand-in" and r["messages"][0]["role"] == "system" for r in server.requests)
     assert "Which of the following responses" in server.requests[0]["messages"][0]["content"]
-    assert all(h["Authorization"] == "Bearer sk-test" for h in server.headers)
+    assert all(h["authorization"] == "Bearer sk-test" for h in server.headers)
 
 
 def test_loss_when_both_orders_prefer_theirs(stand_in):
     judgement = make_judge(stand_in(fair)).judge_pair(Pair("0", "q", "meh", "GOOD"))
     assert (judgement.ours_first, judgement.ours_second, judgement.outcome) == ("theirs", "theirs", "loss")
+
+
+def test_no_key_no_authorization_header(stand_in):
+    server = stand_in(fair)
+    assert make_judge(server).judge_pair(Pair("0", "q", "GOOD", "meh")).outcome == "win"
+    assert len(server.headers) == 2 and all("authorization" not in h for h in server.headers)
 
 
 def test_position_bias_splits_into_a_tie(stand_in):

@@ -1,22 +1,22 @@
-"""A minimal OpenAI-compatible chat-completions client for the judge: endpoint from config and environment,
-timeouts, bounded retries, and errors a user can act on.
+"""The judge's chat-completions client, on the `openai` package: endpoint from config and environment, timeouts,
+bounded retries, and errors a user can act on.
 
 Transport failures (refused connection, timeout, HTTP 429/5xx) are retried and, when the last attempt fails too,
 become one `SpiError` line; HTTP 401/403/404 end at once (a wrong key, base URL or model). A malformed answer (a
-body that is not JSON, no choices, a verdict the caller cannot read) is retried, then reported to the caller.
+body that is not JSON, no choices, a verdict the caller cannot read) is retried, then reported to the caller. The
+`openai` client's own retries are off: these are counted here, so malformed answers and failures are reported.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
+import openai
 from pydantic import Field
 
 from spi_align.config import Section
@@ -87,25 +87,33 @@ class _Malformed(Exception):
 
 
 class ChatClient:
-    """A minimal chat-completions client (stdlib only) with timeouts and bounded retries."""
+    """A chat-completions client (the `openai` package) with timeouts and bounded retries of its own."""
 
     def __init__(self, endpoint: Endpoint, cfg: JudgeConfig) -> None:
         self.endpoint = endpoint
         self.cfg = cfg
 
+    @cached_property
+    def client(self) -> openai.OpenAI:
+        # a local endpoint may need no key: the client then sends no Authorization header at all
+        return openai.OpenAI(
+            base_url=self.endpoint.base_url,
+            api_key=self.endpoint.api_key or "unused",
+            max_retries=0,
+            timeout=self.cfg.timeout,
+        )
+
     def _post(self, messages: list[dict[str, str]]) -> bytes:
-        body = {
-            "model": self.endpoint.model,
-            "messages": messages,
-            "temperature": self.cfg.temperature,
-            "max_tokens": self.cfg.max_tokens,
-        }
-        headers = {"Content-Type": "application/json"}
-        if self.endpoint.api_key:
-            headers["Authorization"] = f"Bearer {self.endpoint.api_key}"
-        request = urllib.request.Request(self.endpoint.url, json.dumps(body).encode(), headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.cfg.timeout) as response:
-            return response.read()
+        """The raw answer body (parsed here, so a malformed one is counted rather than raised)."""
+        headers = {} if self.endpoint.api_key else {"Authorization": openai.Omit()}
+        raw = self.client.chat.completions.with_raw_response.create(
+            model=self.endpoint.model,
+            messages=messages,  # type: ignore[arg-type]
+            temperature=self.cfg.temperature,
+            max_tokens=self.cfg.max_tokens,
+            extra_headers=headers,  # type: ignore[arg-type]
+        )
+        return raw.http_response.content
 
     @staticmethod
     def _content(raw: bytes) -> str:
@@ -142,12 +150,12 @@ class ChatClient:
             except _Malformed:
                 malformed += 1
                 failure = None
-            except urllib.error.HTTPError as exc:
+            except openai.APIStatusError as exc:
                 failure = self._http_failure(exc)
                 if failure is None:  # a 4xx other than auth/not-found: this request's answer is unusable
                     malformed += 1
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:  # TimeoutError is an OSError
-                reason = getattr(exc, "reason", None) or exc
+            except openai.APIConnectionError as exc:  # refused, reset, timed out (APITimeoutError)
+                reason = exc.__cause__ or exc
                 failure = f"{type(reason).__name__}: {reason}".rstrip(": ")
         if failure is not None:
             raise SpiError(
@@ -156,20 +164,21 @@ class ChatClient:
             )
         return None, malformed
 
-    def _http_failure(self, exc: urllib.error.HTTPError) -> str | None:
+    def _http_failure(self, exc: openai.APIStatusError) -> str | None:
         """A transport failure to retry (429, 5xx), None for an unusable answer, or SpiError for a fatal one."""
         try:
-            detail = (exc.read() or b"").decode("utf-8", "replace").strip().splitlines()
-        except OSError:
+            detail = exc.response.text.strip().splitlines()
+        except Exception:  # noqa: BLE001 (a body that cannot be read adds no detail)
             detail = []
         hint = f": {detail[0][:160]}" if detail else ""
-        if exc.code in (401, 403):
-            raise SpiError(f"judge endpoint {self.endpoint.url} refused the API key (HTTP {exc.code}{hint})")
-        if exc.code == 404:
+        code = exc.status_code
+        if code in (401, 403):
+            raise SpiError(f"judge endpoint {self.endpoint.url} refused the API key (HTTP {code}{hint})")
+        if code == 404:
             raise SpiError(
                 f"judge endpoint {self.endpoint.url} answered HTTP 404 (wrong base_url or model "
                 f"'{self.endpoint.model}'{hint})"
             )
-        if exc.code == 429 or exc.code >= 500:
-            return f"HTTP {exc.code}"
+        if code == 429 or code >= 500:
+            return f"HTTP {code}"
         return None
