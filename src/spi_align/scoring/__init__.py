@@ -14,7 +14,7 @@ CHOICES = "'similarity', 'sentiment', 'polarity', a reward-model directory (with
 
 
 def make_scorer(spec: str, device: str = "cpu") -> Scorer:
-    """'similarity', 'sentiment' (VADER), 'polarity' (TextBlob), a saved reward-model directory, or 'module:function'."""
+    """'similarity', 'sentiment' (VADER), 'polarity' (TextBlob), a reward-model directory, or 'module:function'."""
     if spec == "similarity":
         from spi_align.scoring.similarity import ReferenceSimilarity
 

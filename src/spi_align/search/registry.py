@@ -36,7 +36,7 @@ class MethodContext:
     @property
     def candidates(self) -> int:
         """W·K: candidates per prompt of every compute-matched method."""
-        return self.spi.width * self.spi.successors
+        return self.spi.candidates
 
     def needs_reward(self, name: str) -> Scorer:
         if self.reward is None:
