@@ -36,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-limit", type=int, default=64)
     parser.add_argument("--out", default="results/serve-load")
     parser.add_argument("server_args", nargs="*", metavar="key=value", help="`spi serve` settings")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for chatty in ("httpx", "httpx2", "openai"):  # one line per request otherwise
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
     prompts = [p.text for p in load_prompts(DataConfig(prompts=args.prompts, limit=args.prompt_limit))]
     spec = LoadSpec(

@@ -353,10 +353,11 @@ def render(report: dict[str, Any]) -> str:
     if term:
         errors = ", ".join(f"{k}: {v}" for k, v in term["errors"].items()) or "none"
         lines += [
-            f"SIGTERM {spec['sigterm_after_s']:g}s into a load of {term['clients']} clients on {term['model']}: the "
-            f"{term['ok']} answers during that load; over the server's life it accepted {term['server_accepted']} "
-            f"requests and answered {term['server_answered']}, clients received {term['client_answers_total']} "
-            f"answers; lost: {term['lost']}; errors after the signal: {errors}; exit code {term['exit_code']}.",
+            f"SIGTERM {spec['sigterm_after_s']:g}s into a load of {term['clients']} clients on {term['model']}: "
+            f"{term['ok']} requests answered during that load; over the server's life it accepted "
+            f"{term['server_accepted']} requests and answered {term['server_answered']}, clients received "
+            f"{term['client_answers_total']} answers; lost: {term['lost']}; errors after the signal: {errors}; "
+            f"exit code {term['exit_code']}.",
             "",
         ]
     return "\n".join(lines)
