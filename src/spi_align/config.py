@@ -6,7 +6,8 @@ Unknown keys are rejected; every error becomes one `SpiError` line naming the of
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -307,19 +308,57 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """Turn ['search.n=8', 'seed=1'] into a nested dict; values are parsed as YAML scalars."""
+def parse_overrides(overrides: list[str], model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """Turn ['search.n=8', 'seed=1'] into a nested dict; values are parsed as YAML (numbers, lists, ...).
+
+    With `model`, each key is checked against its fields: a key below a field that is not a section is one clear
+    error, and a text field keeps the text as written where YAML would read another type (`name=2024` is the name
+    '2024', `name=yes` the name 'yes').
+    """
     tree: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise SpiError(f"config: override '{item}' is not of the form key=value")
         try:
             value = yaml.safe_load(raw) if raw.strip() else raw
         except yaml.YAMLError:
             value = raw
-        set_dotted(tree, key.strip(), value)
+        annotation = field_annotation(model, key) if model is not None else None
+        if value is not None and not isinstance(value, str) and _is_text(annotation):
+            value = raw.strip()
+        set_dotted(tree, key, value)
     return tree
+
+
+def field_annotation(model: type[BaseModel], dotted: str) -> Any:
+    """The type of field `dotted` in `model` (None when unknown: validation names it); SpiError when a key goes
+    below a field that is neither a section nor a mapping."""
+    keys = dotted.split(".")
+    for depth, key in enumerate(keys):
+        field = model.model_fields.get(key)
+        if field is None:
+            return None
+        annotation = field.annotation
+        if depth == len(keys) - 1:
+            return annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        elif get_origin(annotation) is dict or annotation is Any:
+            return None  # free-form mapping: any key below it is allowed
+        else:
+            where = ".".join(keys[: depth + 1])
+            raise SpiError(f"config: cannot set '{dotted}': '{where}' is not a section")
+    return None
+
+
+def _is_text(annotation: Any) -> bool:
+    """True for `str` and `str | None` fields."""
+    if annotation is str:
+        return True
+    args = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else ()
+    return str in args and all(a in (str, type(None)) for a in args)
 
 
 def merge_trees(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -363,7 +402,7 @@ def build_config(
     tree = dict(defaults or {})
     if path is not None:
         tree = merge_trees(tree, read_yaml(path))
-    tree = merge_trees(tree, parse_overrides(overrides or []))
+    tree = merge_trees(tree, parse_overrides(overrides or [], model))
     try:
         return model.model_validate(tree)
     except ValidationError as err:

@@ -15,6 +15,7 @@ from typing import Any
 from spi_align.assets import default_prompts_file
 from spi_align.config import DataConfig
 from spi_align.errors import SpiError
+from spi_align.files import read_jsonl
 from spi_align.interfaces import Prompt
 
 PROMPT_COLUMNS = ("prompt", "instruction", "text", "question")
@@ -91,9 +92,10 @@ def _load_with_datasets(kind: str, path: Path) -> list[dict[str, Any]]:
 
 
 def _load_json_fallback(path: Path, exc: Exception) -> list[dict[str, Any]]:
-    """A JSON file datasets refuses (e.g. a top-level list with ragged rows): read it with `json`."""
+    """A JSON file datasets refuses (e.g. a top-level list with ragged rows): read it with `json`. A JSONL file is
+    read line by line, so a bad line is named."""
     try:
-        data = json.loads(path.read_text())
+        data: Any = read_jsonl(path) if path.suffix.lower() == ".jsonl" else json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise SpiError(f"{path}: cannot read it as JSON/JSONL ({_first_line(exc)})") from None
     if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):

@@ -67,12 +67,15 @@ def judge_messages(instruction: str, a: str, b: str) -> list[dict[str, str]]:
     ]
 
 
-_PREFERRED = re.compile(r"preferred\W*?\s*[:：]\s*[*_`\"'“”‘’\s(\[]*([AB])(?![A-Za-z0-9])", re.IGNORECASE)
+_OPEN = r"[*_`\"'“”‘’\s(\[]*"
+"""Markdown emphasis, quotes and brackets that may open a verdict."""
+_PREFERRED = re.compile(rf"preferred\W*?\s*[:：]{_OPEN}(?:response{_OPEN})?([AB])(?![A-Za-z0-9])", re.IGNORECASE)
 _BARE = re.compile(r"^[*_`\"'“”\s(\[]*(?:response\s+)?([AB])[*_`\"'“”\s)\].]*$", re.IGNORECASE)
 
 
 def parse_verdict(text: str) -> Literal["A", "B"] | None:
-    """The 'Preferred: A/B' verdict (the last one when repeated), else a last line that is only 'A' or 'B'."""
+    """The 'Preferred: A/B' verdict (also 'Preferred: Response B'; the last one when repeated), else a last line that
+    is only 'A' or 'B'."""
     found = _PREFERRED.findall(text)
     if found:
         return "A" if found[-1].upper() == "A" else "B"

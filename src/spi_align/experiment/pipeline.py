@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from spi_align.interfaces import Prompt, Scorer
+from spi_align.scoring.finite import finite_scores
 
 
 def evaluate(records: Sequence[dict[str, Any]], prompts: Sequence[Prompt], evaluator: Scorer) -> list[float]:
-    """The evaluator's score of each record's chosen response (records and prompts in the same order)."""
+    """The evaluator's score of each record's chosen response (SpiError if one is NaN or infinite)."""
     by_id = {p.id: p for p in prompts}
-    return evaluator.score([by_id[r["id"]] for r in records], [r["response"] for r in records])
+    responses = [r["response"] for r in records]
+    return finite_scores(evaluator, evaluator.score([by_id[r["id"]] for r in records], responses), responses)

@@ -16,6 +16,7 @@ from typing import Any
 
 from spi_align.errors import SpiError
 from spi_align.interfaces import Prompt
+from spi_align.scoring.finite import finite_scores
 
 
 class CallableScorer:
@@ -26,7 +27,7 @@ class CallableScorer:
         self._fn = _resolve(spec)
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
-        """Call the function; SpiError unless it returns one number per response."""
+        """Call the function; SpiError unless it returns one finite number per response."""
         result = self._fn(list(prompts), list(responses))
         try:
             values = [float(v) for v in result]
@@ -34,7 +35,7 @@ class CallableScorer:
             raise SpiError(f"scorer '{self.name}' must return a list of numbers, got {type(result).__name__}") from None
         if len(values) != len(responses):
             raise SpiError(f"scorer '{self.name}' returned {len(values)} scores for {len(responses)} responses")
-        return values
+        return finite_scores(self, values, responses)
 
 
 def _resolve(spec: str) -> Callable[..., Any]:

@@ -10,6 +10,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
+from scipy.stats import rankdata
 
 from spi_align.values.heads import HeadKind, ValueHead
 
@@ -105,14 +106,13 @@ def regress(
             sched.step()
 
 
-def _ranks(x: torch.Tensor) -> torch.Tensor:
-    return x.argsort().argsort().float()
-
-
 def within_prompt_spearman(
     predicted: Sequence[float], rewards: Sequence[float], groups: Sequence[Hashable], min_size: int = 3
 ) -> float:
-    """Mean over prompts (with ≥ min_size rollouts) of the Spearman correlation of predicted value and reward."""
+    """Mean over prompts (with ≥ min_size rollouts) of the Spearman correlation of predicted value and reward.
+
+    Tied values share their average rank (as Spearman's rho defines it), never an arbitrary order; a prompt whose
+    predictions (or rewards) are all equal ranks nothing and is skipped."""
     by_group: dict[Hashable, list[int]] = {}
     for i, g in enumerate(groups):
         by_group.setdefault(g, []).append(i)
@@ -121,7 +121,8 @@ def within_prompt_spearman(
     for members in by_group.values():
         if len(members) < min_size:
             continue
-        a, b = _ranks(p[members]), _ranks(r[members])
+        a = torch.from_numpy(rankdata(p[members].numpy()))
+        b = torch.from_numpy(rankdata(r[members].numpy()))
         a, b = a - a.mean(), b - b.mean()
         denom = (a.norm() * b.norm()).item()
         if denom > 0:
