@@ -1,7 +1,9 @@
-"""Shared fixtures: the real SmolLM2 tokenizer from the asset cache, and tiny random models built on its vocab.
+"""Shared fixtures: the real SmolLM2 tokenizer from the asset cache, tiny random models built on its vocab, and the
+tiny policy every search test runs on.
 
 Tests never touch the network. Tests that need the cached tokenizer fail with the command to fetch it when the cache is
-empty (`make test` fetches first). Helpers here can also be imported: `from conftest import make_tiny_causal_lm`.
+empty (`make test` fetches first). Helpers here can also be imported: `from conftest import make_policy`. Stand-in
+scorers live in `tests/mocks/scorers.py` (importable as `mocks.scorers`, or by path as 'tests/mocks/scorers.py:fn').
 """
 
 from __future__ import annotations
@@ -62,6 +64,15 @@ def make_tiny_backbone(tokenizer: Any, seed: int = 0) -> Any:
     return LlamaModel(tiny_llama_config(tokenizer)).to(torch.float32).eval()
 
 
+def make_policy(model: Any, tokenizer: Any, max_new_tokens: int = 24, seed: int = 0, **generation: Any) -> Any:
+    """An `HFPolicy` on `model`: plain sampling (temperature 1, no top-k) unless `generation` says otherwise."""
+    from spi_align.config import GenerationConfig
+    from spi_align.policy import HFPolicy
+
+    gen = GenerationConfig(**{"max_new_tokens": max_new_tokens, "temperature": 1.0, "top_k": 0, **generation})
+    return HFPolicy(model, tokenizer, gen, seed=seed)
+
+
 @pytest.fixture(scope="session")
 def smol_policy_dir() -> Path:
     """The converted SmolLM2 directory in the asset cache (fails with the fetch command when not fetched)."""
@@ -94,6 +105,12 @@ def tiny_causal_lm(smol_tokenizer: Any) -> Any:
 def tiny_backbone(smol_tokenizer: Any) -> Any:
     """`make_tiny_backbone(smol_tokenizer)`: a fresh tiny random LlamaModel per test."""
     return make_tiny_backbone(smol_tokenizer)
+
+
+@pytest.fixture
+def tiny_policy(tiny_causal_lm: Any, smol_tokenizer: Any) -> Any:
+    """`make_policy(tiny_causal_lm, smol_tokenizer)`: the tiny random policy (24 new tokens, plain sampling, seed 0)."""
+    return make_policy(tiny_causal_lm, smol_tokenizer)
 
 
 @pytest.fixture(scope="session")

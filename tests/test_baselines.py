@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_tiny_causal_lm
+from conftest import make_policy, make_tiny_causal_lm
 from spi_align.config import GenerationConfig
 from spi_align.interfaces import Cost, Prompt
 from spi_align.policy import HFPolicy
@@ -21,11 +21,6 @@ from spi_align.search.w2s import TextImplicitGuide, WeakToStrongSearch, implicit
 
 PROMPTS = [Prompt("a", "Name three colours."), Prompt("b", "Write a poem about the sea."), Prompt("c", "Hi")]
 RESPONSES = ["Red, green and blue.", "The sea is wide and deep, the waves roll on and on.", "Hello!"]
-
-
-def make_policy(model, tokenizer, max_new_tokens=16, seed=0) -> HFPolicy:
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=1.0, top_k=0)
-    return HFPolicy(model, tokenizer, gen, seed=seed)
 
 
 @torch.no_grad()
@@ -86,7 +81,7 @@ def test_implicit_reward_of_a_model_against_itself_is_zero(tiny_causal_lm, smol_
 def test_bon_implicit_picks_the_argmax_of_the_implicit_reward(pair, smol_tokenizer):
     tuned, ref = pair
     reward = ImplicitReward(tuned, ref, smol_tokenizer)
-    search = implicit_best_of_n(make_policy(ref, smol_tokenizer), reward, n=5)
+    search = implicit_best_of_n(make_policy(ref, smol_tokenizer, max_new_tokens=16), reward, n=5)
     cost = Cost()
     results = search.run(PROMPTS, cost)
     assert search.name == "bon-i-5" and cost.reward_calls == 15

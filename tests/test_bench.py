@@ -72,6 +72,33 @@ def test_value_model_targets_unmeasured_say_why_and_quadratic_reference():
     assert quadratic_ratio(64, 256, 16) == pytest.approx(2176 / 160)  # re-encoding: 13.6×, feeding new tokens: 4×
 
 
+def p3_result(ratio: float, with_prefill: float) -> dict:
+    return {
+        "lengths": [64, 256],
+        "ratio": {"median": ratio, "min": ratio - 0.2, "max": ratio + 0.2},
+        "ratio_with_prefill": {"median": with_prefill, "min": with_prefill, "max": with_prefill},
+        "seconds": {"64": {"responses": 1.0}, "256": {"responses": ratio}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("spi_vm", "ratio", "with_prefill", "met"),
+    [
+        ([14, 16, 14], 4.4, 6.0, (True, True)),  # P2b 1.4 ≤ 1.5; P3 judged on the responses alone, 4.4 ≤ 4.5
+        ([16, 14, 16], 4.6, 4.0, (False, False)),  # 1.6 > 1.5; 4.6 > 4.5 (the prefill-diluted 4.0 does not count)
+        ([15, 15, 15], 4.5, 4.5, (True, True)),  # the limits themselves are met
+    ],
+)
+def test_value_model_targets_p2b_and_p3_by_their_limits(spi_vm, ratio, with_prefill, met):
+    keys = {**KEYS, "spi-vm": "spi-vm"}
+    t = trials({"bon-16": [10, 10, 10], "spi-vm": spi_vm})
+    p2b, p3 = value_model_checks(t, keys, p3_result(ratio, with_prefill), "unused", 16)
+    assert (p2b.target, p3.target) == ("P2b", "P3")
+    assert (p2b.met, p3.met) == met
+    assert p2b.measured.startswith(f"{sorted(spi_vm)[1] / 10:.3f}×")  # the median of the paired ratios
+    assert p3.measured.startswith(f"{ratio:.3f}") and "256 / 64" in p3.what
+
+
 def test_status_reads_this_process_memory():
     rss, peak = status_mb("VmRSS"), status_mb("VmHWM")
     assert 0 < rss <= peak

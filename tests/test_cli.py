@@ -89,7 +89,8 @@ def test_generate_best_of_n_writes_a_run(capsys, tmp_path, tiny_model_dir, promp
     assert len(records) == 4 and all(len(r["candidates"]) == 3 for r in records)
     assert all(r["score"] == max(c["score"] for c in r["candidates"]) for r in records)
     metrics = json.loads((tmp_path / "g" / "metrics.json").read_text())
-    assert metrics["cost"]["tokens_generated"] <= 4 * 3 * 5
+    spent = sum(c["num_tokens"] for r in records for c in r["candidates"])
+    assert metrics["cost"]["tokens_generated"] == spent <= 4 * 3 * 5
     # the same name with another config is refused rather than mixed in
     one_line_error(capsys, [*argv[:-2], "search.n=4", f"reward={SCORER}"], "another config")
 

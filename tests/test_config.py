@@ -42,6 +42,30 @@ def test_bad_values_give_one_line_naming_the_key(overrides, message):
     assert "\n" not in str(err.value)
 
 
+def test_text_fields_keep_the_text_as_written():
+    cfg = build_config(Config, None, ["name=2024", "data.prompts=2025.10", "spi.value_backbone=yes"])
+    assert (cfg.name, cfg.data.prompts, cfg.spi.value_backbone) == ("2024", "2025.10", "yes")
+    assert build_config(Config, None, ["data.train_prompts=null"]).data.train_prompts is None
+    cfg = build_config(Config, None, ["seed=2024", "spi.betas=[1, 2.5]"])  # numbers stay numbers elsewhere
+    assert (cfg.seed, cfg.spi.betas) == (2024, [1.0, 2.5])
+    assert build_config(Config, None, ["policy.vllm.extra.max_num_seqs=8"]).policy.vllm.extra == {"max_num_seqs": 8}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "where"),
+    [
+        (["name.first=1"], "name"),
+        (["seed.x=1"], "seed"),
+        (["spi.rounds.k=3"], "spi.rounds"),
+        (["name=x", "name.y=2"], "name"),
+    ],
+)
+def test_a_key_below_a_plain_value_is_not_a_section(overrides, where):
+    with pytest.raises(SpiError, match=f"cannot set '.*': '{where}' is not a section") as err:
+        build_config(Config, None, overrides)
+    assert "\n" not in str(err.value)
+
+
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(SpiError, match="config file not found"):
         build_config(Config, tmp_path / "nope.yaml")

@@ -71,6 +71,7 @@ def test_json_may_be_a_list_with_ragged_rows(tmp_path):
         ("p.jsonl", '{"prompt": "x"}\n{"prompt": null}\n', "empty prompt in row 1"),
         ("p.jsonl", '{"id": 1, "prompt": "x"}\n{"id": 1, "prompt": "y"}\n', "id '1' appears twice"),
         ("p.json", "{not json", "cannot read it"),
+        ("p.jsonl", '{"prompt": "a"}\n{"prompt": "b"\n{"prompt": "c"}\n', r"p\.jsonl:2: not a JSON record"),
     ],
 )
 def test_bad_files_are_one_line_errors(tmp_path, name, content, message):

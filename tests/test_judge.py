@@ -136,6 +136,13 @@ def free_port() -> int:
         ("I cannot decide between them.", None),
         ("**Preferred:** both", None),
         ("", None),
+        # real judges name the response rather than the letter alone
+        ("**Comparison:** B is more accurate.\n\n**Preferred:** Response B", "B"),
+        ("**Preferred: Response A**", "A"),
+        ('Preferred: "Response B".', "B"),
+        ("**Preferred:** Response A\n\nOn reflection... **Preferred:** Response B", "B"),
+        ("**Preferred:** Response Both", None),
+        ("**Preferred:** Responses A and B are equal", None),
     ],
 )
 def test_parse_verdict(text, expected):

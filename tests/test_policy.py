@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spi_align.config import GenerationConfig
+from conftest import make_policy
 from spi_align.errors import SpiError
 from spi_align.interfaces import Cost, Prompt
 from spi_align.policy import HFPolicy
@@ -15,11 +15,6 @@ PROMPTS = [
     Prompt("b", "Write a short poem about the sea and the wind at night."),
     Prompt("c", "Hi"),
 ]
-
-
-def make_policy(model, tokenizer, max_new_tokens=24, do_sample=False, seed=0) -> HFPolicy:
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=1.0, top_k=0)
-    return HFPolicy(model, tokenizer, gen, seed=seed)
 
 
 def run_chunks(policy: HFPolicy, chunk: int, n: int = 1) -> list[list[int]]:
@@ -32,7 +27,7 @@ def run_chunks(policy: HFPolicy, chunk: int, n: int = 1) -> list[list[int]]:
 
 
 def test_chunked_greedy_equals_generate(tiny_causal_lm, smol_tokenizer):
-    policy = make_policy(tiny_causal_lm, smol_tokenizer)
+    policy = make_policy(tiny_causal_lm, smol_tokenizer, do_sample=False)
     chunked = run_chunks(policy, chunk=5)
     smol_tokenizer.padding_side = "left"
     texts = [policy.format_prompt(p) for p in PROMPTS]
@@ -55,19 +50,20 @@ def test_same_seed_same_tokens_whatever_the_chunking(tiny_causal_lm, smol_tokeni
 
 
 def test_row_selection_continues_the_selected_prefix(tiny_causal_lm, smol_tokenizer):
-    policy = make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=12)
+    policy = make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=12, do_sample=False)
     cost = Cost()
     rows = policy.extend(policy.start(PROMPTS, cost), 4, cost)
     rows = rows.select(torch.tensor([1, 1, 0]))
     policy.extend(rows, 8, cost)
     tokens = rows.token_lists()
     assert tokens[0] == tokens[1]
-    assert tokens[2] == run_chunks(make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=12), chunk=12)[0]
+    alone = run_chunks(make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=12, do_sample=False), chunk=12)
+    assert tokens[2] == alone[0]
     assert rows.prompt_index.tolist() == [1, 1, 0]
 
 
 def test_hidden_state_is_that_of_the_last_token(tiny_causal_lm, smol_tokenizer):
-    policy = make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=6)
+    policy = make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=6, do_sample=False)
     cost = Cost()
     rows = policy.extend(policy.start(PROMPTS[:1], cost), 6, cost)
     prompt_ids = smol_tokenizer(policy.format_prompt(PROMPTS[0]), add_special_tokens=False)["input_ids"]
@@ -78,8 +74,8 @@ def test_hidden_state_is_that_of_the_last_token(tiny_causal_lm, smol_tokenizer):
 
 
 def test_end_token_stops_a_row_and_counts_cost(tiny_causal_lm, smol_tokenizer):
-    greedy = run_chunks(make_policy(tiny_causal_lm, smol_tokenizer), chunk=24)[0]
-    policy = make_policy(tiny_causal_lm, smol_tokenizer)
+    greedy = run_chunks(make_policy(tiny_causal_lm, smol_tokenizer, do_sample=False), chunk=24)[0]
+    policy = make_policy(tiny_causal_lm, smol_tokenizer, do_sample=False)
     stop = greedy[2]
     policy.eos_ids = torch.tensor([stop])
     cost = Cost()
@@ -92,7 +88,7 @@ def test_end_token_stops_a_row_and_counts_cost(tiny_causal_lm, smol_tokenizer):
 
 
 def test_prompt_longer_than_context_is_one_clear_error(tiny_causal_lm, smol_tokenizer):
-    policy = make_policy(tiny_causal_lm, smol_tokenizer)
+    policy = make_policy(tiny_causal_lm, smol_tokenizer, do_sample=False)
     policy.max_context = 40
     with pytest.raises(SpiError, match="exceeds the model's context"):
         policy.start([Prompt("long", "word " * 100)], Cost())

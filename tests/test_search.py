@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from spi_align.config import GenerationConfig
+from conftest import make_policy
+from mocks.scorers import CountScorer
 from spi_align.interfaces import Cost, Prompt
-from spi_align.policy import HFPolicy
 from spi_align.search import BestOfN
 from spi_align.search.beam import ChunkBeamSearch
 from spi_align.search.selection import diversity_first, softmax_sample, top_w
@@ -44,23 +42,6 @@ def test_softmax_sampling_is_distinct_and_follows_temperature():
     for _ in range(400):
         counts[softmax_sample(values, 1, temperature=100.0, generator=gen)[0]] += 1
     assert counts.min() > 60  # near uniform at high temperature
-
-
-class CountScorer:
-    """Reward: how many response characters are in `letters` (a stand-in reward model)."""
-
-    name = "count"
-
-    def __init__(self, letters: str = "e") -> None:
-        self.letters = letters
-
-    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
-        return [float(sum(ch in self.letters for ch in r)) for r in responses]
-
-
-def make_policy(model, tokenizer, max_new_tokens=24, seed=0) -> HFPolicy:
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=1.0, top_k=0)
-    return HFPolicy(model, tokenizer, gen, seed=seed)
 
 
 def test_beam_spends_exactly_the_best_of_n_budget(tiny_causal_lm, smol_tokenizer):

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from mocks.scorers import LengthScorer
 from spi_align.config import RewardTrainConfig
 from spi_align.errors import SpiError
 from spi_align.interfaces import Prompt
@@ -14,17 +15,10 @@ from spi_align.scoring.reward_model import RewardModel
 from spi_align.scoring.train_reward import bradley_terry_loss, make_pairs, train_reward_head
 
 
-class LengthLabeller:
-    name = "length"
-
-    def score(self, prompts, responses):
-        return [float(len(r)) for r in responses]
-
-
 def test_pairs_are_best_against_worst_then_inwards_skipping_ties_and_duplicates():
     p, q = Prompt("p", "x"), Prompt("q", "y")
     cands = [["aaaa", "a", "aaa", "aa", "a"], ["bb", "cc"]]
-    pairs = make_pairs([p, q], cands, LengthLabeller(), per_prompt=3)
+    pairs = make_pairs([p, q], cands, LengthScorer(), per_prompt=3)
     # p: unique candidates by length 4, 3, 2, 1 -> (4 vs 1), (3 vs 2); q: a tie, no pair
     assert [(x.id, c, r) for x, c, r in pairs] == [("p", "aaaa", "a"), ("p", "aaa", "aa")]
 

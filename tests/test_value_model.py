@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_tiny_backbone, make_tiny_causal_lm, tiny_llama_config
+from conftest import make_policy, make_tiny_backbone, make_tiny_causal_lm, tiny_llama_config
+from mocks.scorers import LengthScorer
 from spi_align.cli import main
-from spi_align.config import GenerationConfig, SPIConfig
+from spi_align.config import SPIConfig
 from spi_align.interfaces import Cost, Prompt
-from spi_align.policy import HFPolicy
 from spi_align.search.beam import ChunkBeamSearch
 from spi_align.values.guide import ValueModelGuide
 from spi_align.values.model import WEIGHTS_FILE, ValueModel
@@ -38,11 +38,6 @@ def value_model(tokenizer, seed: int = 1, train_layers: int = -1, backbone=None)
         model.head.weight.normal_(0.0, 1.0)
         model.head.bias.fill_(0.5)
     return model.eval()
-
-
-def make_policy(tokenizer, max_new_tokens: int = 16, seed: int = 0) -> HFPolicy:
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=1.0, top_k=0)
-    return HFPolicy(make_tiny_causal_lm(tokenizer), tokenizer, gen, seed=seed)
 
 
 def from_scratch(models, weights, rows) -> torch.Tensor:
@@ -182,7 +177,7 @@ def _copy(tokenizer):
 
 # --- incremental scoring ----------------------------------------------------------------------------------------
 def test_incremental_scoring_equals_scoring_from_scratch_through_selections(smol_tokenizer, _smol_tokenizer_once):
-    policy = make_policy(smol_tokenizer, max_new_tokens=16)
+    policy = make_policy(make_tiny_causal_lm(smol_tokenizer), smol_tokenizer, max_new_tokens=16)
     policy.eos_ids = torch.arange(len(smol_tokenizer) // 12)  # ~8% of the vocabulary ends a row: rows stop early
     v1 = value_model(_copy(_smol_tokenizer_once), seed=1)
     v2 = value_model(v1.tokenizer, seed=2, backbone=v1.backbone)  # another head on the same backbone
@@ -216,7 +211,7 @@ def test_incremental_scoring_equals_scoring_from_scratch_through_selections(smol
 
 
 def test_beam_search_with_a_value_model_scores_like_from_scratch(smol_tokenizer, _smol_tokenizer_once):
-    policy = make_policy(smol_tokenizer, max_new_tokens=14)
+    policy = make_policy(make_tiny_causal_lm(smol_tokenizer), smol_tokenizer, max_new_tokens=14)
     policy.eos_ids = torch.arange(len(smol_tokenizer) // 15)
     models, weights = [value_model(_copy(_smol_tokenizer_once), seed=5)], [0.7]
     guide = ValueModelGuide(models, weights, policy.tokenizer)
@@ -228,16 +223,9 @@ def test_beam_search_with_a_value_model_scores_like_from_scratch(smol_tokenizer,
         calls.append(rows.size)
         return got
 
-    reward = _LengthScorer()
+    reward = LengthScorer()
     results = ChunkBeamSearch(policy, checked, reward, width=2, successors=3, chunk=3).run(PROMPTS, Cost())
     assert len(calls) >= 3 and len(results) == len(PROMPTS)
-
-
-class _LengthScorer:
-    name = "length"
-
-    def score(self, prompts, responses):
-        return [float(len(r)) for r in responses]
 
 
 def test_other_tokenizer_scores_the_re_tokenised_text(smol_tokenizer):
@@ -250,7 +238,7 @@ def test_other_tokenizer_scores_the_re_tokenised_text(smol_tokenizer):
     config.bos_token_id, config.eos_token_id, config.pad_token_id = bert.cls_token_id, bert.sep_token_id, 0
     torch.manual_seed(7)
     model = value_model(bert, backbone=LlamaModel(config).eval())
-    policy = make_policy(smol_tokenizer, max_new_tokens=10)
+    policy = make_policy(make_tiny_causal_lm(smol_tokenizer), smol_tokenizer, max_new_tokens=10)
     guide = ValueModelGuide([model], [2.0], policy.tokenizer)
     assert guide.incremental == [False]
     cost = Cost()

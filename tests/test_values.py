@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -100,6 +102,15 @@ def test_within_prompt_spearman_by_hand():
     groups = ["a", "a", "a", "b", "b", "b", "c", "c"]
     assert within_prompt_spearman(predicted, rewards, groups) == pytest.approx(0.0)
     assert within_prompt_spearman(predicted[:3], rewards[:3], groups[:3]) == pytest.approx(1.0)
+
+
+def test_within_prompt_spearman_gives_ties_their_average_rank():
+    # predicted 1, 1, 2, 3 -> ranks 1.5, 1.5, 3, 4; rewards in either order of the tied pair -> rho = sqrt(0.9)
+    assert within_prompt_spearman([1, 1, 2, 3], [10, 20, 30, 40], ["a"] * 4) == pytest.approx(0.9**0.5)
+    assert within_prompt_spearman([1, 1, 2, 3], [20, 10, 30, 40], ["a"] * 4) == pytest.approx(0.9**0.5)
+    # a constant prediction ranks nothing: the prompt is skipped, whatever order its rollouts come in
+    assert math.isnan(within_prompt_spearman([7, 7, 7], [1, 2, 3], ["a"] * 3))
+    assert within_prompt_spearman([7, 7, 7, 1, 2, 3], [3, 2, 1, 1, 2, 3], list("aaabbb")) == pytest.approx(1.0)
 
 
 def test_prefix_values_read_the_state_after_the_prefix():
