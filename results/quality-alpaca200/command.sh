@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Reproduces this folder's run (about 60 minutes on 2 idle CPU cores: rollouts 30, prefix states 20, evaluation
+# of 48 prompts 10), then copies its report here.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+.venv/bin/spi run results/quality-alpaca200/config.yaml
+cp runs/quality-alpaca200/{report.md,results.json,reward_model.json,evaluator_by_round.png} results/quality-alpaca200/
+cp -r runs/quality-alpaca200/values results/quality-alpaca200/
