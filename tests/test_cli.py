@@ -114,7 +114,8 @@ def test_spi_run_resumes_to_the_same_result(tmp_path, tiny_model_dir, prompt_fil
 
     def interrupted(self, prompts, cost):
         calls["n"] += 1
-        if calls["n"] == 3:  # in the middle of round-1 rollouts' second batch
+        if calls["n"] == 3:  # eval-spi-1's first batch, after round 1's two rollout batches (between batches;
+            # tests/test_resume_method.py interrupts a method after one batch of its file is written)
             raise KeyboardInterrupt
         return original(self, prompts, cost)
 
@@ -122,6 +123,7 @@ def test_spi_run_resumes_to_the_same_result(tmp_path, tiny_model_dir, prompt_fil
     assert main(spi_args(tmp_path, "cut", tiny_model_dir, prompt_file)) == 130
     assert not (tmp_path / "cut" / "results.json").exists()
     assert (tmp_path / "cut" / "values" / "round-0" / "value_head.json").exists()
+    assert (tmp_path / "cut" / "rollouts-1.jsonl").exists() and not (tmp_path / "cut" / "eval-spi-1.jsonl").exists()
     monkeypatch.setattr(ChunkBeamSearch, "run", original)
     assert main(spi_args(tmp_path, "cut", tiny_model_dir, prompt_file)) == 0
     resumed = json.loads((tmp_path / "cut" / "results.json").read_text())

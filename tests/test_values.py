@@ -7,9 +7,8 @@ import math
 import pytest
 import torch
 
-from spi_align.config import GenerationConfig
+from conftest import make_policy
 from spi_align.interfaces import Prompt
-from spi_align.policy import HFPolicy
 from spi_align.values import HeadStack, ValueHead
 from spi_align.values.features import response_hidden_states
 from spi_align.values.train import (
@@ -39,7 +38,7 @@ def test_every_response_prefix_gets_its_rollouts_reward():
 
 
 def test_features_cover_response_tokens_only_and_match_the_backbone(tiny_causal_lm, smol_tokenizer):
-    policy = HFPolicy(tiny_causal_lm, smol_tokenizer, GenerationConfig(max_new_tokens=8))
+    policy = make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=8)
     prompts = [Prompt("a", "Hello there"), Prompt("b", "A much longer prompt than the first one, padded less")]
     responses = [[100, 200, 300], [400]]
     hidden = response_hidden_states(policy, prompts, responses)
