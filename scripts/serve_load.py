@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=600.0, help="seconds per phase before no new request")
     parser.add_argument("--no-sigterm", action="store_true", help="skip the SIGTERM-under-load check")
     parser.add_argument("--sigterm-after", type=float, default=5.0)
+    parser.add_argument("--sigterm-clients", type=int, default=None, help="SIGTERM phase clients (default: --clients)")
     parser.add_argument("--prompts", default="default", help="prompt file, or 'default' (AlpacaEval eval split)")
     parser.add_argument("--prompt-limit", type=int, default=64)
     parser.add_argument("--out", default="results/serve-load")
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         time_limit_s=args.time_limit,
         sigterm=not args.no_sigterm,
         sigterm_after_s=args.sigterm_after,
+        sigterm_clients=args.sigterm_clients or args.clients,
         prompts=prompts,
         server_args=args.server_args,
     )

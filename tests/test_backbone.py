@@ -5,9 +5,19 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from conftest import make_tiny_backbone
-from spi_align.backbone import BackboneRunner, SideCache, pad_batch, positions_from_mask, row_state
+from spi_align.backbone import (
+    BackboneRunner,
+    GrowingLayer,
+    SideCache,
+    growing_cache,
+    pad_batch,
+    positions_from_mask,
+    row_state,
+)
 
 
 def test_pad_batch_left_and_right():
@@ -93,3 +103,61 @@ def test_row_state_is_created_once():
     first = row_state(extras, "k", lambda: made.append(1) or "state")
     again = row_state(extras, "k", lambda: made.append(1) or "other")
     assert first == again == "state" and made == [1] and extras == {"k": "state"}
+
+
+def test_growing_layer_equals_dynamic_layer_through_updates_crops_and_selections():
+    gen = torch.Generator().manual_seed(0)
+    grow, plain = GrowingLayer(room=4), DynamicLayer()
+
+    def kv(rows: int, new: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(rows, 2, new, 3, generator=gen), torch.randn(rows, 2, new, 3, generator=gen)
+
+    ops = [
+        ("update", kv(3, 5)),
+        ("update", kv(3, 1)),  # fits the room: written in place
+        ("update", kv(3, 1)),
+        ("crop", -1),  # a view; the next update overwrites the cropped position
+        ("update", kv(3, 1)),
+        ("reorder", torch.tensor([2, 0, 0, 1])),  # rows of the buffer, room included
+        ("update", kv(4, 2)),
+        ("update", kv(4, 7)),  # past the room: a new buffer
+        ("select", torch.tensor([1, 3])),  # the base class's batch operation: no longer a prefix of the buffer
+        ("update", kv(2, 1)),
+    ]
+    moved = []
+    for name, arg in ops:
+        before = grow.keys.data_ptr() if grow.is_initialized and grow.held() else None
+        for layer in (grow, plain):
+            if name == "update":
+                out = layer.update(*arg)
+            elif name == "crop":
+                layer.crop(arg)
+            elif name == "reorder":
+                layer.reorder_cache(arg)
+            else:
+                layer.batch_select_indices(arg)
+        if name == "update":
+            torch.testing.assert_close(out[0], plain.keys, rtol=0, atol=0)
+            moved.append(before is None or grow.keys.data_ptr() != before)
+        torch.testing.assert_close(grow.keys, plain.keys, rtol=0, atol=0)
+        torch.testing.assert_close(grow.values, plain.values, rtol=0, atol=0)
+        assert grow.get_seq_length() == plain.get_seq_length()
+    # reallocated only at the start, after the reorder's new buffer ran out of room, and after the base selection
+    assert moved == [True, False, False, False, False, True, True]
+
+
+def test_runner_caches_grow_in_place_and_decode_like_a_plain_cache(smol_tokenizer):
+    backbone = make_tiny_backbone(smol_tokenizer, seed=4)
+    runner = BackboneRunner(backbone)
+    ids, mask = pad_batch([[1, 17, 18, 19], [1, 30]], pad_id=0, side="left")
+    caches = [runner.new_cache(), DynamicCache(config=backbone.config)]
+    assert all(isinstance(layer, GrowingLayer) for layer in caches[0].layers)
+    assert growing_cache(DynamicCache(config=backbone.config)).layers[0].room == 64
+    hidden = [runner.hidden(ids, mask, cache) for cache in caches]
+    for step in range(3):
+        token = torch.tensor([[5 + step], [9 + step]])
+        mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], dim=1)
+        for cache in caches:
+            cache.reorder_cache(torch.tensor([1, 0]) if step == 1 else torch.tensor([0, 1]))
+        hidden = [runner.hidden(token, mask, cache) for cache in caches]
+        torch.testing.assert_close(hidden[0], hidden[1], rtol=0, atol=1e-6)

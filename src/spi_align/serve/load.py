@@ -64,6 +64,8 @@ class LoadSpec:
     """Also send SIGTERM during a load and check that no accepted request is lost."""
     sigterm_after_s: float = 5.0
     """Seconds into that load before the SIGTERM."""
+    sigterm_clients: int = 0
+    """Concurrent clients of the SIGTERM phase (0 = `clients`): every request they get accepted must be answered."""
     prompts: list[str] = field(default_factory=lambda: ["Name three colours."])
     """Instructions, used in turn."""
     server_args: list[str] = field(default_factory=list)
@@ -257,9 +259,10 @@ async def sigterm_phase(server: ServerProcess, api_key: str | None, model: str, 
     """Load from `clients` clients (a fresh connection per request), SIGTERM after `sigterm_after_s`; the server
     must answer every request it accepted."""
     started = asyncio.Event()
+    clients = spec.sigterm_clients or spec.clients
     endless = 10**9  # clients send until the server stops listening (or the phase's time limit)
     task = asyncio.ensure_future(
-        load_phase(server.url + "/v1", api_key, model, spec, spec.clients, endless, "sigterm", True, started)
+        load_phase(server.url + "/v1", api_key, model, spec, clients, endless, "sigterm", True, started)
     )
     await started.wait()
     await asyncio.sleep(spec.sigterm_after_s)
