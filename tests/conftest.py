@@ -9,6 +9,7 @@ scorers live in `tests/mocks/scorers.py` (importable as `mocks.scorers`, or by p
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,20 @@ def make_policy(model: Any, tokenizer: Any, max_new_tokens: int = 24, seed: int 
 
     gen = GenerationConfig(**{"max_new_tokens": max_new_tokens, "temperature": 1.0, "top_k": 0, **generation})
     return HFPolicy(model, tokenizer, gen, seed=seed)
+
+
+def write_prompt_file(folder: Path, count: int) -> Path:
+    """A JSONL prompt file of `count` short questions (with references) in `folder`."""
+    rows = [{"prompt": f"Question {i}: name a colour.", "reference": "Blue."} for i in range(count)]
+    path = folder / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def prompt_file(tmp_path: Path) -> Path:
+    """`write_prompt_file(tmp_path, 4)`."""
+    return write_prompt_file(tmp_path, 4)
 
 
 @pytest.fixture(scope="session")

@@ -13,14 +13,6 @@ from spi_align.search.beam import ChunkBeamSearch
 SCORER = str(Path(__file__).parent / "mocks" / "scorers.py") + ":vowel_share"
 
 
-@pytest.fixture
-def prompt_file(tmp_path) -> Path:
-    rows = [{"prompt": f"Question {i}: name a colour.", "reference": "Blue."} for i in range(4)]
-    path = tmp_path / "prompts.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def one_line_error(capsys, argv: list[str], expected: str) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import write_prompt_file
 from spi_align.cli import main
 from spi_align.errors import SpiError
 from spi_align.interfaces import Cost, Prompt
@@ -30,10 +31,7 @@ def run_args(tmp_path: Path, name: str, model: Path, prompts: Path, *extra: str)
 
 @pytest.fixture
 def prompt_file(tmp_path) -> Path:
-    rows = [{"prompt": f"Question {i}: name a colour.", "reference": "Blue."} for i in range(6)]
-    path = tmp_path / "prompts.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_prompt_file(tmp_path, 6)
 
 
 def test_anchored_run_reports_the_partial_reward_baseline_and_loads_back(tmp_path, tiny_model_dir, prompt_file):

@@ -283,7 +283,7 @@ def test_hidden_state_guidance_refuses_in_one_line(vllm_policy: Any) -> None:
 
 def test_prompt_beyond_the_engine_context_is_refused(vllm_policy: Any) -> None:
     vllm_policy.gen = GenerationConfig(max_new_tokens=500)
-    with pytest.raises(SpiError, match="exceeds the engine's context of 512"):
+    with pytest.raises(SpiError, match=r"exceeds the model's context of 512 tokens \(policy.vllm.max_model_len\)"):
         vllm_policy.start(PROMPTS, Cost())
 
 

@@ -16,11 +16,12 @@ from spi_align.config import GenerationConfig, PolicyConfig
 from spi_align.errors import SpiError
 from spi_align.interfaces import Cost, Prompt
 from spi_align.models import resolve_device, resolve_model_source
+from spi_align.policy.prompts import ChatPrompts
 from spi_align.policy.rows import Rows
 from spi_align.policy.sampling import TokenSampler, token_logprob
 
 
-class HFPolicy:
+class HFPolicy(ChatPrompts):
     """A frozen causal LM: prefill prompts into `Rows`, extend rows by chunks, decode them to text."""
 
     def __init__(
@@ -74,17 +75,6 @@ class HFPolicy:
         """Restart the sampling stream: the same seed then gives the same tokens."""
         self.generator.manual_seed(seed)
 
-    def format_prompt(self, prompt: Prompt) -> str:
-        if self.chat_template:
-            return self.tokenizer.apply_chat_template(prompt.messages(), tokenize=False, add_generation_prompt=True)
-        return prompt.text
-
-    def prompt_ids(self, prompts: Sequence[Prompt]) -> list[list[int]]:
-        """Token ids of each prompt as the policy reads it (`format_prompt`; the tokenizer's special tokens only
-        without a chat template, which writes its own)."""
-        texts = [self.format_prompt(p) for p in prompts]
-        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=not self.chat_template)["input_ids"]]
-
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(hidden).float()
         if self.softcap:
@@ -98,33 +88,23 @@ class HFPolicy:
     @torch.no_grad()
     def start(self, prompts: Sequence[Prompt], cost: Cost) -> Rows:
         """Encode the prompts (left-padded, one row each) and compute their next-token logits."""
-        encoded = self.prompt_ids(prompts)
-        if self.max_context is not None:
-            for prompt, n in zip(prompts, map(len, encoded), strict=True):
-                if n + self.gen.max_new_tokens > self.max_context:
-                    raise SpiError(
-                        f"prompt '{prompt.id}' has {n} tokens; with max_new_tokens={self.gen.max_new_tokens} "
-                        f"it exceeds the model's context of {self.max_context} tokens"
-                    )
+        encoded = self.checked_prompt_ids(prompts)
         ids, mask = pad_batch(encoded, self.pad_id, device=self.device)
         cache = self.runner.new_cache()
         with cost.timer("prefill"):
             hidden = self._forward(ids, mask, cache)
             logits = self._logits(hidden)
         cost.policy_forwards += 1
-        rows = len(prompts)
-        return Rows(
-            prompt_index=torch.arange(rows, device=self.device),
+        return Rows.begin(
+            prompts,
+            encoded,
+            self.gen.max_new_tokens,
+            self.pad_id,
+            self.device,
             cache=cache,
             attention_mask=mask,
             next_logits=logits,
             hidden=hidden,
-            response=torch.full((rows, self.gen.max_new_tokens), self.pad_id, device=self.device),
-            length=torch.zeros(rows, dtype=torch.long, device=self.device),
-            done=torch.zeros(rows, dtype=torch.bool, device=self.device),
-            logprob=torch.zeros(rows, device=self.device),
-            prompt_tokens=encoded,
-            prompts=list(prompts),
         )
 
     @torch.no_grad()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -53,6 +54,31 @@ class Rows:
     """The batch's prompts (`prompt_index` indexes them): what models with another tokenizer re-read as text."""
     extras: dict[str, RowState] = field(default_factory=dict)
     """States other models keep per row; `select` reorders them with the rows."""
+
+    @classmethod
+    def begin(
+        cls,
+        prompts: Sequence[Prompt],
+        prompt_tokens: list[list[int]],
+        max_new_tokens: int,
+        pad_id: int,
+        device: torch.device,
+        **state: Any,
+    ) -> Rows:
+        """One row per prompt with no response yet; `state` sets the backend's own fields (cache, attention_mask,
+        next_logits, hidden), None otherwise."""
+        rows = len(prompts)
+        fields = dict(cache=None, attention_mask=None, next_logits=None, hidden=None) | state
+        return cls(
+            prompt_index=torch.arange(rows, device=device),
+            response=torch.full((rows, max_new_tokens), pad_id, device=device),
+            length=torch.zeros(rows, dtype=torch.long, device=device),
+            done=torch.zeros(rows, dtype=torch.bool, device=device),
+            logprob=torch.zeros(rows, device=device),
+            prompt_tokens=prompt_tokens,
+            prompts=list(prompts),
+            **fields,
+        )
 
     @property
     def size(self) -> int:

@@ -35,6 +35,7 @@ from spi_align.errors import SpiError
 from spi_align.interfaces import Cost, Prompt
 from spi_align.models import resolve_device, resolve_model_source
 from spi_align.policy.hf import end_of_turn_ids
+from spi_align.policy.prompts import ChatPrompts
 from spi_align.policy.rows import Rows
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def _seed_worker(worker: Any, seed: int) -> None:
     set_random_seed(seed)
 
 
-class VLLMPolicy:
+class VLLMPolicy(ChatPrompts):
     """A frozen causal LM on vLLM's engine: rows are token-id prefixes, every chunk is one batched `generate`."""
 
     has_hidden_states = False
@@ -105,6 +106,7 @@ class VLLMPolicy:
         self.eos_list = sorted(eos_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_list[0]
         self.max_context = int(llm.llm_engine.model_config.max_model_len)
+        self.context_setting = "policy.vllm.max_model_len"
         self.generator = torch.Generator(device="cpu")
         """For the search's own draws (softmax selection); the engine samples tokens with its own."""
         self.prefix_cache = PrefixCacheStats()
@@ -125,11 +127,6 @@ class VLLMPolicy:
                 f"cannot reseed vLLM's workers ({str(exc).splitlines()[0]}): run the engine core in this process "
                 "(VLLM_ENABLE_V1_MULTIPROCESSING=0)"
             ) from None
-
-    def format_prompt(self, prompt: Prompt) -> str:
-        if self.chat_template:
-            return self.tokenizer.apply_chat_template(prompt.messages(), tokenize=False, add_generation_prompt=True)
-        return prompt.text
 
     def sampling_params(self, max_tokens: int, n: int = 1) -> Any:
         """vLLM's sampling parameters for `self.gen`: stop only on the end-of-turn ids, raw log-prob of the sampled
@@ -152,31 +149,7 @@ class VLLMPolicy:
 
     def start(self, prompts: Sequence[Prompt], cost: Cost) -> Rows:
         """One empty row per prompt (token ids only: the engine encodes prefixes when it extends them)."""
-        limit = self.gen.max_new_tokens
-        ids = []
-        for prompt in prompts:
-            text = self.format_prompt(prompt)
-            tokens = self.tokenizer(text, add_special_tokens=not self.chat_template)["input_ids"]
-            if len(tokens) + limit > self.max_context:
-                raise SpiError(
-                    f"prompt '{prompt.id}' has {len(tokens)} tokens; with max_new_tokens={limit} it exceeds the "
-                    f"engine's context of {self.max_context} tokens (policy.vllm.max_model_len)"
-                )
-            ids.append(list(tokens))
-        rows = len(prompts)
-        return Rows(
-            prompt_index=torch.arange(rows, device=self.device),
-            cache=None,
-            attention_mask=None,
-            next_logits=None,
-            hidden=None,
-            response=torch.full((rows, limit), self.pad_id, device=self.device),
-            length=torch.zeros(rows, dtype=torch.long, device=self.device),
-            done=torch.zeros(rows, dtype=torch.bool, device=self.device),
-            logprob=torch.zeros(rows, device=self.device),
-            prompt_tokens=ids,
-            prompts=list(prompts),
-        )
+        return Rows.begin(prompts, self.checked_prompt_ids(prompts), self.gen.max_new_tokens, self.pad_id, self.device)
 
     def extend(self, rows: Rows, max_tokens: int, cost: Cost) -> Rows:
         """Sample up to `max_tokens` more tokens for every unfinished row, in place, in one `generate`; returns

@@ -14,8 +14,8 @@ from typing import Literal
 import torch
 
 from spi_align.config import SPIConfig
-from spi_align.interfaces import Candidate, Cost, Prompt, Scorer, SearchResult
-from spi_align.policy import HFPolicy, Rows
+from spi_align.interfaces import Candidate, Cost, Policy, Prompt, Scorer, SearchResult
+from spi_align.policy import Rows
 from spi_align.search.candidates import pick_best, rows_to_candidates, score_candidates, score_from_rows
 from spi_align.search.selection import diversity_first, softmax_sample, top_w
 
@@ -29,7 +29,7 @@ class ChunkBeamSearch:
 
     def __init__(
         self,
-        policy: HFPolicy,
+        policy: Policy,
         value: ValueFn | None,
         reward: Scorer,
         width: int = 4,
@@ -47,7 +47,7 @@ class ChunkBeamSearch:
 
     @classmethod
     def from_config(
-        cls, policy: HFPolicy, value: ValueFn | None, reward: Scorer, spi: SPIConfig, name: str
+        cls, policy: Policy, value: ValueFn | None, reward: Scorer, spi: SPIConfig, name: str
     ) -> ChunkBeamSearch:
         """The search an `spi` config section describes (W, K, L, selection, temperature, log π_base)."""
         return cls(

@@ -176,17 +176,16 @@ class Server:
 
     def prompt_tokens(self, prompt: Prompt, max_tokens: int, param: str) -> int:
         try:
-            text = self.policy.format_prompt(prompt)
+            count = len(self.policy.prompt_ids([prompt], self.tokenizer)[0])
         except Exception as exc:  # e.g. a chat template that refuses this order of roles
             raise ApiError(
                 400, f"the messages do not fit the model's chat template ({exc})", param=param, code="invalid_value"
             ) from None
-        count = len(self.tokenizer(text, add_special_tokens=not self.policy.chat_template)["input_ids"])
-        context = getattr(self.policy, "max_context", None)
-        if context is not None and count + max_tokens > context:
+        left = self.policy.context_left(count)
+        if left is not None and max_tokens > left:
             raise ApiError(
                 400,
-                f"this model's context is {context} tokens; the prompt has {count} and max_tokens is {max_tokens}",
+                f"this model's context is {count + left} tokens; the prompt has {count} and max_tokens is {max_tokens}",
                 param=param,
                 code="context_length_exceeded",
             )

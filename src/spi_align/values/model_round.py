@@ -16,9 +16,8 @@ from spi_align.interfaces import Prompt
 from spi_align.policy import HFPolicy
 from spi_align.values.model import ValueModel
 from spi_align.values.model_train import response_values, train_value_model
-from spi_align.values.round import PREFIXES, heldout_split
+from spi_align.values.round import heldout_metrics
 from spi_align.values.tokenizers import same_tokenizer
-from spi_align.values.train import within_prompt_spearman
 
 POLICY = "policy"
 
@@ -63,11 +62,8 @@ def rollout_ids(
     response re-tokenised after the prompt in the value model's own format.
     """
     if same_tokenizer(model.tokenizer, policy.tokenizer):
-        tok = policy.tokenizer
-        encoded = {
-            p.id: tok(policy.format_prompt(p), add_special_tokens=not policy.chat_template)["input_ids"]
-            for p in prompts
-        }
+        unique = list({p.id: p for p in prompts}.values())
+        encoded = dict(zip([p.id for p in unique], policy.prompt_ids(unique), strict=True))
         return [list(encoded[p.id]) for p in prompts], [list(t) for t in tokens]
     texts = policy.tokenizer.batch_decode([list(t) for t in tokens], skip_special_tokens=True)
     encoded = {p.id: model.prompt_ids(p.text) for p in prompts}
@@ -86,23 +82,16 @@ def train_value_model_round(
     """Train V_k on all rollouts; report within-prompt Spearman of a model trained on 80% of the prompts, on the
     other 20% (as the heads do: two trainings)."""
     groups = [p.id for p in prompts]
-    fit_idx, test_idx = heldout_split(groups, seed)
-    metrics: dict[str, Any] = {
-        "rollouts": len(tokens),
-        "prompts": len(set(groups)),
-        "tokens": sum(len(t) for t in tokens),
-    }
-    if fit_idx and test_idx:
-        probe = make()
-        p_ids, r_ids = rollout_ids(probe, policy, [prompts[i] for i in fit_idx], [tokens[i] for i in fit_idx])
-        _train(probe, p_ids, r_ids, [rewards[i] for i in fit_idx], [groups[i] for i in fit_idx], spi, seed)
-        p_ids, r_ids = rollout_ids(probe, policy, [prompts[i] for i in test_idx], [tokens[i] for i in test_idx])
-        values = response_values(probe, p_ids, r_ids, batch_size=spi.value_batch_size)
-        del probe
-        test_rewards, test_groups = [rewards[i] for i in test_idx], [groups[i] for i in test_idx]
-        for prefix in PREFIXES:
-            predicted = [_at(v, prefix) for v in values]
-            metrics[f"spearman_at_{prefix or 'end'}"] = within_prompt_spearman(predicted, test_rewards, test_groups)
+
+    def probe(fit_idx: list[int], test_idx: list[int]) -> Callable[[int | None], list[float]]:
+        model = make()
+        p_ids, r_ids = rollout_ids(model, policy, [prompts[i] for i in fit_idx], [tokens[i] for i in fit_idx])
+        _train(model, p_ids, r_ids, [rewards[i] for i in fit_idx], [groups[i] for i in fit_idx], spi, seed)
+        p_ids, r_ids = rollout_ids(model, policy, [prompts[i] for i in test_idx], [tokens[i] for i in test_idx])
+        values = response_values(model, p_ids, r_ids, batch_size=spi.value_batch_size)
+        return lambda prefix: [_at(v, prefix) for v in values]
+
+    metrics = heldout_metrics(tokens, rewards, groups, seed, probe)
     model = make()
     p_ids, r_ids = rollout_ids(model, policy, prompts, tokens)
     fit = _train(model, p_ids, r_ids, list(rewards), groups, spi, seed)

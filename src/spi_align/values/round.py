@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from spi_align.config import SPIConfig
@@ -50,22 +50,39 @@ def train_value(
     """Fit V on all rollouts; report within-prompt Spearman of a fit on 80% of the prompts, on the other 20%."""
     hidden = response_hidden_states(policy, prompts, tokens)
     groups = [p.id for p in prompts]
-    fit_idx, test_idx = heldout_split(groups, seed)
+
+    def probe(fit_idx: list[int], test_idx: list[int]) -> Callable[[int | None], list[float]]:
+        head = _fit(hidden, rewards, groups, fit_idx, cfg, seed)
+        test = [hidden[i] for i in test_idx]
+        return lambda prefix: prefix_values(head, test, prefix)
+
+    metrics = heldout_metrics(tokens, rewards, groups, seed, probe)
+    head = _fit(hidden, rewards, groups, list(range(len(tokens))), cfg, seed)
+    return head, metrics
+
+
+def heldout_metrics(
+    tokens: Sequence[Sequence[int]],
+    rewards: Sequence[float],
+    groups: Sequence[str],
+    seed: int,
+    probe: Callable[[list[int], list[int]], Callable[[int | None], Sequence[float]]],
+) -> dict[str, Any]:
+    """Counts of the rollouts, and the within-prompt Spearman with the reward, at each of `PREFIXES`, of a value
+    function fitted on 80% of the prompts and read on the other 20%: `probe(fit_idx, test_idx)` fits it and returns
+    `at(prefix)`, its values for the test rollouts after `prefix` tokens."""
     metrics: dict[str, Any] = {
         "rollouts": len(tokens),
         "prompts": len(set(groups)),
         "tokens": sum(len(t) for t in tokens),
     }
+    fit_idx, test_idx = heldout_split(groups, seed)
     if fit_idx and test_idx:
-        probe = _fit(hidden, rewards, groups, fit_idx, cfg, seed)
+        at = probe(fit_idx, test_idx)
+        test_rewards, test_groups = [rewards[i] for i in test_idx], [groups[i] for i in test_idx]
         for prefix in PREFIXES:
-            predicted = prefix_values(probe, [hidden[i] for i in test_idx], prefix)
-            key = f"spearman_at_{prefix or 'end'}"
-            metrics[key] = within_prompt_spearman(
-                predicted, [rewards[i] for i in test_idx], [groups[i] for i in test_idx]
-            )
-    head = _fit(hidden, rewards, groups, list(range(len(tokens))), cfg, seed)
-    return head, metrics
+            metrics[f"spearman_at_{prefix or 'end'}"] = within_prompt_spearman(at(prefix), test_rewards, test_groups)
+    return metrics
 
 
 def _fit(hidden, rewards, groups, index: list[int], cfg: SPIConfig, seed: int) -> ValueHead:
