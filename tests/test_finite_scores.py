@@ -11,12 +11,16 @@ import pytest
 
 from mocks.scorers import CountScorer, FixedScorer
 from spi_align.cli import main
+from spi_align.config import Config
 from spi_align.errors import SpiError
 from spi_align.experiment.pipeline import evaluate
 from spi_align.interfaces import Cost, Prompt
+from spi_align.rundir import RunDir
 from spi_align.scoring import make_scorer
+from spi_align.scoring.train_reward import make_pairs
 from spi_align.search import BestOfN
 from spi_align.search.beam import ChunkBeamSearch
+from spi_align.spi import SuccessivePolicyIteration
 
 PROMPTS = [Prompt("a", "Name three colours."), Prompt("b", "Hi")]
 NAN_SCORER = str(Path(__file__).parent / "mocks" / "scorers.py") + ":nan_for_vowels"
@@ -81,3 +85,23 @@ def test_spi_generate_with_a_nan_scorer_exits_with_one_line(capsys, tmp_path, ti
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nan_for_vowels' returned nan" in err, err
+
+
+def test_rollouts_scored_to_train_values_are_checked(tiny_policy, tmp_path):
+    """Round 0's plain samples are scored by the reward before V_0 regresses on them: a NaN there is named too."""
+    records = [
+        {"id": "a", "candidates": [{"token_ids": [5, 6], "score": None}, {"token_ids": [7], "score": None}]},
+        {"id": "b", "candidates": [{"token_ids": [8, 9, 10], "score": None}]},
+    ]
+    fit = SuccessivePolicyIteration(tiny_policy, FixedScorer([0.1, 0.2, 0.3]), Config(), RunDir(tmp_path, "r"))
+    assert fit.scored(records, PROMPTS).rewards == [0.1, 0.2, 0.3]
+    fit.reward = FixedScorer([0.1, math.inf, 0.3], name="rollout-reward")
+    with pytest.raises(SpiError, match="scorer 'rollout-reward' returned inf for response 1"):
+        fit.scored(records, PROMPTS)
+
+
+def test_labels_of_reward_model_pairs_are_checked():
+    candidates = [["red", "blue"], ["hi", "hello"]]
+    assert len(make_pairs(PROMPTS, candidates, FixedScorer([1.0, 0.0, 0.0, 1.0]), per_prompt=1)) == 2
+    with pytest.raises(SpiError, match=r"scorer 'labeller' returned nan for response 2 'hi'"):
+        make_pairs(PROMPTS, candidates, FixedScorer([1.0, 0.0, math.nan, 1.0], name="labeller"), per_prompt=1)

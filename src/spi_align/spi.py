@@ -25,6 +25,7 @@ from spi_align.errors import SpiError
 from spi_align.interfaces import Policy, Prompt, Scorer, Search, ValueFunction
 from spi_align.resumable import run_method
 from spi_align.rundir import RunDir
+from spi_align.scoring.finite import finite_scores
 from spi_align.search.registry import MethodContext, build_method, method_names
 from spi_align.values.kinds import Rollouts, ValueKind, make_value_kind
 
@@ -179,7 +180,7 @@ class SuccessivePolicyIteration:
             if self.reward is None:
                 raise SpiError("successive policy iteration needs a reward to score rollouts")
             texts = self.policy.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-            scores = self.reward.score(flat_prompts, texts)
+            scores = finite_scores(self.reward, self.reward.score(flat_prompts, texts), texts)
         return Rollouts(flat_prompts, [list(t) for t in tokens], [float(s) for s in scores])  # type: ignore[arg-type]
 
     def fit_round(

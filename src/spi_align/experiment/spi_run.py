@@ -29,6 +29,7 @@ from spi_align.policy import load_policy
 from spi_align.resumable import run_method
 from spi_align.rundir import RunDir
 from spi_align.scoring import make_scorer
+from spi_align.scoring.finite import finite_scores
 from spi_align.scoring.train_reward import make_pairs, train_reward_head_on_states
 from spi_align.search.registry import build_method, method_names
 from spi_align.spi import REWARD_DIR, SuccessivePolicyIteration, load_reward, round_folder
@@ -88,7 +89,7 @@ class SPIRun:
             from spi_align.scoring.reward_model import RewardModel
 
             texts = self.policy.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-            labels = self.evaluator.score(prompts, texts)
+            labels = finite_scores(self.evaluator, self.evaluator.score(prompts, texts), texts)
             log.info("training the reward model (Bradley–Terry on all ordered pairs labelled by the evaluator)")
             model = RewardModel(self.policy.backbone, self.policy.tokenizer, source=self.cfg.policy.model)
             groups = [p.id for p in prompts]

@@ -15,6 +15,7 @@ import torch
 from spi_align.config import RewardTrainConfig
 from spi_align.errors import SpiError
 from spi_align.interfaces import Prompt, Scorer
+from spi_align.scoring.finite import finite_scores
 from spi_align.scoring.reward_model import RewardModel
 
 
@@ -23,7 +24,8 @@ def make_pairs(
 ) -> list[tuple[Prompt, str, str]]:
     """(prompt, chosen, rejected): i-th best against i-th worst by the labeller; ties and duplicates skipped."""
     flat = [(p, c) for p, cands in zip(prompts, candidates, strict=True) for c in dict.fromkeys(cands)]
-    scores = labeller.score([p for p, _ in flat], [c for _, c in flat])
+    texts = [c for _, c in flat]
+    scores = finite_scores(labeller, labeller.score([p for p, _ in flat], texts), texts)
     by_prompt: dict[str, list[tuple[float, str]]] = {}
     for (p, c), s in zip(flat, scores, strict=True):
         by_prompt.setdefault(p.id, []).append((s, c))
