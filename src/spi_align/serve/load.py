@@ -207,7 +207,7 @@ class ServerProcess:
         handle, name = tempfile.mkstemp(prefix="spi-serve-", suffix=".log")
         self.log_path = Path(name)
         env = {**os.environ, "COLUMNS": "200", **({"SPI_API_KEY": api_key} if api_key else {})}
-        command = [sys.executable, "-m", "spi_align.cli.main", "serve", run, "--port", str(self.port), *args]
+        command = [sys.executable, "-m", "spi_align.cli", "serve", run, "--port", str(self.port), *args]
         log.info("starting %s", shlex.join(command))
         with os.fdopen(handle, "w") as log_file:
             self.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)

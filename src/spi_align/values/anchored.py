@@ -1,7 +1,9 @@
 """Values anchored on the reward of the partial response: V(x, y_{1:t}) = R_t + α · u(e_t)  (`spi.value: anchored`).
 
-R_t = r(x, y_{1:t} + <end>) is the reward head on e_t, the policy's state after the partial response closed with
-the end token: the reward on partial text, which ranks a prompt's candidates with no training at all. The learned
+R_t = r(x, y_{1:t}) is the reward on the partial response, which ranks a prompt's candidates with no training
+at all: for a reward head on the policy's states, the head on e_t, the policy's state after the partial response
+closed with the end token (`HeadAnchor`); for any other reward (a text scorer, a reward-model directory, a
+callable), the scorer on the decoded partial response (`TextAnchor`, one batched call). The learned
 part u is a linear head on the same state, fitted by eq. 12 to the residual r(x, y) − R_t (centred within each
 prompt and prefix length: the search only compares one prompt's candidates at one length). So V predicts the
 final reward as eq. 12 asks, starting from the free estimate instead of from nothing.
@@ -12,13 +14,14 @@ of the chunk length L); α = 0 means V is the partial reward alone. The metrics 
 Spearman of R_t alone beside that of V.
 
 During the search e_t costs one one-token forward per chunk (the KV cache is cropped back after), shared by the
-reward anchor and every round's head: Σ_i w_i V_i = (Σ_i w_i) R_t + Σ_i w_i α_i u_i(e_t).
+reward anchor and every round's head: Σ_i w_i V_i = (Σ_i w_i) R_t + Σ_i w_i α_i u_i(e_t). A text reward adds one
+scorer call on the decoded candidates per chunk.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
@@ -65,6 +68,36 @@ def centred(values: torch.Tensor, keys: Sequence[Hashable]) -> torch.Tensor:
     return values - (sums / counts.reshape(-1, *[1] * (values.dim() - 1)))[gid]
 
 
+Anchor = Callable[[torch.Tensor, Sequence[int], Sequence[tuple[Hashable, int]]], torch.Tensor]
+"""R_t of boundary rows: (closed states (n, H), rollout index, (group, length) keys) → (n,) partial rewards."""
+
+
+class HeadAnchor:
+    """R_t from a reward head on the closed states."""
+
+    def __init__(self, head: torch.nn.Linear) -> None:
+        self.head = head
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, index: Sequence[int], keys: Sequence[tuple[Hashable, int]]) -> torch.Tensor:
+        return self.head(x.to(self.head.weight)).squeeze(-1).float().cpu()
+
+
+class TextAnchor:
+    """R_t from a scorer on (prompt, the rollout's first t tokens decoded), in batches of `batch_size`."""
+
+    def __init__(self, reward: Any, tokenizer: Any, prompts: Sequence[Any], tokens: Sequence[Sequence[int]]) -> None:
+        self.reward, self.tokenizer, self.prompts, self.tokens = reward, tokenizer, prompts, tokens
+
+    def __call__(self, x: torch.Tensor, index: Sequence[int], keys: Sequence[tuple[Hashable, int]]) -> torch.Tensor:
+        from spi_align.scoring.finite import finite_scores
+
+        prefixes = [list(self.tokens[i][:t]) for i, (_, t) in zip(index, keys, strict=True)]
+        texts = self.tokenizer.batch_decode(prefixes, skip_special_tokens=True)
+        scores = self.reward.score([self.prompts[i] for i in index], texts)
+        return torch.tensor(finite_scores(self.reward, scores, texts), dtype=torch.float32)
+
+
 def _fit(x: torch.Tensor, residual: torch.Tensor, keys, ridge: float, seed: int) -> ValueHead:
     """Ridge on within-(prompt, length) deviations of features and residual: only a prompt's own candidates at one
     length are ever compared, so between-prompt differences must not steer the fit. The head then reads raw states
@@ -93,21 +126,22 @@ def fit_anchored(
     states: Sequence[PrefixStates],
     rewards: Sequence[float],
     groups: Sequence[str],
-    reward_head: torch.nn.Linear,
+    anchor: torch.nn.Linear | Anchor,
     lengths: Sequence[int],
     ridge: float,
     seed: int,
 ) -> tuple[ValueHead, dict[str, Any]]:
-    """The residual head u (α folded into its weights) and its held-out ranking, next to the anchor's."""
-    x, final, keys, _ = boundary_rows(states, lengths, rewards, groups)
+    """The residual head u (α folded into its weights) and its held-out ranking, next to the anchor's. `anchor`:
+    the reward head on the closed states, or any `Anchor` (e.g. `TextAnchor`)."""
+    x, final, keys, index = boundary_rows(states, lengths, rewards, groups)
     metrics: dict[str, Any] = {"rollouts": len(states), "prompts": len(set(groups)), "states": len(keys)}
     if not keys:
-        head = ValueHead(reward_head.in_features)
+        head = ValueHead(states[0].closed.shape[-1] if states else 1)
         torch.nn.init.zeros_(head.net.weight)  # type: ignore[arg-type]
         torch.nn.init.zeros_(head.net.bias)  # type: ignore[arg-type]
         return head.eval(), {**metrics, "alpha": 0.0}
-    with torch.no_grad():
-        anchor = reward_head(x.to(reward_head.weight)).squeeze(-1).float().cpu()
+    anchor_of = HeadAnchor(anchor) if isinstance(anchor, torch.nn.Linear) else anchor
+    anchor = anchor_of(x, index, keys)
     residual = centred(final - anchor, keys)
     ids = sorted(set(groups))
     random.Random(seed).shuffle(ids)
@@ -144,15 +178,25 @@ def fit_anchored(
 
 
 class AnchoredGuide:
-    """Σ_i w_i (R_t + u_i(e_t)) over rows: one end-token peek per call, shared by the anchor and every head."""
+    """Σ_i w_i (R_t + u_i(e_t)) over rows: one end-token peek per call, shared by the anchor (a reward head) and
+    every head; a text reward's anchor is a `ValueFunction` on the rows (the scorer on the decoded candidates)."""
 
-    def __init__(self, policy: Any, reward_head: torch.nn.Linear, heads: Sequence[ValueHead], weights: Sequence[float]):
-        self.policy, self.reward_head = policy, reward_head
+    def __init__(
+        self,
+        policy: Any,
+        anchor: torch.nn.Linear | Callable[[Any], torch.Tensor],
+        heads: Sequence[ValueHead],
+        weights: Sequence[float],
+    ) -> None:
+        self.policy, self.anchor = policy, anchor
         self.total_weight = float(sum(weights))
         self.stack = HeadStack(list(heads), list(weights)).to(policy.device)
 
     @torch.no_grad()
     def __call__(self, rows: Any) -> torch.Tensor:
         closed = self.policy.peek_end_hidden(rows)
-        anchor = self.reward_head(closed.to(self.reward_head.weight.dtype)).squeeze(-1).float()
+        if isinstance(self.anchor, torch.nn.Linear):
+            anchor = self.anchor(closed.to(self.anchor.weight.dtype)).squeeze(-1).float()
+        else:
+            anchor = self.anchor(rows).to(closed.device).float()
         return self.total_weight * anchor + self.stack(closed).float()

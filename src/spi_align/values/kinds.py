@@ -164,22 +164,23 @@ class ModelValues(ValueKind):
 
 
 class AnchoredValues(ValueKind):
-    """V = R_t + α·u(e_t): the reward head on the partial response closed with the end token, plus a linear head
-    on that state fitted to the residual (`values/anchored.py`). Needs a reward head on the policy's own states."""
+    """V = R_t + α·u(e_t): the reward on the partial response (a reward head on the state closed with the end
+    token, or a text scorer on the decoded prefix), plus a linear head on that state fitted to the residual
+    (`values/anchored.py`). Needs a policy that exposes hidden states."""
 
     name = "anchored"
     marker = "value_head.json"
     needs_hidden_states = True
 
-    def reward_head(self) -> Any:
+    def reward_head(self) -> Any | None:
+        """The reward's head on the policy's own states, or None for a reward that scores text."""
         from spi_align.scoring.row_reward import PolicyHeadReward
 
-        if not isinstance(self.reward, PolicyHeadReward) or not self.reward.from_rows:
-            raise SpiError(
-                "spi.value=anchored needs a reward head on the policy's own states (reward: train); "
-                "with another reward use spi.value=heads and spi.reward_guide"
-            )
-        return self.reward.model.head
+        if self.reward is None:
+            raise SpiError("spi.value=anchored needs the reward it anchors on")
+        if isinstance(self.reward, PolicyHeadReward) and self.reward.from_rows:
+            return self.reward.model.head
+        return None
 
     def lengths(self) -> list[int]:
         from spi_align.values.anchored import decision_lengths
@@ -187,15 +188,20 @@ class AnchoredValues(ValueKind):
         return decision_lengths(self.spi.chunk, self.policy.max_new_tokens)
 
     def fit(self, rollouts: Rollouts) -> tuple[Any, dict[str, Any]]:
-        from spi_align.values.anchored import fit_anchored
+        from spi_align.values.anchored import TextAnchor, fit_anchored
         from spi_align.values.prefix_states import prefix_states
 
         head = self.reward_head()
+        anchor = (
+            head
+            if head is not None
+            else TextAnchor(self.reward, self.policy.tokenizer, rollouts.prompts, rollouts.tokens)
+        )
         states = rollouts.states
         if states is None:
             states = prefix_states(self.policy, rollouts.prompts, rollouts.tokens, self.lengths())
         groups = [p.id for p in rollouts.prompts]
-        return fit_anchored(states, rollouts.rewards, groups, head, self.lengths(), self.spi.ridge, self.seed)
+        return fit_anchored(states, rollouts.rewards, groups, anchor, self.lengths(), self.spi.ridge, self.seed)
 
     def save(self, value: Any, folder: Path) -> None:
         value.save(folder)
@@ -206,9 +212,12 @@ class AnchoredValues(ValueKind):
         return ValueHead.load(folder)
 
     def guide(self, values: Sequence[Any], weights: Sequence[float]) -> ValueFunction:
+        from spi_align.search.reward_guide import TextPartialReward
         from spi_align.values.anchored import AnchoredGuide
 
-        return AnchoredGuide(self.policy, self.reward_head(), list(values), list(weights))
+        head = self.reward_head()
+        anchor = head if head is not None else TextPartialReward(self.reward, self.policy)
+        return AnchoredGuide(self.policy, anchor, list(values), list(weights))
 
 
 VALUE_KINDS: dict[str, type[ValueKind]] = {kind.name: kind for kind in (HeadValues, ModelValues, AnchoredValues)}

@@ -1,0 +1,62 @@
+"""`spi.value=anchored` with a reward that scores text: the anchor R_t is the scorer on the decoded first t tokens
+(on the fitting side and in the search), and the guide is Σ w · (R_t + u(e_t)) on the rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_policy
+from mocks.scorers import CountScorer
+from spi_align.config import SPIConfig
+from spi_align.interfaces import Cost, Prompt
+from spi_align.values.anchored import TextAnchor, boundary_rows
+from spi_align.values.kinds import Rollouts, make_value_kind
+from spi_align.values.prefix_states import prefix_states
+
+PROMPTS = [Prompt(f"p{i}", f"Question {i}: tell me about trees.") for i in range(5)]
+
+
+def test_text_anchor_scores_each_boundary_rows_decoded_prefix(smol_tokenizer):
+    scorer = CountScorer("e")
+    tokens = [smol_tokenizer("the tree here")["input_ids"], smol_tokenizer("green leaves everywhere")["input_ids"]]
+    anchor = TextAnchor(scorer, smol_tokenizer, PROMPTS[:2], tokens)
+    keys = [("p0", 1), ("p0", 2), ("p1", 3)]
+    got = anchor(torch.zeros(3, 4), [0, 0, 1], keys).tolist()
+    expected = [
+        smol_tokenizer.decode(tokens[0][:1]).count("e"),
+        smol_tokenizer.decode(tokens[0][:2]).count("e"),
+        smol_tokenizer.decode(tokens[1][:3]).count("e"),
+    ]
+    assert got == pytest.approx(expected) and len(set(expected)) > 1
+
+
+def test_anchored_values_on_a_text_reward_fit_and_guide_with_the_partial_text(tiny_causal_lm, smol_tokenizer):
+    policy = make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=12)
+    scorer = CountScorer("e")
+    spi = SPIConfig(value="anchored", chunk=4, ridge=1.0)
+    kind = make_value_kind(policy, spi, "tiny", seed=0)
+    kind.reward = scorer
+    assert kind.reward_head() is None  # a text scorer: no head on the policy's states
+    rows = policy.sample(PROMPTS, 6, Cost())
+    tokens = rows.token_lists()
+    prompts = [PROMPTS[i] for i in rows.prompt_index.tolist()]
+    texts = smol_tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    rollouts = Rollouts(prompts, tokens, scorer.score(prompts, texts))
+    value, metrics = kind.fit(rollouts)
+    assert "partial_reward_spearman_at_4" in metrics and metrics["alpha"] in (0.0, 0.5, 1.0)
+    # the anchor the fit used at each boundary row is the scorer on that row's decoded prefix
+    states = prefix_states(policy, prompts, tokens, kind.lengths())
+    _, _, keys, index = boundary_rows(states, kind.lengths(), rollouts.rewards, [p.id for p in prompts])
+    assert keys and {t for _, t in keys} <= {4, 8}
+
+    guide = kind.guide([value, value], [1.0, 0.5])
+    cost = Cost()
+    live = policy.start(PROMPTS[:2], cost).select(torch.tensor([0, 0, 1]))
+    policy.extend(live, 4, cost)
+    got = guide(live)
+    partial = smol_tokenizer.batch_decode(live.token_lists(), skip_special_tokens=True)
+    anchor = torch.tensor([t.count("e") for t in partial], dtype=torch.float32)
+    closed = policy.peek_end_hidden(live)
+    expected = 1.5 * anchor + 1.5 * value(closed).squeeze(-1).float()
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
