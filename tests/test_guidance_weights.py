@@ -32,7 +32,7 @@ def linear_head(hidden_size: int, weights: dict[int, float], bias: float) -> Val
 
 
 def test_spi_k_guidance_weights_each_round_by_gamma_over_its_beta(tiny_causal_lm, smol_tokenizer):
-    cfg = build_config(Config, None, ["spi.betas=[1, 2, 2.5]", "spi.gamma=0.5", "spi.rounds=3"])
+    cfg = build_config(Config, None, ["spi.betas=[1, 2, 2.5]", "spi.gamma=0.5", "spi.rounds=3", "spi.value=heads"])
     policy = make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=8)
     hidden = policy.hidden_size
     values = [

@@ -258,9 +258,9 @@ def test_other_tokenizer_scores_the_re_tokenised_text(smol_tokenizer):
 
 
 # --- `spi run` with value=model --------------------------------------------------------------------------------
-def test_config_defaults_keep_the_heads():
+def test_config_defaults_anchor_values_on_the_partial_reward():
     spi = SPIConfig()
-    assert spi.value == "heads" and spi.value_backbone == "policy" and spi.value_train_layers == 2
+    assert spi.value == "anchored" and spi.value_backbone == "policy" and spi.value_train_layers == 2
 
 
 def test_spi_run_with_value_models_trains_saves_and_resumes(tmp_path, _smol_tokenizer_once):

@@ -146,11 +146,12 @@ class SPIConfig(Section):
     """Round 0: plain samples per training prompt (later rounds keep every candidate their search finished)."""
     train_prompts: int | None = Field(64, gt=0)
     """Training prompts used for rollouts and the reward model (None = the whole training split)."""
-    value: Literal["heads", "model", "anchored"] = "heads"
-    """Value functions: 'heads' on the frozen policy's own hidden states (free during the search); 'model': a
-    separate value model per round (backbone + scalar head, fine-tuned by eq. 12, with its own KV cache);
-    'anchored': the reward head on the partial response closed with the end token plus a linear head fitted to the
-    residual (needs reward: train; the learned part is kept only as far as it ranks better on held-out prompts)."""
+    value: Literal["heads", "model", "anchored"] = "anchored"
+    """Value functions: 'anchored' (default): the reward on the partial response (a reward head on the state after
+    the end token, or a text scorer on the decoded prefix) plus a linear head on that state fitted to the residual,
+    kept only as far as it ranks better on held-out prompts; 'heads' on the frozen policy's own hidden states (free
+    during the search); 'model': a separate value model per round (backbone + scalar head, fine-tuned by eq. 12,
+    with its own KV cache; the one kind a backend without hidden states, vLLM, can train)."""
     value_backbone: str = "policy"
     """For value=model: start from the policy's weights ('policy'), or from a model directory / hub id
     ('default' = the embedded SmolLM2), e.g. a smaller or other-family model (weak-to-strong)."""

@@ -49,19 +49,32 @@ def _mean(xs: Sequence[float]) -> float:
 
 
 def results_table(results: dict[str, dict[str, Any]], baseline: str) -> tuple[list[str], list[list[object]]]:
-    """One row per method: reward-model mean, evaluator mean [95% CI], win+½tie vs the baseline, cost."""
-    headers = ["method", "reward model", "evaluator [95% CI]", f"win+½tie vs {baseline}", "tokens", "wall s"]
+    """One row per method: reward-model mean, evaluator mean [95% CI], its paired difference from the baseline
+    [95% CI], win+½tie vs the baseline [95% CI] (prompts resampled), cost."""
+    headers = [
+        "method", "reward model", "evaluator [95% CI]", f"Δ vs {baseline} [95% CI]",
+        f"win+½tie vs {baseline} [95% CI]", "tokens", "wall s",
+    ]  # fmt: skip
     rows: list[list[object]] = []
+    base = results[baseline]["evaluator"] if baseline in results else None
     for name, res in results.items():
         ev = res["evaluator"]
         lo, hi = bootstrap_ci(ev)
-        win = win_tie_rate(ev, results[baseline]["evaluator"]) if baseline in results else float("nan")
+        delta = win = "—"
+        if base is not None and name != baseline:
+            diffs = (np.asarray(ev, dtype=float) - np.asarray(base, dtype=float)).tolist()
+            d_lo, d_hi = bootstrap_ci(diffs)
+            delta = f"{_mean(diffs):+.4f} [{d_lo:+.4f}, {d_hi:+.4f}]"
+            wins = win_tie_loss(ev, base)
+            w_lo, w_hi = bootstrap_ci(wins)
+            win = f"{_mean(wins):.1%} [{w_lo:.1%}, {w_hi:.1%}]"
         rows.append(
             [
                 name,
                 _mean(res["reward"]),
                 f"{_mean(ev):.4f} [{lo:.4f}, {hi:.4f}]",
-                f"{win:.1%}",
+                delta,
+                win,
                 res["cost"]["tokens_generated"],
                 f"{res['cost']['total_seconds']:.0f}",
             ]
