@@ -20,6 +20,7 @@ from spi_align.scoring import make_scorer
 from spi_align.scoring.train_reward import make_pairs
 from spi_align.search import BestOfN
 from spi_align.search.beam import ChunkBeamSearch
+from spi_align.search.reward_guide import TextPartialReward
 from spi_align.spi import SuccessivePolicyIteration
 
 PROMPTS = [Prompt("a", "Name three colours."), Prompt("b", "Hi")]
@@ -105,3 +106,11 @@ def test_labels_of_reward_model_pairs_are_checked():
     assert len(make_pairs(PROMPTS, candidates, FixedScorer([1.0, 0.0, 0.0, 1.0]), per_prompt=1)) == 2
     with pytest.raises(SpiError, match=r"scorer 'labeller' returned nan for response 2 'hi'"):
         make_pairs(PROMPTS, candidates, FixedScorer([1.0, 0.0, math.nan, 1.0], name="labeller"), per_prompt=1)
+
+
+def test_the_reward_on_partial_text_is_checked_in_the_search(tiny_policy):
+    rows = tiny_policy.start(PROMPTS, Cost())
+    tiny_policy.extend(rows, 3, Cost())
+    assert TextPartialReward(FixedScorer([0.5]), tiny_policy)(rows).tolist() == [0.5, 0.5]
+    with pytest.raises(SpiError, match="scorer 'partial' returned nan for response 0"):
+        TextPartialReward(FixedScorer([math.nan], name="partial"), tiny_policy)(rows)

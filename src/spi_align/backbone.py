@@ -19,6 +19,7 @@ pair, reward models, teacher-forced features):
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -165,7 +166,7 @@ def growing_cache(cache: DynamicCache, room: int = ROOM) -> DynamicCache:
     """`cache` with each plain `DynamicLayer` (none filled yet) replaced by a `GrowingLayer`."""
     cache.layers = [GrowingLayer(room) if type(layer) is DynamicLayer else layer for layer in cache.layers]
     if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:  # layers appended on first use
-        cache.layer_class_to_replicate = GrowingLayer
+        cache.layer_class_to_replicate = functools.partial(GrowingLayer, room)
     return cache
 
 

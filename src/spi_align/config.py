@@ -133,9 +133,10 @@ class SPIConfig(Section):
     base_logprob: bool = False
     """Add log π_base of the partial response to the guidance (eq. 14); off as in the paper's Figure 3."""
     reward_guide: float = Field(0.0, ge=0)
-    """Weight of the reward model's score of each partial response closed with the end-of-turn token, added to the
-    guidance Σ_i γ V_i/β_i (0 = off): the reward model as one more value function, with no training. Needs a
-    reward model on the policy's own hidden states (reward: train); costs one one-token forward per chunk."""
+    """Weight of the reward's score of each partial response, added to the guidance Σ_i γ V_i/β_i (0 = off): the
+    reward as one more value function, with no training. A reward head on the policy's states (reward: train) reads
+    the partial response closed with the end-of-turn token (one one-token forward per chunk); any other reward
+    scores the decoded partial responses (one batched call per chunk)."""
     head: Literal["linear", "mlp"] = "linear"
     """Value head on the policy's last hidden state: closed-form ridge (linear) or a small MLP."""
     centered: bool = True
@@ -247,7 +248,7 @@ class Config(Section):
     search: SearchConfig = SearchConfig()
     """Which inference-time method."""
     spi: SPIConfig = SPIConfig()
-    """Successive policy iterations: rounds, beam shape, value heads."""
+    """Successive policy iterations: rounds, beam shape, value functions."""
     reward_model: RewardTrainConfig = RewardTrainConfig()
     """How `reward: train` trains its reward model (Bradley–Terry head on the frozen policy)."""
     baselines: BaselinesConfig = BaselinesConfig()

@@ -4,4 +4,5 @@ import sys
 
 from spi_align.cli.main import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -35,7 +35,7 @@ class ChatPrompts:
         without a chat template, which writes its own). `tokenizer`: a copy of the policy's, for a caller on
         another thread than the one sampling (a fast tokenizer may not be called from two threads at once)."""
         texts = [self.format_prompt(p) for p in prompts]
-        encode = tokenizer or self.tokenizer
+        encode = tokenizer if tokenizer is not None else self.tokenizer
         return [list(ids) for ids in encode(texts, add_special_tokens=not self.chat_template)["input_ids"]]
 
     def context_left(self, prompt_tokens: int) -> int | None:

@@ -18,6 +18,7 @@ import torch
 from spi_align.errors import SpiError
 from spi_align.interfaces import Policy, Scorer, ValueFunction
 from spi_align.policy.rows import Rows
+from spi_align.scoring.finite import finite_scores
 from spi_align.scoring.row_reward import PolicyHeadReward
 
 
@@ -47,7 +48,7 @@ class TextPartialReward:
             raise SpiError("rows carry no prompts: the reward cannot score partial responses as text")
         texts = self.policy.texts(rows)
         prompts = [rows.prompts[i] for i in rows.prompt_index.tolist()]
-        scores = self.reward.score(prompts, texts)
+        scores = finite_scores(self.reward, self.reward.score(prompts, texts), texts)
         return torch.tensor(scores, dtype=torch.float32, device=rows.length.device)
 
 

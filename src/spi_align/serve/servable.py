@@ -13,7 +13,7 @@ from spi_align.interfaces import Policy, Search
 
 @runtime_checkable
 class Servable(Protocol):
-    """A policy plus named methods. The server reads `policy.tokenizer`, `policy.format_prompt`, `policy.gen`
+    """A policy plus named methods. The server reads `policy.tokenizer`, `policy.prompt_ids`, `policy.gen`
     (a `GenerationConfig`, swapped per batch for the request's max_tokens / temperature / top_p and restored) and
     `policy.reseed` (a request's `seed`)."""
 

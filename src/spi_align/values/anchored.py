@@ -84,7 +84,7 @@ class HeadAnchor:
 
 
 class TextAnchor:
-    """R_t from a scorer on (prompt, the rollout's first t tokens decoded), in batches of `batch_size`."""
+    """R_t from a scorer on (prompt, the rollout's first t tokens decoded), in one call."""
 
     def __init__(self, reward: Any, tokenizer: Any, prompts: Sequence[Any], tokens: Sequence[Sequence[int]]) -> None:
         self.reward, self.tokenizer, self.prompts, self.tokens = reward, tokenizer, prompts, tokens
@@ -136,7 +136,8 @@ def fit_anchored(
     x, final, keys, index = boundary_rows(states, lengths, rewards, groups)
     metrics: dict[str, Any] = {"rollouts": len(states), "prompts": len(set(groups)), "states": len(keys)}
     if not keys:
-        head = ValueHead(states[0].closed.shape[-1] if states else 1)
+        size = anchor.in_features if isinstance(anchor, torch.nn.Linear) else None
+        head = ValueHead(size or (states[0].closed.shape[-1] if states else 1))
         torch.nn.init.zeros_(head.net.weight)  # type: ignore[arg-type]
         torch.nn.init.zeros_(head.net.bias)  # type: ignore[arg-type]
         return head.eval(), {**metrics, "alpha": 0.0}
