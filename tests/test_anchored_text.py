@@ -11,6 +11,7 @@ from mocks.scorers import CountScorer
 from spi_align.config import SPIConfig
 from spi_align.interfaces import Cost, Prompt
 from spi_align.values.anchored import TextAnchor, boundary_rows
+from spi_align.values.heads import ValueHead
 from spi_align.values.kinds import Rollouts, make_value_kind
 from spi_align.values.prefix_states import prefix_states
 
@@ -60,3 +61,24 @@ def test_anchored_values_on_a_text_reward_fit_and_guide_with_the_partial_text(ti
     closed = policy.peek_end_hidden(live)
     expected = 1.5 * anchor + 1.5 * value(closed).squeeze(-1).float()
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_with_every_alpha_zero_the_text_guide_is_the_partial_reward_without_a_peek(tiny_causal_lm, smol_tokenizer):
+    policy = make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=12)
+    kind = make_value_kind(policy, SPIConfig(value="anchored", chunk=4), "tiny", seed=0)
+    kind.reward = CountScorer("e")
+    zero = ValueHead(policy.hidden_size, "linear")
+    torch.nn.init.zeros_(zero.net.weight)
+    torch.nn.init.zeros_(zero.net.bias)
+    guide = kind.guide([zero, zero], [1.0, 0.5])
+    cost = Cost()
+    live = policy.start(PROMPTS[:2], cost)
+    policy.extend(live, 4, cost)
+    peeked = policy.peek_end_hidden
+    policy.peek_end_hidden = lambda rows: pytest.fail("α = 0 everywhere: no end-token forward is needed")
+    partial = smol_tokenizer.batch_decode(live.token_lists(), skip_special_tokens=True)
+    assert guide(live).tolist() == pytest.approx([1.5 * t.count("e") for t in partial])
+    policy.peek_end_hidden = peeked
+    with torch.no_grad():
+        zero.net.bias.fill_(1.0)  # a learned part that is not zero: the guide reads e_t again
+    assert kind.guide([zero], [1.0])(live).tolist() == pytest.approx([t.count("e") + 1.0 for t in partial])

@@ -192,9 +192,16 @@ class AnchoredGuide:
         self.policy, self.anchor = policy, anchor
         self.total_weight = float(sum(weights))
         self.stack = HeadStack(list(heads), list(weights)).to(policy.device)
+        self.learned = any(
+            w != 0 and any(bool(p.detach().abs().max() > 0) for p in h.parameters() if p.numel())
+            for h, w in zip(heads, weights, strict=True)
+        )
+        """False when every round kept α = 0: V is the partial reward alone, and a text anchor needs no peek."""
 
     @torch.no_grad()
     def __call__(self, rows: Any) -> torch.Tensor:
+        if not self.learned and not isinstance(self.anchor, torch.nn.Linear):
+            return self.total_weight * self.anchor(rows).float()
         closed = self.policy.peek_end_hidden(rows)
         if isinstance(self.anchor, torch.nn.Linear):
             anchor = self.anchor(closed.to(self.anchor.weight.dtype)).squeeze(-1).float()
