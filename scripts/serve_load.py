@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         time_limit_s=args.time_limit,
         sigterm=not args.no_sigterm,
         sigterm_after_s=args.sigterm_after,
-        sigterm_clients=args.sigterm_clients or args.clients,
+        sigterm_clients=args.sigterm_clients or 0,
         prompts=prompts,
         server_args=args.server_args,
     )

@@ -141,9 +141,8 @@ def fit_anchored(
         torch.nn.init.zeros_(head.net.weight)  # type: ignore[arg-type]
         torch.nn.init.zeros_(head.net.bias)  # type: ignore[arg-type]
         return head.eval(), {**metrics, "alpha": 0.0}
-    anchor_of = HeadAnchor(anchor) if isinstance(anchor, torch.nn.Linear) else anchor
-    anchor = anchor_of(x, index, keys)
-    residual = centred(final - anchor, keys)
+    partial = (HeadAnchor(anchor) if isinstance(anchor, torch.nn.Linear) else anchor)(x, index, keys)
+    residual = centred(final - partial, keys)
     ids = sorted(set(groups))
     random.Random(seed).shuffle(ids)
     held = set(ids[: max(1, len(ids) // 5)])
@@ -151,22 +150,22 @@ def fit_anchored(
     best = (float("-inf"), ridge, 0.0)
     if 0 < int(test.sum()) < len(keys):
         tkeys = [k for k, h in zip(keys, test.tolist(), strict=True) if h]
-        base = _by_length(anchor[test], final[test], tkeys, lengths)
+        base = _by_length(partial[test], final[test], tkeys, lengths)
         for t, v in base.items():
             metrics[f"partial_reward_spearman_at_{t}"] = v
         fkeys = [k for k, h in zip(keys, test.tolist(), strict=True) if not h]
         for factor in RIDGE_FACTORS:
-            probe = _fit(x[~test], centred(final[~test] - anchor[~test], fkeys), fkeys, ridge * factor, seed)
+            probe = _fit(x[~test], centred(final[~test] - partial[~test], fkeys), fkeys, ridge * factor, seed)
             with torch.no_grad():
                 learned = probe(x[test])
             for alpha in ALPHAS:
-                score = _mean(_by_length(anchor[test] + alpha * learned, final[test], tkeys, lengths))
+                score = _mean(_by_length(partial[test] + alpha * learned, final[test], tkeys, lengths))
                 if score > best[0] + 1e-9:
                     best = (score, ridge * factor, alpha)
         _, chosen_ridge, alpha = best
-        probe = _fit(x[~test], centred(final[~test] - anchor[~test], fkeys), fkeys, chosen_ridge, seed)
+        probe = _fit(x[~test], centred(final[~test] - partial[~test], fkeys), fkeys, chosen_ridge, seed)
         with torch.no_grad():
-            chosen = _by_length(anchor[test] + alpha * probe(x[test]), final[test], tkeys, lengths)
+            chosen = _by_length(partial[test] + alpha * probe(x[test]), final[test], tkeys, lengths)
         for t, v in chosen.items():
             metrics[f"spearman_at_{t}"] = v
     _, chosen_ridge, alpha = best
