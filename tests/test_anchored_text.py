@@ -10,7 +10,7 @@ from conftest import make_policy
 from mocks.scorers import CountScorer
 from spi_align.config import SPIConfig
 from spi_align.interfaces import Cost, Prompt
-from spi_align.values.anchored import TextAnchor, boundary_rows
+from spi_align.values.anchored import AnchoredValue, TextAnchor, boundary_rows
 from spi_align.values.heads import ValueHead
 from spi_align.values.kinds import Rollouts, make_value_kind
 from spi_align.values.prefix_states import prefix_states
@@ -45,7 +45,7 @@ def test_anchored_values_on_a_text_reward_fit_and_guide_with_the_partial_text(ti
     texts = smol_tokenizer.batch_decode(tokens, skip_special_tokens=True)
     rollouts = Rollouts(prompts, tokens, scorer.score(prompts, texts))
     value, metrics = kind.fit(rollouts)
-    assert "partial_reward_spearman_at_4" in metrics and metrics["alpha"] in (0.0, 0.5, 1.0)
+    assert "partial_reward_spearman_at_4" in metrics and metrics["alpha_at_4"] in (0.0, 0.5, 1.0)
     # the anchor the fit used at each boundary row is the scorer on that row's decoded prefix
     states = prefix_states(policy, prompts, tokens, kind.lengths())
     _, _, keys, index = boundary_rows(states, kind.lengths(), rollouts.rewards, [p.id for p in prompts])
@@ -59,7 +59,7 @@ def test_anchored_values_on_a_text_reward_fit_and_guide_with_the_partial_text(ti
     partial = smol_tokenizer.batch_decode(live.token_lists(), skip_special_tokens=True)
     anchor = torch.tensor([t.count("e") for t in partial], dtype=torch.float32)
     closed = policy.peek_end_hidden(live)
-    expected = 1.5 * anchor + 1.5 * value(closed).squeeze(-1).float()
+    expected = 1.5 * anchor + 1.5 * value.alpha_at(live.length) * value.head(closed).float()
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
@@ -67,9 +67,10 @@ def test_with_every_alpha_zero_the_text_guide_is_the_partial_reward_without_a_pe
     policy = make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=12)
     kind = make_value_kind(policy, SPIConfig(value="anchored", chunk=4), "tiny", seed=0)
     kind.reward = CountScorer("e")
-    zero = ValueHead(policy.hidden_size, "linear")
-    torch.nn.init.zeros_(zero.net.weight)
-    torch.nn.init.zeros_(zero.net.bias)
+    head = ValueHead(policy.hidden_size, "linear")
+    torch.nn.init.zeros_(head.net.weight)
+    torch.nn.init.zeros_(head.net.bias)
+    zero = AnchoredValue(head, [4], [1.0])
     guide = kind.guide([zero, zero], [1.0, 0.5])
     cost = Cost()
     live = policy.start(PROMPTS[:2], cost)
@@ -80,5 +81,5 @@ def test_with_every_alpha_zero_the_text_guide_is_the_partial_reward_without_a_pe
     assert guide(live).tolist() == pytest.approx([1.5 * t.count("e") for t in partial])
     policy.peek_end_hidden = peeked
     with torch.no_grad():
-        zero.net.bias.fill_(1.0)  # a learned part that is not zero: the guide reads e_t again
+        head.net.bias.fill_(1.0)  # a learned part that is not zero: the guide reads e_t again
     assert kind.guide([zero], [1.0])(live).tolist() == pytest.approx([t.count("e") + 1.0 for t in partial])

@@ -23,7 +23,7 @@ from spi_align.interfaces import Cost, Prompt
 from spi_align.policy import HFPolicy, load_policy
 from spi_align.resumable import run_method
 from spi_align.rundir import RunDir
-from spi_align.search import BestOfN
+from spi_align.search import BestOfN, TreeSampling
 from spi_align.search.beam import ChunkBeamSearch
 from spi_align.search.best_of_n import PlainSampling
 from spi_align.search.reward_guide import TextPartialReward
@@ -237,6 +237,18 @@ def test_best_of_n_and_sampling_run_unchanged(vllm_policy: Any) -> None:
     assert cost.reward_calls == 12
     plain = PlainSampling(vllm_policy).run(PROMPTS, Cost())
     assert all(len(r.candidates) == 1 and 0 < r.chosen.num_tokens <= 16 for r in plain)
+
+
+def test_tree_rollouts_run_unchanged(vllm_policy: Any) -> None:
+    """Round 0's sampling tree (`spi.tree`) on vLLM: siblings continue one shared first chunk, sampled once."""
+    vllm_policy.gen = GenerationConfig(max_new_tokens=16)
+    cost = Cost()
+    results = TreeSampling(vllm_policy, [2, 2], chunk=4).run(PROMPTS, cost)
+    for r in results:
+        leaves = [c.token_ids for c in r.candidates]
+        assert 2 <= len(leaves) <= 4 and all(0 < len(t) <= 16 for t in leaves)
+        assert len({tuple(t[:4]) for t in leaves}) <= 2  # two first chunks per prompt
+    assert 0 < cost.tokens_generated < sum(c.num_tokens for r in results for c in r.candidates)
 
 
 def test_sampled_chunk_search_runs_unchanged(vllm_policy: Any) -> None:

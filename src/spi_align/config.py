@@ -144,7 +144,19 @@ class SPIConfig(Section):
     ridge: float = Field(10.0, ge=0)
     """L2 penalty of the linear head (on standardised features)."""
     rollouts: int = Field(8, gt=0)
-    """Round 0: plain samples per training prompt (later rounds keep every candidate their search finished)."""
+    """Round 0: plain samples per training prompt, ignored when `tree` is set (later rounds keep every candidate
+    their search finished)."""
+    tree: list[Annotated[int, Field(gt=0)]] = []
+    """Round 0 as tree rollouts instead of `rollouts` independent samples: branch each live partial response into
+    tree[j] continuations at the j-th chunk boundary (0, L, 2L, ...), then sample each leaf to the end; e.g. [4, 2]
+    gives 8 leaves sharing 4 first chunks. Siblings share their prefix, so a prefix's target is the mean reward of
+    its leaves (`values/anchored.py`). [] = independent samples."""
+    rank_weights: list[Annotated[float, Field(ge=0)]] = Field([0.0, 1.0], min_length=1)
+    """For value=anchored: weights of the within-prompt ranking loss (pairwise logistic on V = R_t + u) beside
+    eq. 12's squared error; the one that ranks best on held-out training prompts is kept (0 = squared error only)."""
+    per_depth: bool = True
+    """For value=anchored: choose the weight α of the learned part separately at each decision length (L, 2L, ...)
+    on held-out training prompts, instead of one α for all lengths."""
     train_prompts: int | None = Field(64, gt=0)
     """Training prompts used for rollouts and the reward model (None = the whole training split)."""
     value: Literal["heads", "model", "anchored"] = "anchored"

@@ -6,7 +6,8 @@
     improved = load("my-policy")               # or a finished `spi run` directory
     results = improved.search().run(prompts, Cost())   # π_K: chunk search guided by Σ_i γ V_i/β_i (eq. 13)
 
-Round k rolls out π_k (π_0 = plain sampling of the base policy, later rounds the guided search), scores every
+Round k rolls out π_k (π_0 = the base policy: `spi.rollouts` plain samples per prompt, or with `spi.tree` set a
+sampling tree branched at chunk boundaries, `search/tree.py`; later rounds the guided search), scores every
 rollout with the reward, and trains V_k on every prefix of them with the configured value kind (`values/kinds.py`).
 π_k is the chunk beam search (Algorithm 2) guided by Σ_{i<k} γ V_i/β_i, plus w · the reward on the partial
 response when `spi.reward_guide` = w > 0. Every step is saved in `workdir` when it finishes and skipped when it is
@@ -160,11 +161,20 @@ class SuccessivePolicyIteration:
 
     def rollouts(self, k: int, prompts: Sequence[Prompt]) -> list[dict[str, Any]]:
         """Round k's rollouts on `prompts` (saved as `rollouts-k.jsonl`): π_0 = `spi.rollouts` plain samples per
-        prompt; π_k for k ≥ 1 = the search guided by V_0 .. V_{k-1}, every candidate it finished kept."""
+        prompt, or with `spi.tree` set a sampling tree (branched `spi.tree[j]` ways at chunk boundary j·L, every
+        leaf kept: siblings share prefixes); π_k for k ≥ 1 = the search guided by V_0 .. V_{k-1}, every candidate
+        it finished kept."""
         from spi_align.search.best_of_n import PlainSampling
+        from spi_align.search.tree import TreeSampling
 
-        search = PlainSampling(self.policy, self.cfg.spi.rollouts) if k == 0 else self.improved().search(k)
-        log.info("round %d: rollouts on %d training prompts", k, len(prompts))
+        spi = self.cfg.spi
+        if k > 0:
+            search: Search = self.improved().search(k)
+        elif spi.tree:
+            search = TreeSampling(self.policy, spi.tree, spi.chunk)
+        else:
+            search = PlainSampling(self.policy, spi.rollouts)
+        log.info("round %d: rollouts (%s) on %d training prompts", k, search.name, len(prompts))
         records, _ = run_method(
             self.run, f"rollouts-{k}", search, prompts, self.cfg.data.batch_size, self.policy.reseed, self.cfg.seed
         )

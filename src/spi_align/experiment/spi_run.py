@@ -1,6 +1,6 @@
 """`spi run`: the experiment around Algorithm 1 — reward model, `SuccessivePolicyIteration.fit`, evaluation, report.
 
-1. round-0 rollouts on the training prompts (plain samples of the base policy);
+1. round-0 rollouts on the training prompts (plain samples of the base policy, or a sampling tree: `spi.tree`);
 2. the reward: a configured scorer, or (`reward: train`) a Bradley–Terry head trained on those rollouts' pairs
    labelled by the evaluator;
 3. `SuccessivePolicyIteration(...).fit(train_prompts)`: V_0 .. V_{K-1} (`spi.py`);

@@ -8,30 +8,42 @@ part u is a linear head on the same state, fitted by eq. 12 to the residual r(x,
 prompt and prefix length: the search only compares one prompt's candidates at one length). So V predicts the
 final reward as eq. 12 asks, starting from the free estimate instead of from nothing.
 
-The learned part must earn its place: the ridge penalty and α ∈ {0, ½, 1} are chosen on held-out training prompts
-by within-prompt Spearman with the final reward, averaged over the prefix lengths the search ranks at (multiples
-of the chunk length L); α = 0 means V is the partial reward alone. The metrics report, per length, the held-out
-Spearman of R_t alone beside that of V.
+Targets: a prefix shared by several rollouts of one prompt (siblings of a tree rollout, `spi.tree`, or the
+candidates one beam of the search finished) is one training row whose target is the mean reward of its leaves,
+a lower-variance estimate of its value than any one leaf's reward.
+
+Loss: eq. 12's squared error on the residual, plus optionally (weight λ) a within-prompt ranking loss on V itself,
+the pairwise logistic loss Σ_{i,j: r_i > r_j} log(1 + exp(−(V_i − V_j)/σ)) over pairs of one prompt's rows at one
+length (σ: the standard deviation of the centred targets), since the search only ever compares such rows.
+
+The learned part must earn its place: the ridge penalty, λ and α ∈ {0, ½, 1} are chosen on held-out training
+prompts by within-prompt Spearman with the target, averaged over the prefix lengths the search ranks at
+(multiples of the chunk length L); with `per_depth` α is chosen at each length on its own (the partial reward
+ranks better the longer the prefix, so the learned part may help early and not late). α = 0 means V is the
+partial reward alone. The metrics report, per length, the held-out Spearman of R_t alone beside that of V.
 
 During the search e_t costs one one-token forward per chunk (the KV cache is cropped back after), shared by the
-reward anchor and every round's head: Σ_i w_i V_i = (Σ_i w_i) R_t + Σ_i w_i α_i u_i(e_t). A text reward adds one
-scorer call on the decoded candidates per chunk.
+reward anchor and every round's head: Σ_i w_i V_i = (Σ_i w_i) R_t + Σ_i w_i α_i(t) u_i(e_t), α_i(t) the α of the
+longest decision length ≤ t. A text reward adds one scorer call on the decoded candidates per chunk.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from spi_align.values.heads import HeadStack, ValueHead
+from spi_align.values.heads import ValueHead
 from spi_align.values.prefix_states import PrefixStates
 from spi_align.values.train import TokenDataset, fit_head, within_prompt_spearman
 
 ALPHAS = (0.0, 0.5, 1.0)
 RIDGE_FACTORS = (1.0, 10.0, 100.0)
+ALPHA_FILE = "anchored.json"
 
 
 def decision_lengths(chunk: int, max_new_tokens: int) -> list[int]:
@@ -40,23 +52,34 @@ def decision_lengths(chunk: int, max_new_tokens: int) -> list[int]:
 
 
 def boundary_rows(
-    states: Sequence[PrefixStates], lengths: Sequence[int], rewards: Sequence[float], groups: Sequence[Hashable]
+    states: Sequence[PrefixStates],
+    lengths: Sequence[int],
+    rewards: Sequence[float],
+    groups: Sequence[Hashable],
+    tokens: Sequence[Sequence[int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[Hashable, int]], list[int]]:
-    """(closed states (n, H), final rewards (n,), (group, length) keys, rollout index) of every rollout still
-    unfinished at each decision length (a rollout that already ended there is never ranked)."""
+    """(closed states (n, H), targets (n,), (group, length) keys, rollout index) of every prefix still unfinished
+    at a decision length (a rollout that already ended there is never ranked). With `tokens`, rollouts of one group
+    that share their first t tokens give one row at length t (the first one's state and index) whose target is the
+    mean reward of all of them: a tree node's target is the mean of its leaves. Without, one row per rollout."""
     wanted = set(lengths)
-    feats, targets, keys, index = [], [], [], []
+    rows: dict[Hashable, list[Any]] = {}
     for i, s in enumerate(states):
         full = s.lengths[-1] if s.lengths else 0
         for k, t in enumerate(s.lengths):
             if t in wanted and t < full:
-                feats.append(s.closed[k])
-                targets.append(float(rewards[i]))
-                keys.append((groups[i], t))
-                index.append(i)
-    if not feats:
+                node = (groups[i], t, tuple(tokens[i][:t])) if tokens is not None else (i, t)
+                if node in rows:
+                    rows[node][1] += float(rewards[i])
+                    rows[node][2] += 1
+                else:
+                    rows[node] = [s.closed[k], float(rewards[i]), 1, (groups[i], t), i]
+    if not rows:
         return torch.zeros(0, 0), torch.zeros(0), [], []
-    return torch.stack(feats).float(), torch.tensor(targets), keys, index
+    found = list(rows.values())
+    feats = torch.stack([r[0] for r in found]).float()
+    targets = torch.tensor([r[1] / r[2] for r in found])
+    return feats, targets, [r[3] for r in found], [r[4] for r in found]
 
 
 def centred(values: torch.Tensor, keys: Sequence[Hashable]) -> torch.Tensor:
@@ -98,13 +121,73 @@ class TextAnchor:
         return torch.tensor(finite_scores(self.reward, scores, texts), dtype=torch.float32)
 
 
-def _fit(x: torch.Tensor, residual: torch.Tensor, keys, ridge: float, seed: int) -> ValueHead:
+def ranking_pairs(targets: torch.Tensor, keys: Sequence[Hashable]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(better, worse) row indices of every pair of rows with one key whose targets differ, better first."""
+    by_key: dict[Hashable, list[int]] = {}
+    for j, k in enumerate(keys):
+        by_key.setdefault(k, []).append(j)
+    better, worse = [], []
+    for members in by_key.values():
+        for a in range(len(members)):
+            for b in range(a + 1, len(members)):
+                i, j = members[a], members[b]
+                if targets[i] != targets[j]:
+                    hi, lo = (i, j) if targets[i] > targets[j] else (j, i)
+                    better.append(hi)
+                    worse.append(lo)
+    return torch.tensor(better, dtype=torch.long), torch.tensor(worse, dtype=torch.long)
+
+
+def ranking_loss(values: torch.Tensor, better: torch.Tensor, worse: torch.Tensor, scale: float) -> torch.Tensor:
+    """Mean pairwise logistic loss log(1 + exp(−(V_better − V_worse)/scale)) (0 pairs: 0)."""
+    if better.numel() == 0:
+        return values.sum() * 0.0
+    return torch.nn.functional.softplus(-(values[better] - values[worse]) / scale).mean()
+
+
+def _fit(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    keys: Sequence[Hashable],
+    ridge: float,
+    seed: int,
+    rank_weight: float = 0.0,
+    partial: torch.Tensor | None = None,
+    target: torch.Tensor | None = None,
+    steps: int = 60,
+) -> ValueHead:
     """Ridge on within-(prompt, length) deviations of features and residual: only a prompt's own candidates at one
     length are ever compared, so between-prompt differences must not steer the fit. The head then reads raw states
-    (any per-prompt offset it adds does not change a ranking)."""
+    (any per-prompt offset it adds does not change a ranking). With `rank_weight` λ > 0 the ridge solution is refined
+    by L-BFGS on (‖Zw − y‖² + ridge‖w‖²)/(n σ²) + λ · ranking_loss(partial + Zw), pairs ranked by `target`."""
     xc = centred(x, keys)
     data = TokenDataset(xc, residual, torch.arange(len(residual)), torch.zeros(len(residual), dtype=torch.long))
-    return fit_head(data, kind="linear", ridge=ridge, seed=seed)
+    head = fit_head(data, kind="linear", ridge=ridge, seed=seed)
+    if rank_weight <= 0 or partial is None or target is None:
+        return head
+    better, worse = ranking_pairs(target, keys)
+    if better.numel() == 0:
+        return head
+    z = (xc - head.mean) / head.scale
+    lin: torch.nn.Linear = head.net  # type: ignore[assignment]
+    w = lin.weight.detach()[0].clone().requires_grad_(True)
+    sigma = float(residual.std().clamp(min=1e-6))
+    n = len(residual)
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def objective() -> torch.Tensor:
+        opt.zero_grad()
+        u = z @ w
+        squared = ((u - residual).square().sum() + ridge * w.square().sum()) / (n * sigma**2)
+        loss = squared + rank_weight * ranking_loss(partial + u, better, worse, sigma)
+        loss.backward()
+        return loss
+
+    opt.step(objective)
+    with torch.no_grad():
+        lin.weight.copy_(w.detach()[None])
+        lin.bias.zero_()
+    return head.eval()
 
 
 def _by_length(predicted: torch.Tensor, final: torch.Tensor, keys, lengths) -> dict[int, float]:
@@ -122,6 +205,75 @@ def _mean(scores: dict[int, float]) -> float:
     return sum(good) / len(good) if good else float("-inf")
 
 
+def choose_alphas(
+    partial: torch.Tensor,
+    learned: torch.Tensor,
+    target: torch.Tensor,
+    keys: Sequence[tuple[Hashable, int]],
+    lengths: Sequence[int],
+    per_depth: bool,
+) -> tuple[dict[int, float], dict[int, float]]:
+    """(α per length, held-out Spearman of partial + α·learned per length): per length the α of `ALPHAS` that
+    ranks best there (`per_depth`), or one α for all that ranks best on average; ties keep the smaller α."""
+    scored = {a: _by_length(partial + a * learned, target, keys, lengths) for a in ALPHAS}
+    if per_depth:
+        alphas = {}
+        for t in lengths:
+            best = max(ALPHAS, key=lambda a: (_nan_low(scored[a].get(t)), -a))
+            alphas[t] = best
+        return alphas, {t: scored[alphas[t]][t] for t in lengths if t in scored[alphas[t]]}
+    best = max(ALPHAS, key=lambda a: (_mean(scored[a]), -a))
+    return {t: best for t in lengths}, scored[best]
+
+
+def _nan_low(v: float | None) -> float:
+    return float("-inf") if v is None or v != v else v
+
+
+class AnchoredValue:
+    """The learned part of one round's anchored value: u (a linear head on the closed state) and α per decision
+    length; α(t) is the α of the longest decision length ≤ t (the first one's below it)."""
+
+    def __init__(self, head: ValueHead, lengths: Sequence[int], alphas: Sequence[float]) -> None:
+        if len(lengths) != len(alphas) or not lengths:
+            raise ValueError("one α per decision length, at least one")
+        self.head, self.lengths, self.alphas = head, [int(t) for t in lengths], [float(a) for a in alphas]
+
+    def alpha_at(self, length: torch.Tensor) -> torch.Tensor:
+        """α(t) for each prefix length in `length`."""
+        bounds = torch.tensor(self.lengths, device=length.device)
+        slot = (torch.searchsorted(bounds, length, right=True) - 1).clamp(min=0)
+        return torch.tensor(self.alphas, device=length.device)[slot]
+
+    @property
+    def learned(self) -> bool:
+        """Whether the learned part is ever used (some α > 0 and a non-zero head)."""
+        return any(a != 0 for a in self.alphas) and any(
+            bool(p.detach().abs().max() > 0) for p in self.head.net.parameters() if p.numel()
+        )
+
+    @torch.no_grad()
+    def __call__(self, closed: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        """α(t) · u(e_t) of rows with closed states (R, H) and prefix lengths (R,)."""
+        self.head.to(closed.device)
+        return self.alpha_at(length.to(closed.device)) * self.head(closed).float()
+
+    def save(self, folder: str | Path) -> None:
+        self.head.save(folder)
+        spec = {"lengths": self.lengths, "alphas": self.alphas}
+        (Path(folder) / ALPHA_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> AnchoredValue:
+        """A saved value; a folder without `anchored.json` (α folded into the head) gets α = 1 at every length."""
+        head = ValueHead.load(folder)
+        path = Path(folder) / ALPHA_FILE
+        if not path.is_file():
+            return cls(head, [0], [1.0])
+        spec = json.loads(path.read_text())
+        return cls(head, spec["lengths"], spec["alphas"])
+
+
 def fit_anchored(
     states: Sequence[PrefixStates],
     rewards: Sequence[float],
@@ -130,71 +282,72 @@ def fit_anchored(
     lengths: Sequence[int],
     ridge: float,
     seed: int,
-) -> tuple[ValueHead, dict[str, Any]]:
-    """The residual head u (α folded into its weights) and its held-out ranking, next to the anchor's. `anchor`:
-    the reward head on the closed states, or any `Anchor` (e.g. `TextAnchor`)."""
-    x, final, keys, index = boundary_rows(states, lengths, rewards, groups)
+    tokens: Sequence[Sequence[int]] | None = None,
+    rank_weights: Sequence[float] = (0.0,),
+    per_depth: bool = False,
+) -> tuple[AnchoredValue, dict[str, Any]]:
+    """The residual head u with its α per length, and its held-out ranking next to the anchor's. `anchor`: the
+    reward head on the closed states, or any `Anchor` (e.g. `TextAnchor`); `tokens`: the rollouts' tokens, so
+    shared prefixes get their leaves' mean reward (tree targets); `rank_weights`: the ranking-loss weights λ to
+    choose from; `per_depth`: α chosen at each length on its own."""
+    x, final, keys, index = boundary_rows(states, lengths, rewards, groups, tokens)
     metrics: dict[str, Any] = {"rollouts": len(states), "prompts": len(set(groups)), "states": len(keys)}
     if not keys:
         size = anchor.in_features if isinstance(anchor, torch.nn.Linear) else None
         head = ValueHead(size or (states[0].closed.shape[-1] if states else 1))
         torch.nn.init.zeros_(head.net.weight)  # type: ignore[arg-type]
         torch.nn.init.zeros_(head.net.bias)  # type: ignore[arg-type]
-        return head.eval(), {**metrics, "alpha": 0.0}
+        return AnchoredValue(head.eval(), list(lengths) or [0], [0.0] * (len(lengths) or 1)), metrics
     partial = (HeadAnchor(anchor) if isinstance(anchor, torch.nn.Linear) else anchor)(x, index, keys)
     residual = centred(final - partial, keys)
     ids = sorted(set(groups))
     random.Random(seed).shuffle(ids)
     held = set(ids[: max(1, len(ids) // 5)])
     test = torch.tensor([k[0] in held for k in keys])
-    best = (float("-inf"), ridge, 0.0)
+    best: tuple[float, float, float, dict[int, float]] = (float("-inf"), ridge, 0.0, {t: 0.0 for t in lengths})
     if 0 < int(test.sum()) < len(keys):
         tkeys = [k for k, h in zip(keys, test.tolist(), strict=True) if h]
-        base = _by_length(partial[test], final[test], tkeys, lengths)
-        for t, v in base.items():
+        for t, v in _by_length(partial[test], final[test], tkeys, lengths).items():
             metrics[f"partial_reward_spearman_at_{t}"] = v
         fkeys = [k for k, h in zip(keys, test.tolist(), strict=True) if not h]
+        fit_residual = centred(final[~test] - partial[~test], fkeys)
+        chosen: dict[int, float] = {}
         for factor in RIDGE_FACTORS:
-            probe = _fit(x[~test], centred(final[~test] - partial[~test], fkeys), fkeys, ridge * factor, seed)
-            with torch.no_grad():
-                learned = probe(x[test])
-            for alpha in ALPHAS:
-                score = _mean(_by_length(partial[test] + alpha * learned, final[test], tkeys, lengths))
-                if score > best[0] + 1e-9:
-                    best = (score, ridge * factor, alpha)
-        _, chosen_ridge, alpha = best
-        probe = _fit(x[~test], centred(final[~test] - partial[~test], fkeys), fkeys, chosen_ridge, seed)
-        with torch.no_grad():
-            chosen = _by_length(partial[test] + alpha * probe(x[test]), final[test], tkeys, lengths)
+            for weight in rank_weights:
+                probe = _fit(x[~test], fit_residual, fkeys, ridge * factor, seed, weight, partial[~test], final[~test])
+                with torch.no_grad():
+                    learned = probe(x[test])
+                alphas, scores = choose_alphas(partial[test], learned, final[test], tkeys, lengths, per_depth)
+                if _mean(scores) > best[0] + 1e-9:
+                    best, chosen = (_mean(scores), ridge * factor, weight, alphas), scores
         for t, v in chosen.items():
             metrics[f"spearman_at_{t}"] = v
-    _, chosen_ridge, alpha = best
-    head = _fit(x, residual, keys, chosen_ridge, seed)
-    with torch.no_grad():
-        head.net.weight.mul_(alpha)  # type: ignore[operator]
-        head.net.bias.mul_(alpha)  # type: ignore[operator]
-    metrics.update({"ridge": chosen_ridge, "alpha": alpha})
-    return head.eval(), metrics
+    _, chosen_ridge, rank_weight, alphas = best
+    head = _fit(x, residual, keys, chosen_ridge, seed, rank_weight, partial, final)
+    for t in lengths:
+        metrics[f"alpha_at_{t}"] = alphas.get(t, 0.0)
+    metrics.update({"ridge": chosen_ridge, "rank_weight": rank_weight})
+    return AnchoredValue(head.eval(), list(lengths), [alphas.get(t, 0.0) for t in lengths]), metrics
 
 
 class AnchoredGuide:
-    """Σ_i w_i (R_t + u_i(e_t)) over rows: one end-token peek per call, shared by the anchor (a reward head) and
-    every head; a text reward's anchor is a `ValueFunction` on the rows (the scorer on the decoded candidates)."""
+    """Σ_i w_i (R_t + α_i(t) u_i(e_t)) over rows: one end-token peek per call, shared by the anchor (a reward head)
+    and every round's head; a text reward's anchor is a `ValueFunction` on the rows (the scorer on the decoded
+    candidates)."""
 
     def __init__(
         self,
         policy: Any,
         anchor: torch.nn.Linear | Callable[[Any], torch.Tensor],
-        heads: Sequence[ValueHead],
+        values: Sequence[AnchoredValue],
         weights: Sequence[float],
     ) -> None:
+        if len(values) != len(weights):
+            raise ValueError("one weight per value")
         self.policy, self.anchor = policy, anchor
+        self.values, self.weights = list(values), [float(w) for w in weights]
         self.total_weight = float(sum(weights))
-        self.stack = HeadStack(list(heads), list(weights)).to(policy.device)
-        self.learned = any(
-            w != 0 and any(bool(p.detach().abs().max() > 0) for p in h.parameters() if p.numel())
-            for h, w in zip(heads, weights, strict=True)
-        )
+        self.learned = any(w != 0 and v.learned for v, w in zip(self.values, self.weights, strict=True))
         """False when every round kept α = 0: V is the partial reward alone, and a text anchor needs no peek."""
 
     @torch.no_grad()
@@ -206,4 +359,8 @@ class AnchoredGuide:
             anchor = self.anchor(closed.to(self.anchor.weight.dtype)).squeeze(-1).float()
         else:
             anchor = self.anchor(rows).to(closed.device).float()
-        return self.total_weight * anchor + self.stack(closed).float()
+        total = self.total_weight * anchor
+        for value, weight in zip(self.values, self.weights, strict=True):
+            if weight != 0 and value.learned:
+                total = total + weight * value(closed, rows.length)
+        return total

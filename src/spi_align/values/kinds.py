@@ -164,9 +164,10 @@ class ModelValues(ValueKind):
 
 
 class AnchoredValues(ValueKind):
-    """V = R_t + α·u(e_t): the reward on the partial response (a reward head on the state closed with the end
-    token, or a text scorer on the decoded prefix), plus a linear head on that state fitted to the residual
-    (`values/anchored.py`). Needs a policy that exposes hidden states."""
+    """V = R_t + α(t)·u(e_t): the reward on the partial response (a reward head on the state closed with the end
+    token, or a text scorer on the decoded prefix), plus a linear head on that state fitted to the residual, with
+    tree targets, an optional ranking loss and α per length (`values/anchored.py`). Needs a policy that exposes
+    hidden states."""
 
     name = "anchored"
     marker = "value_head.json"
@@ -201,15 +202,26 @@ class AnchoredValues(ValueKind):
         if states is None:
             states = prefix_states(self.policy, rollouts.prompts, rollouts.tokens, self.lengths())
         groups = [p.id for p in rollouts.prompts]
-        return fit_anchored(states, rollouts.rewards, groups, anchor, self.lengths(), self.spi.ridge, self.seed)
+        return fit_anchored(
+            states,
+            rollouts.rewards,
+            groups,
+            anchor,
+            self.lengths(),
+            self.spi.ridge,
+            self.seed,
+            tokens=rollouts.tokens,
+            rank_weights=self.spi.rank_weights,
+            per_depth=self.spi.per_depth,
+        )
 
     def save(self, value: Any, folder: Path) -> None:
         value.save(folder)
 
     def load(self, folder: Path) -> Any:
-        from spi_align.values.heads import ValueHead
+        from spi_align.values.anchored import AnchoredValue
 
-        return ValueHead.load(folder)
+        return AnchoredValue.load(folder)
 
     def guide(self, values: Sequence[Any], weights: Sequence[float]) -> ValueFunction:
         from spi_align.search.reward_guide import TextPartialReward
