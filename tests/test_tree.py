@@ -124,6 +124,7 @@ def test_spi_tree_makes_round_0_a_sampling_tree(tiny_causal_lm, smol_tokenizer, 
         assert len({tuple(t[:4]) for t in leaves}) == 4
     assert (tmp_path / "tree" / "rollouts-0.jsonl").is_file()
 
-    plain_cfg = Config.model_validate({"spi": {"chunk": 2, "rollouts": 3}})
+    plain_cfg = Config.model_validate({"spi": {"chunk": 2, "rollouts": 3, "tree": []}})
     records = SuccessivePolicyIteration(policy, None, plain_cfg, RunDir(tmp_path, "plain")).rollouts(0, PROMPTS[:2])
     assert [len(r["candidates"]) for r in records] == [3, 3]
+    assert (cfg.spi.round0_rollouts, plain_cfg.spi.round0_rollouts, Config().spi.round0_rollouts) == (4, 3, 8)

@@ -5,6 +5,7 @@ Unknown keys are rejected; every error becomes one `SpiError` line naming the of
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -144,13 +145,13 @@ class SPIConfig(Section):
     ridge: float = Field(10.0, ge=0)
     """L2 penalty of the linear head (on standardised features)."""
     rollouts: int = Field(8, gt=0)
-    """Round 0: plain samples per training prompt, ignored when `tree` is set (later rounds keep every candidate
-    their search finished)."""
-    tree: list[Annotated[int, Field(gt=0)]] = []
+    """Round 0: plain samples per training prompt when `tree` is [] (later rounds keep every candidate their search
+    finished)."""
+    tree: list[Annotated[int, Field(gt=0)]] = [4, 2]
     """Round 0 as tree rollouts instead of `rollouts` independent samples: branch each live partial response into
-    tree[j] continuations at the j-th chunk boundary (0, L, 2L, ...), then sample each leaf to the end; e.g. [4, 2]
-    gives 8 leaves sharing 4 first chunks. Siblings share their prefix, so a prefix's target is the mean reward of
-    its leaves (`values/anchored.py`). [] = independent samples."""
+    tree[j] continuations at the j-th chunk boundary (0, L, 2L, ...), then sample each leaf to the end; the default
+    [4, 2] gives 8 leaves sharing 4 first chunks, for fewer tokens than 8 samples. Siblings share their prefix, so a
+    prefix's target is the mean reward of its leaves (`values/anchored.py`). [] = `rollouts` independent samples."""
     rank_weights: list[Annotated[float, Field(ge=0)]] = Field([0.0, 1.0], min_length=1)
     """For value=anchored: weights of the within-prompt ranking loss (pairwise logistic on V = R_t + u) beside
     eq. 12's squared error; the one that ranks best on held-out training prompts is kept (0 = squared error only)."""
@@ -176,6 +177,11 @@ class SPIConfig(Section):
     """For value=model: AdamW learning rate of the backbone layers (the freshly initialised head uses 10×)."""
     value_batch_size: int = Field(8, gt=0)
     """For value=model: rollouts per training step (every response token of each is a regression target)."""
+
+    @property
+    def round0_rollouts(self) -> int:
+        """Round-0 rollouts per training prompt: the tree's leaves Π tree[j], or `rollouts` plain samples."""
+        return math.prod(self.tree) if self.tree else self.rollouts
 
     @property
     def candidates(self) -> int:

@@ -19,7 +19,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
         "width": 4,
         "successors": 4,
         "chunk": 8,
-        "rollouts": 8,
+        "tree": [4, 2],
         "train_prompts": 32,
         "value": "anchored",
     },

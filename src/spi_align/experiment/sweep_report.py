@@ -55,7 +55,7 @@ def cell_rows(
                 "settings": settings,
                 "round": int(method[4:]),
                 "method": method,
-                "data_size": (config.spi.train_prompts or 0) * config.spi.rollouts,
+                "data_size": (config.spi.train_prompts or 0) * config.spi.round0_rollouts,
                 "prompts": len(outcome),
                 "win": outcome.count(1.0) / len(outcome),
                 "tie": outcome.count(0.5) / len(outcome),
