@@ -4,11 +4,13 @@ the within-prompt ranking loss, α chosen per decision length, and α(t) read ba
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from spi_align.values.anchored import (
+    AnchoredGuide,
     AnchoredValue,
     _fit,
     boundary_rows,
@@ -142,3 +144,26 @@ def test_alpha_at_a_length_is_the_last_decision_lengths_and_survives_save_and_lo
     (tmp_path / "v" / "anchored.json").unlink()  # a value saved before α per length: α folded into the head
     assert AnchoredValue.load(tmp_path / "v").alpha_at(lengths).tolist() == [1.0] * 7
     assert not AnchoredValue(head, [4], [0.0]).learned and value.learned
+
+
+def test_the_guide_applies_each_rows_alpha_by_its_length():
+    """Σ_i w_i (R_t + α_i(t) u_i(e_t)) with a reward head as anchor, two rounds, rows at lengths 4 and 8."""
+    closed = torch.tensor([[1.0, 2.0], [3.0, 1.0]])
+    rows = SimpleNamespace(length=torch.tensor([4, 8]))
+    policy = SimpleNamespace(device=torch.device("cpu"), peek_end_hidden=lambda r: closed)
+    anchor = torch.nn.Linear(2, 1)
+    u1, u2 = ValueHead(2), ValueHead(2)
+    with torch.no_grad():
+        anchor.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        anchor.bias.zero_()
+        u1.net.weight.copy_(torch.tensor([[0.0, 1.0]]))  # u1 = feature 1
+        u1.net.bias.zero_()
+        u2.net.weight.copy_(torch.tensor([[1.0, 1.0]]))  # u2 = feature 0 + feature 1
+        u2.net.bias.zero_()
+    v1 = AnchoredValue(u1, [4, 8], [1.0, 0.0])
+    v2 = AnchoredValue(u2, [4, 8], [0.0, 0.5])
+    got = AnchoredGuide(policy, anchor, [v1, v2], [1.0, 2.0])(rows)
+    # row 0 (t = 4): 3·R + 1·1·u1 + 2·0·u2 = 3·1 + 2 = 5; row 1 (t = 8): 3·3 + 1·0·u1 + 2·0.5·u2 = 9 + 4 = 13
+    assert got.tolist() == pytest.approx([5.0, 13.0])
+    bare = AnchoredGuide(policy, anchor, [u1], [1.0])(rows)  # a bare head: α = 1 everywhere
+    assert bare.tolist() == pytest.approx([1.0 + 2.0, 3.0 + 1.0])

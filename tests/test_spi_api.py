@@ -48,7 +48,8 @@ def test_anchored_run_reports_the_partial_reward_baseline_and_loads_back(tmp_pat
     improved = load(run)
     assert improved.available_methods() == ["sample", "bon-4", "spi-1", "spi-2"]
     v1 = json.loads((run / "values" / "round-1.json").read_text())  # V_1 from π_1's own search rollouts
-    assert v1["rollouts"] > 0 and {v for k, v in v1.items() if k.startswith("alpha_at_")} <= {0.0, 0.5, 1.0}
+    alphas1 = [v for k, v in v1.items() if k.startswith("alpha_at_")]
+    assert v1["rollouts"] > 0 and alphas1 and set(alphas1) <= {0.0, 0.5, 1.0}
     prompts = [Prompt("x", "Name a fruit."), Prompt("y", "Say hello.")]
     improved.policy.reseed(3)
     first = improved.method("spi-1").run(prompts, Cost())

@@ -143,7 +143,9 @@ def test_sweep_command_with_dry_run_and_a_fake_spi_run(tmp_path, monkeypatch, ca
 
 
 def test_round0_is_shared_between_cells_that_differ_only_in_the_search(tmp_path):
-    spec, folder = load_spec(write_spec(tmp_path, {"grid": GRID}))
+    # plain samples and heads: the chunk length changes only the search
+    plain = {"spi": {"tree": [], "value": "heads"}}
+    spec, folder = load_spec(write_spec(tmp_path, {"grid": GRID, "config": plain}))
     cells = expand(spec, folder)
     donor = cells[0]  # chunk 4, 16 training prompts
     donor.path.mkdir(parents=True)
@@ -169,6 +171,19 @@ def test_round0_is_shared_between_cells_that_differ_only_in_the_search(tmp_path)
     assert round0_key(other_data.config) != round0_key(donor.config)
     assert share_round0(other_data) == []
     assert share_round0(same_round0) == []  # what is there already is kept
+
+
+def test_round0_depends_on_the_chunk_for_tree_rollouts_and_anchored_values(tmp_path):
+    """A sampling tree branches at chunk boundaries and anchored values are fitted at L, 2L, ...: cells with other
+    chunk lengths must not share round 0; the same chunk still does."""
+    for config in ({"spi": {"tree": [4, 2], "value": "heads"}}, {"spi": {"tree": [], "value": "anchored"}}):
+        spec, folder = load_spec(write_spec(tmp_path, {"grid": GRID, "config": config}))
+        cells = expand(spec, folder)  # chunk 4 / 16 prompts, chunk 4 / 32, chunk 8 / 16, ...
+        assert round0_key(cells[0].config) != round0_key(cells[2].config)
+        again = Config.model_validate(
+            {**cells[0].config.model_dump(), "spi": {**cells[0].config.spi.model_dump(), "gamma": 2.0}}
+        )
+        assert round0_key(again) == round0_key(cells[0].config)
 
 
 def test_a_cell_that_only_adds_baselines_reuses_round_0_and_spi_but_not_other_baselines(tmp_path):

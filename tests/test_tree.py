@@ -114,7 +114,7 @@ def test_a_row_that_ends_in_the_first_chunk_is_one_leaf(tiny_causal_lm, smol_tok
 
 def test_spi_tree_makes_round_0_a_sampling_tree(tiny_causal_lm, smol_tokenizer, tmp_path):
     policy = never_ends(make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=6))
-    cfg = Config.model_validate({"spi": {"tree": [2, 2], "chunk": 2, "rollouts": 3}})
+    cfg = Config.model_validate({"spi": {"tree": [2, 2], "chunk": 2}})
     records = SuccessivePolicyIteration(policy, None, cfg, RunDir(tmp_path, "tree")).rollouts(0, PROMPTS[:2])
     assert [r["id"] for r in records] == ["a", "b"]
     for record in records:
@@ -124,7 +124,7 @@ def test_spi_tree_makes_round_0_a_sampling_tree(tiny_causal_lm, smol_tokenizer, 
         assert len({tuple(t[:4]) for t in leaves}) == 4
     assert (tmp_path / "tree" / "rollouts-0.jsonl").is_file()
 
-    plain_cfg = Config.model_validate({"spi": {"chunk": 2, "rollouts": 3, "tree": []}})
+    plain_cfg = Config.model_validate({"spi": {"chunk": 2, "rollouts": 3}})  # rollouts alone: plain samples
     records = SuccessivePolicyIteration(policy, None, plain_cfg, RunDir(tmp_path, "plain")).rollouts(0, PROMPTS[:2])
     assert [len(r["candidates"]) for r in records] == [3, 3]
     assert (cfg.spi.round0_rollouts, plain_cfg.spi.round0_rollouts, Config().spi.round0_rollouts) == (4, 3, 8)

@@ -8,3 +8,6 @@ cp -rn runs/quality-alpaca-eval200/{reward_model,reward_model.json,eval-sample.j
 .venv/bin/spi run results/quality-alpaca-tree/config.yaml
 cp runs/quality-alpaca-tree/{report.md,results.json,evaluator_by_round.png} results/quality-alpaca-tree/
 cp -r runs/quality-alpaca-tree/values results/quality-alpaca-tree/
+# The lever ablation (ranking loss, α per length, tree rollouts) on runs/quality-alpaca200's held-out rollouts:
+.venv/bin/python results/quality-alpaca200/ablation_levers.py runs/quality-alpaca200 runs/quality-alpaca-tree > /tmp/ablation_levers.md
+mv /tmp/ablation_levers.md results/quality-alpaca200/ablation_levers.md

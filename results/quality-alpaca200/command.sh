@@ -6,7 +6,7 @@ cd "$(dirname "$0")/../.."
 .venv/bin/spi run results/quality-alpaca200/config.yaml
 cp runs/quality-alpaca200/{report.md,results.json,reward_model.json,evaluator_by_round.png} results/quality-alpaca200/
 cp -r runs/quality-alpaca200/values results/quality-alpaca200/
-# Value ablations on this run's round-0 data (minutes each): ablation_values.md (features, anchoring, ridge) and,
-# once results/quality-alpaca-tree/command.sh has run, ablation_levers.md (ranking loss, α per length, tree rollouts).
-.venv/bin/python results/quality-alpaca200/ablation_values.py runs/quality-alpaca200 > results/quality-alpaca200/ablation_values.md
-.venv/bin/python results/quality-alpaca200/ablation_levers.py runs/quality-alpaca200 runs/quality-alpaca-tree > results/quality-alpaca200/ablation_levers.md
+# Value ablation on this run's round-0 data (minutes): features, anchoring, ridge. ablation_levers.md (ranking loss,
+# α per length, tree rollouts) needs the tree run too: results/quality-alpaca-tree/command.sh writes it.
+.venv/bin/python results/quality-alpaca200/ablation_values.py runs/quality-alpaca200 > /tmp/ablation_values.md
+mv /tmp/ablation_values.md results/quality-alpaca200/ablation_values.md

@@ -11,7 +11,7 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from spi_align.errors import SpiError
 
@@ -145,8 +145,8 @@ class SPIConfig(Section):
     ridge: float = Field(10.0, ge=0)
     """L2 penalty of the linear head (on standardised features)."""
     rollouts: int = Field(8, gt=0)
-    """Round 0: plain samples per training prompt when `tree` is [] (later rounds keep every candidate their search
-    finished)."""
+    """Round 0: plain samples per training prompt when `tree` is []; a config that sets `rollouts` and not `tree`
+    gets plain samples (later rounds keep every candidate their search finished)."""
     tree: list[Annotated[int, Field(gt=0)]] = [4, 2]
     """Round 0 as tree rollouts instead of `rollouts` independent samples: branch each live partial response into
     tree[j] continuations at the j-th chunk boundary (0, L, 2L, ...), then sample each leaf to the end; the default
@@ -178,9 +178,18 @@ class SPIConfig(Section):
     value_batch_size: int = Field(8, gt=0)
     """For value=model: rollouts per training step (every response token of each is a regression target)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _rollouts_mean_plain_samples(cls, data: Any) -> Any:
+        """A config that sets `rollouts` and not `tree` asks for that many plain samples: tree = []."""
+        if isinstance(data, dict) and "rollouts" in data and "tree" not in data:
+            return {**data, "tree": []}
+        return data
+
     @property
     def round0_rollouts(self) -> int:
-        """Round-0 rollouts per training prompt: the tree's leaves Π tree[j], or `rollouts` plain samples."""
+        """Round-0 rollouts per training prompt: at most the tree's leaves Π tree[j] (fewer when rows end before a
+        branching, or the tree has more levels than chunks fit in max_new_tokens), or `rollouts` plain samples."""
         return math.prod(self.tree) if self.tree else self.rollouts
 
     @property

@@ -52,12 +52,16 @@ SEARCH_ONLY = (
     "spi.base_logprob",
     "spi.reward_guide",
 )
-"""Settings that change only the guided search (rounds ≥ 1 and SPI's evaluation), never round 0's work."""
+"""Settings that change only the guided search (rounds ≥ 1 and SPI's evaluation), never round 0's work; except
+`spi.chunk` when round 0 is a sampling tree (it branches at chunk boundaries) or V_0 is anchored (fitted at the
+decision lengths L, 2L, ...): see `leave_out_for`."""
 VALUE_SETTINGS = (
     "spi.value",
     "spi.head",
     "spi.centered",
     "spi.ridge",
+    "spi.rank_weights",
+    "spi.per_depth",
     "spi.value_backbone",
     "spi.value_train_layers",
     "spi.value_epochs",
@@ -140,10 +144,18 @@ def config_hash(config: Config, leave_out: tuple[str, ...] = RUN_PLACE) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def leave_out_for(config: Config, leave_out: tuple[str, ...]) -> tuple[str, ...]:
+    """`leave_out` without `spi.chunk` when round 0 depends on it for this config: tree rollouts branch at chunk
+    boundaries, and anchored values are fitted at the decision lengths L, 2L, ..."""
+    if config.spi.tree or config.spi.value == "anchored":
+        return tuple(k for k in leave_out if k != "spi.chunk")
+    return leave_out
+
+
 def round0_key(config: Config) -> str:
     """Cells with the same key compute the same round 0 up to V_0 (see SEARCH_ONLY and VALUE_SETTINGS; the
     baselines only add methods)."""
-    return config_hash(config, SHARED_GROUPS[0][0])
+    return config_hash(config, leave_out_for(config, SHARED_GROUPS[0][0]))
 
 
 def expand(spec: SweepSpec, folder: Path) -> list[Cell]:
@@ -245,6 +257,7 @@ def share_round0(cell: Cell) -> list[str]:
     runs = _runs_in(cell.path.parent, cell.path)
     copied = []
     for leave_out, paths in SHARED_GROUPS:
+        leave_out = leave_out_for(cell.config, leave_out)
         key = config_hash(cell.config, leave_out)
         donors = [path for path, config in runs if config_hash(config, leave_out) == key]
         for name in paths(cell.config):

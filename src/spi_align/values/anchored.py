@@ -14,7 +14,7 @@ a lower-variance estimate of its value than any one leaf's reward.
 
 Loss: eq. 12's squared error on the residual, plus optionally (weight λ) a within-prompt ranking loss on V itself,
 the pairwise logistic loss Σ_{i,j: r_i > r_j} log(1 + exp(−(V_i − V_j)/σ)) over pairs of one prompt's rows at one
-length (σ: the standard deviation of the centred targets), since the search only ever compares such rows.
+length (σ: the standard deviation of the centred residual), since the search only ever compares such rows.
 
 The learned part must earn its place: the ridge penalty, λ and α ∈ {0, ½, 1} are chosen on held-out training
 prompts by within-prompt Spearman with the target, averaged over the prefix lengths the search ranks at
@@ -61,7 +61,10 @@ def boundary_rows(
     """(closed states (n, H), targets (n,), (group, length) keys, rollout index) of every prefix still unfinished
     at a decision length (a rollout that already ended there is never ranked). With `tokens`, rollouts of one group
     that share their first t tokens give one row at length t (the first one's state and index) whose target is the
-    mean reward of all of them: a tree node's target is the mean of its leaves. Without, one row per rollout."""
+    mean reward of all of them: a tree node's target is the mean of its leaves. Without, one row per rollout.
+    The mean is flat over leaves: in a tree of three or more levels where a child ended before the next branching
+    (kept once) while its sibling branched, the sibling's leaves weigh more; with `spi.tree`'s default two levels
+    every node's leaves come from equally branched children."""
     wanted = set(lengths)
     rows: dict[Hashable, list[Any]] = {}
     for i, s in enumerate(states):
@@ -121,18 +124,21 @@ class TextAnchor:
         return torch.tensor(finite_scores(self.reward, scores, texts), dtype=torch.float32)
 
 
-def ranking_pairs(targets: torch.Tensor, keys: Sequence[Hashable]) -> tuple[torch.Tensor, torch.Tensor]:
+def ranking_pairs(
+    targets: torch.Tensor | Sequence[float], keys: Sequence[Hashable]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(better, worse) row indices of every pair of rows with one key whose targets differ, better first."""
     by_key: dict[Hashable, list[int]] = {}
     for j, k in enumerate(keys):
         by_key.setdefault(k, []).append(j)
+    values = targets.tolist() if isinstance(targets, torch.Tensor) else list(targets)
     better, worse = [], []
     for members in by_key.values():
         for a in range(len(members)):
             for b in range(a + 1, len(members)):
                 i, j = members[a], members[b]
-                if targets[i] != targets[j]:
-                    hi, lo = (i, j) if targets[i] > targets[j] else (j, i)
+                if values[i] != values[j]:
+                    hi, lo = (i, j) if values[i] > values[j] else (j, i)
                     better.append(hi)
                     worse.append(lo)
     return torch.tensor(better, dtype=torch.long), torch.tensor(worse, dtype=torch.long)
@@ -339,13 +345,15 @@ class AnchoredGuide:
         self,
         policy: Any,
         anchor: torch.nn.Linear | Callable[[Any], torch.Tensor],
-        values: Sequence[AnchoredValue],
+        values: Sequence[AnchoredValue | ValueHead],
         weights: Sequence[float],
     ) -> None:
         if len(values) != len(weights):
             raise ValueError("one weight per value")
         self.policy, self.anchor = policy, anchor
-        self.values, self.weights = list(values), [float(w) for w in weights]
+        self.values = [v if isinstance(v, AnchoredValue) else AnchoredValue(v, [0], [1.0]) for v in values]
+        """Each round's value; a bare `ValueHead` is u with α = 1 at every length."""
+        self.weights = [float(w) for w in weights]
         self.total_weight = float(sum(weights))
         self.learned = any(w != 0 and v.learned for v, w in zip(self.values, self.weights, strict=True))
         """False when every round kept α = 0: V is the partial reward alone, and a text anchor needs no peek."""
