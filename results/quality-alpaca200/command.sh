@@ -10,3 +10,6 @@ cp -r runs/quality-alpaca200/values results/quality-alpaca200/
 # α per length, tree rollouts) needs the tree run too: results/quality-alpaca-tree/command.sh writes it.
 .venv/bin/python results/quality-alpaca200/ablation_values.py runs/quality-alpaca200 > /tmp/ablation_values.md
 mv /tmp/ablation_values.md results/quality-alpaca200/ablation_values.md
+# What a better reward model would read (a probe of the evaluator's labels on the saved states, minutes):
+.venv/bin/python results/quality-alpaca200/ablation_reward_features.py runs/quality-alpaca200 > /tmp/ablation_reward_features.md
+mv /tmp/ablation_reward_features.md results/quality-alpaca200/ablation_reward_features.md
