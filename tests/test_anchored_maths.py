@@ -74,8 +74,8 @@ def test_the_ranking_loss_refit_ranks_its_training_pairs_better_than_squared_err
     partial = torch.zeros(240)
     residual = centred(target - partial, keys)
     plain = _fit(x, residual, keys, ridge=1.0, seed=0)
-    ranked = _fit(x, residual, keys, ridge=1.0, seed=0, rank_weight=5.0, partial=partial, target=target)
     better, worse = ranking_pairs(target, keys)
+    ranked = _fit(x, residual, keys, ridge=1.0, seed=0, rank_weight=5.0, partial=partial, pairs=(better, worse))
     sigma = float(residual.std())
     with torch.no_grad():
         loss_plain = float(ranking_loss(plain(x), better, worse, sigma))

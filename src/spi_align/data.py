@@ -8,7 +8,9 @@ row (else the row index). Every problem is one `SpiError` line naming the file.
 from __future__ import annotations
 
 import json
+import random
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +146,11 @@ def _text(value: Any) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return ""
     return str(value)
+
+
+def heldout_prompts(prompt_ids: Iterable[str], seed: int) -> set[str]:
+    """A seeded fifth (at least one) of the distinct prompt ids: the prompts every held-out measure of the project
+    (value ranking, reward-model accuracy, the choice of ridge and α) is read on, the same set for the same seed."""
+    ids = sorted(set(prompt_ids))
+    random.Random(seed).shuffle(ids)
+    return set(ids[: max(1, len(ids) // 5)])

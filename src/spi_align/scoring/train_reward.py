@@ -7,12 +7,12 @@ scalar head; only the head is trained, on features computed once.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
 import torch
 
 from spi_align.config import RewardTrainConfig
+from spi_align.data import heldout_prompts
 from spi_align.errors import SpiError
 from spi_align.interfaces import Prompt, Scorer
 from spi_align.scoring.finite import finite_scores
@@ -86,9 +86,7 @@ def _fit_head(
     """Choose the weight decay on held-out prompts' pairs, refit on all pairs, fold into `head`."""
     mean, scale = torch.cat([chosen, rejected]).mean(0), torch.cat([chosen, rejected]).std(0).clamp(min=1e-6)
     zc, zr = (chosen - mean) / scale, (rejected - mean) / scale
-    ids = sorted(set(prompt_ids))
-    random.Random(seed).shuffle(ids)
-    held = set(ids[: max(1, len(ids) // 5)])
+    held = heldout_prompts(prompt_ids, seed)
     test = torch.tensor([p in held for p in prompt_ids])
     heldout: dict[float, float] = {}
     if 0 < int(test.sum()) < len(prompt_ids):
@@ -146,9 +144,7 @@ def train_reward_head_on_states(
     states = states.float()
     chosen, rejected = states[[a for a, _ in pairs]], states[[b for _, b in pairs]]
     metrics = _fit_head(model.head, chosen, rejected, [groups[a] for a, _ in pairs], cfg, seed)
-    ids = sorted(set(groups))
-    random.Random(seed).shuffle(ids)
-    held = set(ids[: max(1, len(ids) // 5)])
+    held = heldout_prompts(groups, seed)
     fit = [k for k, (a, _) in enumerate(pairs) if groups[a] not in held]
     test = [i for i, g in enumerate(groups) if g in held]
     if fit and test:

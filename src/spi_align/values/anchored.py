@@ -30,13 +30,13 @@ longest decision length ≤ t. A text reward adds one scorer call on the decoded
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from spi_align.data import heldout_prompts
 from spi_align.values.heads import ValueHead
 from spi_align.values.prefix_states import PrefixStates
 from spi_align.values.train import TokenDataset, fit_head, within_prompt_spearman
@@ -159,21 +159,19 @@ def _fit(
     seed: int,
     rank_weight: float = 0.0,
     partial: torch.Tensor | None = None,
-    target: torch.Tensor | None = None,
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
     steps: int = 60,
 ) -> ValueHead:
     """Ridge on within-(prompt, length) deviations of features and residual: only a prompt's own candidates at one
     length are ever compared, so between-prompt differences must not steer the fit. The head then reads raw states
     (any per-prompt offset it adds does not change a ranking). With `rank_weight` λ > 0 the ridge solution is refined
-    by L-BFGS on (‖Zw − y‖² + ridge‖w‖²)/(n σ²) + λ · ranking_loss(partial + Zw), pairs ranked by `target`."""
+    by L-BFGS on (‖Zw − y‖² + ridge‖w‖²)/(n σ²) + λ · ranking_loss(partial + Zw) over `pairs` (`ranking_pairs`)."""
     xc = centred(x, keys)
     data = TokenDataset(xc, residual, torch.arange(len(residual)), torch.zeros(len(residual), dtype=torch.long))
     head = fit_head(data, kind="linear", ridge=ridge, seed=seed)
-    if rank_weight <= 0 or partial is None or target is None:
+    if rank_weight <= 0 or partial is None or pairs is None or pairs[0].numel() == 0:
         return head
-    better, worse = ranking_pairs(target, keys)
-    if better.numel() == 0:
-        return head
+    better, worse = pairs
     z = (xc - head.mean) / head.scale
     lin: torch.nn.Linear = head.net  # type: ignore[assignment]
     w = lin.weight.detach()[0].clone().requires_grad_(True)
@@ -223,10 +221,7 @@ def choose_alphas(
     ranks best there (`per_depth`), or one α for all that ranks best on average; ties keep the smaller α."""
     scored = {a: _by_length(partial + a * learned, target, keys, lengths) for a in ALPHAS}
     if per_depth:
-        alphas = {}
-        for t in lengths:
-            best = max(ALPHAS, key=lambda a: (_nan_low(scored[a].get(t)), -a))
-            alphas[t] = best
+        alphas = {t: max(ALPHAS, key=lambda a: (_nan_low(scored[a].get(t)), -a)) for t in lengths}
         return alphas, {t: scored[alphas[t]][t] for t in lengths if t in scored[alphas[t]]}
     best = max(ALPHAS, key=lambda a: (_mean(scored[a]), -a))
     return {t: best for t in lengths}, scored[best]
@@ -306,9 +301,7 @@ def fit_anchored(
         return AnchoredValue(head.eval(), list(lengths) or [0], [0.0] * (len(lengths) or 1)), metrics
     partial = (HeadAnchor(anchor) if isinstance(anchor, torch.nn.Linear) else anchor)(x, index, keys)
     residual = centred(final - partial, keys)
-    ids = sorted(set(groups))
-    random.Random(seed).shuffle(ids)
-    held = set(ids[: max(1, len(ids) // 5)])
+    held = heldout_prompts(groups, seed)
     test = torch.tensor([k[0] in held for k in keys])
     best: tuple[float, float, float, dict[int, float]] = (float("-inf"), ridge, 0.0, {t: 0.0 for t in lengths})
     if 0 < int(test.sum()) < len(keys):
@@ -317,10 +310,11 @@ def fit_anchored(
             metrics[f"partial_reward_spearman_at_{t}"] = v
         fkeys = [k for k, h in zip(keys, test.tolist(), strict=True) if not h]
         fit_residual = centred(final[~test] - partial[~test], fkeys)
+        fit_pairs = ranking_pairs(final[~test], fkeys) if any(w > 0 for w in rank_weights) else None
         chosen: dict[int, float] = {}
         for factor in RIDGE_FACTORS:
             for weight in rank_weights:
-                probe = _fit(x[~test], fit_residual, fkeys, ridge * factor, seed, weight, partial[~test], final[~test])
+                probe = _fit(x[~test], fit_residual, fkeys, ridge * factor, seed, weight, partial[~test], fit_pairs)
                 with torch.no_grad():
                     learned = probe(x[test])
                 alphas, scores = choose_alphas(partial[test], learned, final[test], tkeys, lengths, per_depth)
@@ -329,7 +323,8 @@ def fit_anchored(
         for t, v in chosen.items():
             metrics[f"spearman_at_{t}"] = v
     _, chosen_ridge, rank_weight, alphas = best
-    head = _fit(x, residual, keys, chosen_ridge, seed, rank_weight, partial, final)
+    pairs = ranking_pairs(final, keys) if rank_weight > 0 else None
+    head = _fit(x, residual, keys, chosen_ridge, seed, rank_weight, partial, pairs)
     for t in lengths:
         metrics[f"alpha_at_{t}"] = alphas.get(t, 0.0)
     metrics.update({"ridge": chosen_ridge, "rank_weight": rank_weight})

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from spi_align.config import SPIConfig
+from spi_align.data import heldout_prompts
 from spi_align.interfaces import Prompt
 from spi_align.policy import HFPolicy
 from spi_align.values.features import response_hidden_states
@@ -33,9 +33,7 @@ def flatten_rollouts(
 
 def heldout_split(groups: Sequence[str], seed: int) -> tuple[list[int], list[int]]:
     """Indices of rollouts to fit on and to test on, split by prompt (a seeded fifth of the prompts held out)."""
-    ids = sorted(set(groups))
-    random.Random(seed).shuffle(ids)
-    held = set(ids[: max(1, len(ids) // 5)])
+    held = heldout_prompts(groups, seed)
     return [i for i, g in enumerate(groups) if g not in held], [i for i, g in enumerate(groups) if g in held]
 
 
