@@ -6,12 +6,12 @@
     improved = load("my-policy")               # or a finished `spi run` directory
     results = improved.search().run(prompts, Cost())   # π_K: chunk search guided by Σ_i γ V_i/β_i (eq. 13)
 
-Round k rolls out π_k (π_0 = the base policy: `spi.rollouts` plain samples per prompt, or with `spi.tree` set a
-sampling tree branched at chunk boundaries, `search/tree.py`; later rounds the guided search), scores every
-rollout with the reward, and trains V_k on every prefix of them with the configured value kind (`values/kinds.py`).
-π_k is the chunk beam search (Algorithm 2) guided by Σ_{i<k} γ V_i/β_i, plus w · the reward on the partial
-response when `spi.reward_guide` = w > 0. Every step is saved in `workdir` when it finishes and skipped when it is
-already there, so an interrupted `fit` resumes.
+Round k rolls out π_k (π_0 = the base policy: a sampling tree branched at chunk boundaries, `spi.tree`,
+`search/tree.py`, or `spi.rollouts` plain samples per prompt when tree = []; later rounds the guided search),
+scores every rollout with the reward, and trains V_k on every prefix of them with the configured value kind
+(`values/kinds.py`). π_k is the chunk beam search (Algorithm 2) guided by Σ_{i<k} γ V_i/β_i, plus w · the reward
+on the partial response when `spi.reward_guide` = w > 0. Every step is saved in `workdir` when it finishes and
+skipped when it is already there, so an interrupted `fit` resumes.
 """
 
 from __future__ import annotations
@@ -160,10 +160,10 @@ class SuccessivePolicyIteration:
         return ImprovedPolicy(self.policy, self.reward, self.kind, self.values, self.cfg)
 
     def rollouts(self, k: int, prompts: Sequence[Prompt]) -> list[dict[str, Any]]:
-        """Round k's rollouts on `prompts` (saved as `rollouts-k.jsonl`): π_0 = `spi.rollouts` plain samples per
-        prompt, or with `spi.tree` set a sampling tree (branched `spi.tree[j]` ways at chunk boundary j·L, every
-        leaf kept: siblings share prefixes); π_k for k ≥ 1 = the search guided by V_0 .. V_{k-1}, every candidate
-        it finished kept."""
+        """Round k's rollouts on `prompts` (saved as `rollouts-k.jsonl`): π_0 = a sampling tree (branched
+        `spi.tree[j]` ways at chunk boundary j·L, every leaf kept: siblings share prefixes), or `spi.rollouts` plain
+        samples per prompt when `spi.tree` is []; π_k for k ≥ 1 = the search guided by V_0 .. V_{k-1}, every
+        candidate it finished kept."""
         from spi_align.search.best_of_n import PlainSampling
         from spi_align.search.tree import TreeSampling
 
