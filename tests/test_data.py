@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from spi_align.config import DataConfig
-from spi_align.data import load_prompts, load_responses
+from spi_align.data import heldout_prompts, load_prompts, load_responses
 from spi_align.errors import SpiError
 from spi_align.interfaces import Prompt
 
@@ -108,3 +108,34 @@ def test_default_split_sizes_and_disjointness():
 def test_default_limit_takes_the_first_prompts_of_the_split():
     evals = load_prompts(DataConfig(split="eval"))
     assert load_prompts(DataConfig(split="eval", limit=5)) == evals[:5]
+
+
+def test_a_prompts_heldout_side_never_depends_on_the_other_prompts():
+    ids = [f"p{i}" for i in range(64)]
+    full = heldout_prompts(ids, seed=0)
+    for dropped in ids:
+        rest = [i for i in ids if i != dropped]
+        assert heldout_prompts(rest, seed=0) == full - {dropped}, dropped
+    assert heldout_prompts(ids[:40], seed=0) == full & set(ids[:40])
+    assert heldout_prompts(ids, seed=1) != full  # the seed draws anew
+
+
+def test_about_a_fifth_is_held_out_and_splits_draw_independently():
+    ids = [str(i) for i in range(5000)]
+    held = heldout_prompts(ids, seed=3)
+    assert 0.18 < len(held) / len(ids) < 0.22
+    inner = heldout_prompts(ids, seed=3, split="choice")
+    assert 0.18 < len(inner) / len(ids) < 0.22
+    assert 0.02 < len(held & inner) / len(ids) < 0.06  # independent: about a fifth of a fifth
+    assert heldout_prompts(ids + ids[:10], seed=3) == held  # repeated ids count once
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_small_sets_keep_a_prompt_on_each_side(n):
+    for seed in range(30):
+        ids = [f"q{i}" for i in range(n)]
+        held = heldout_prompts(ids, seed)
+        assert held <= set(ids) and len(held) >= 1
+        if n >= 2:
+            assert len(held) < n
+    assert heldout_prompts([], seed=0) == set()

@@ -7,8 +7,8 @@ row (else the row index). Every problem is one `SpiError` line naming the file.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import random
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -148,9 +148,28 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def heldout_prompts(prompt_ids: Iterable[str], seed: int) -> set[str]:
-    """A seeded fifth (at least one) of the distinct prompt ids: the prompts every held-out measure of the project
-    (value ranking, reward-model accuracy, the choice of ridge and α) is read on, the same set for the same seed."""
-    ids = sorted(set(prompt_ids))
-    random.Random(seed).shuffle(ids)
-    return set(ids[: max(1, len(ids) // 5)])
+HELDOUT_FRACTION = 0.2
+"""The share of prompts `heldout_prompts` holds out (about a fifth)."""
+
+
+def prompt_draw(prompt_id: str, seed: int, split: str = "heldout") -> float:
+    """A number in [0, 1) fixed by (split, seed, prompt id) alone: a hash, so a prompt's draw never depends on which
+    other prompts are present (two splits of one seed draw independently)."""
+    digest = hashlib.sha256(f"{split}/{seed}/{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def heldout_prompts(prompt_ids: Iterable[str], seed: int, split: str = "heldout") -> set[str]:
+    """About a fifth of the distinct prompt ids: those whose draw (`prompt_draw`) falls below `HELDOUT_FRACTION`.
+    The default split gives the prompts every held-out measure of the project (value ranking, reward-model accuracy)
+    is read on. A prompt's side depends only on its id, the seed and `split`, so a subset of the prompts keeps each
+    prompt on the side it had in the full set. Degenerate sets keep a prompt on each side: when no id falls below,
+    the lowest draw is held out; when every id of two or more does, the highest is given back."""
+    ids = set(prompt_ids)
+    draws = {i: prompt_draw(i, seed, split) for i in ids}
+    held = {i for i, d in draws.items() if d < HELDOUT_FRACTION}
+    if not held and ids:
+        held = {min(ids, key=lambda i: (draws[i], i))}
+    elif held == ids and len(ids) > 1:
+        held -= {max(ids, key=lambda i: (draws[i], i))}
+    return held
