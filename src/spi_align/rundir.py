@@ -13,7 +13,14 @@ from pydantic import BaseModel
 
 from spi_align.config import to_yaml
 from spi_align.errors import SpiError
-from spi_align.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, staged_folder
+from spi_align.files import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    cut_file,
+    staged_folder,
+)
 
 
 def slug(text: str) -> str:
@@ -69,6 +76,16 @@ class RunDir:
         self.commit()
         atomic_write_jsonl(self.file(name), records)
         return self.file(name)
+
+    def append_jsonl(self, name: str, records: Iterable[dict[str, Any]]) -> Path:
+        """Append records to `name` (one write, flushed to disk): a file that grows batch by batch."""
+        self.commit()
+        append_jsonl(self.file(name), records)
+        return self.file(name)
+
+    def cut(self, name: str, size: int) -> None:
+        """Keep the first `size` bytes of `name`: what a resume drops is removed before it appends again."""
+        cut_file(self.file(name), size)
 
     def write_text(self, name: str, text: str) -> Path:
         self.commit()

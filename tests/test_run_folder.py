@@ -1,0 +1,136 @@
+"""Run folders that survive crashes and concurrent commands (`resumable.py`, `rundir.py`, `files.py`): a batch and
+its cost always agree after a crash between their writes, a torn last line does not block a resume, old folders
+still resume. No model runs here: a stand-in search answers each prompt deterministically and bills fixed costs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from spi_align.errors import SpiError
+from spi_align.interfaces import Prompt
+from spi_align.resumable import run_method
+from spi_align.rundir import RunDir
+
+PROMPTS = [Prompt(str(i), f"Question {i}") for i in range(5)]
+BATCH = 2  # 5 prompts: batches of 2, 2 and 1
+TOKENS = 3  # tokens billed per prompt
+
+
+class Interrupted(Exception):
+    pass
+
+
+class Answer:
+    def __init__(self, prompt: Prompt) -> None:
+        self.prompt = prompt
+
+    def to_record(self) -> dict:
+        return {"id": self.prompt.id, "prompt": self.prompt.text, "response": f"answer {self.prompt.id}"}
+
+
+class Echo:
+    """Answers each prompt with its id; bills TOKENS tokens and one reward call per prompt; can stop after
+    `batches` batches, as by Ctrl-C or a lost machine."""
+
+    name = "echo"
+
+    def __init__(self, batches: int | None = None) -> None:
+        self.batches = batches
+
+    def run(self, prompts, cost):
+        if self.batches == 0:
+            raise Interrupted
+        if self.batches is not None:
+            self.batches -= 1
+        cost.tokens_generated += TOKENS * len(prompts)
+        cost.reward_calls += len(prompts)
+        return [Answer(p) for p in prompts]
+
+
+def whole_run(tmp_path):
+    run = RunDir(tmp_path, "whole")
+    records, cost = run_method(run, "m", Echo(), PROMPTS, BATCH)
+    assert cost.tokens_generated == TOKENS * len(PROMPTS)
+    return run, records, cost
+
+
+def test_a_crash_between_a_batch_and_its_cost_runs_that_batch_again_so_the_cost_is_whole(tmp_path, monkeypatch):
+    whole, records, cost = whole_run(tmp_path)
+    cut = RunDir(tmp_path, "cut")
+    saves = {"n": 0}
+    original = RunDir.write_json
+
+    def crash_on_second_cost(self, name, data):
+        if name == "m.cost.json":
+            saves["n"] += 1
+            if saves["n"] == 2:  # the second batch's records are written, its cost is not
+                raise Interrupted
+        return original(self, name, data)
+
+    monkeypatch.setattr(RunDir, "write_json", crash_on_second_cost)
+    with pytest.raises(Interrupted):
+        run_method(cut, "m", Echo(), PROMPTS, BATCH)
+    monkeypatch.setattr(RunDir, "write_json", original)
+
+    resumed, resumed_cost = run_method(cut, "m", Echo(), PROMPTS, BATCH)
+    assert resumed == records
+    assert cut.file("m.jsonl").read_text() == whole.file("m.jsonl").read_text()  # the dropped batch is not doubled
+    assert (resumed_cost.tokens_generated, resumed_cost.reward_calls) == (cost.tokens_generated, cost.reward_calls)
+    assert json.loads(cut.file("m.cost.json").read_text())["records"] == len(PROMPTS)
+
+
+def test_a_torn_last_line_is_dropped_and_the_run_resumes_to_the_whole_file(tmp_path):
+    whole, records, cost = whole_run(tmp_path)
+    cut = RunDir(tmp_path, "cut")
+    with pytest.raises(Interrupted):
+        run_method(cut, "m", Echo(batches=1), PROMPTS, BATCH)
+    with cut.file("m.jsonl").open("a") as handle:  # a crash in the middle of the next append
+        handle.write('{"id": "2", "prompt": "Quest')
+
+    resumed, resumed_cost = run_method(cut, "m", Echo(), PROMPTS, BATCH)
+    assert resumed == records and resumed_cost.tokens_generated == cost.tokens_generated
+    assert cut.file("m.jsonl").read_text() == whole.file("m.jsonl").read_text()
+
+
+def test_a_resume_appends_in_place_and_leaves_a_hard_linked_copy_alone(tmp_path):
+    whole, records, _ = whole_run(tmp_path)
+    cut = RunDir(tmp_path, "cut")
+    with pytest.raises(Interrupted):
+        run_method(cut, "m", Echo(batches=1), PROMPTS, BATCH)
+    one_batch = cut.file("m.jsonl").read_text()
+    inode = cut.file("m.jsonl").stat().st_ino
+    with pytest.raises(Interrupted):
+        run_method(cut, "m", Echo(batches=1), PROMPTS, BATCH)
+    assert cut.file("m.jsonl").stat().st_ino == inode  # the second batch was appended, the first not rewritten
+
+    linked = RunDir(tmp_path, "linked")  # a sweep shares a partial method file with another run by a hard link
+    linked.path.mkdir()
+    os.link(cut.file("m.jsonl"), linked.file("m.jsonl"))
+    os.link(cut.file("m.cost.json"), linked.file("m.cost.json"))
+    two_batches = cut.file("m.jsonl").read_text()
+    assert two_batches.startswith(one_batch)
+    resumed, _ = run_method(linked, "m", Echo(), PROMPTS, BATCH)
+    assert resumed == records
+    assert cut.file("m.jsonl").read_text() == two_batches  # the donor's file did not grow
+
+
+def test_a_run_folder_written_before_the_record_count_resumes(tmp_path):
+    whole, records, cost = whole_run(tmp_path)
+    old = RunDir(tmp_path, "old")  # records-only JSONL and a cost without "records", as older versions wrote them
+    lines = whole.file("m.jsonl").read_text().splitlines(keepends=True)
+    old.write_text("m.jsonl", "".join(lines[:2]))
+    old.write_json("m.cost.json", {"cost": {"tokens_generated": 2 * TOKENS, "reward_calls": 2}})
+
+    resumed, resumed_cost = run_method(old, "m", Echo(), PROMPTS, BATCH)
+    assert resumed == records and resumed_cost.tokens_generated == cost.tokens_generated
+    assert old.file("m.jsonl").read_text() == whole.file("m.jsonl").read_text()
+
+
+def test_a_bad_line_before_the_last_is_still_one_error_naming_file_and_line(tmp_path):
+    run = RunDir(tmp_path, "r")
+    run.write_text("m.jsonl", '{"id": "0", "response": "x"}\n{"id": "1", "resp\n{"id": "2", "response": "y"}\n')
+    with pytest.raises(SpiError, match=r"m\.jsonl:2: not a JSON record"):
+        run_method(run, "m", Echo(), PROMPTS, BATCH)
