@@ -11,7 +11,8 @@ Round k rolls out π_k (π_0 = the base policy: a sampling tree branched at chun
 scores every rollout with the reward, and trains V_k on every prefix of them with the configured value kind
 (`values/kinds.py`). π_k is the chunk beam search (Algorithm 2) guided by Σ_{i<k} γ V_i/β_i, plus w · the reward
 on the partial response when `spi.reward_guide` = w > 0. Every step is saved in `workdir` when it finishes and
-skipped when it is already there, so an interrupted `fit` resumes.
+skipped when it is already there, so an interrupted `fit` resumes. A checkpoint and its metrics are one unit: the
+metrics are written before the checkpoint folder is renamed into place, so a round that counts as done has both.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def load_reward(cfg: Config, folder: Path, policy: Policy) -> Scorer:
     from spi_align.scoring import make_scorer
 
     if cfg.reward != "train":
-        return make_scorer(cfg.reward, device=str(policy.device))
+        return make_scorer(cfg.reward, device=str(policy.device), dtype=cfg.policy.dtype, policy=policy)
     from spi_align.scoring.reward_model import SPEC_FILE, RewardModel
     from spi_align.scoring.row_reward import PolicyHeadReward
 
@@ -207,7 +208,8 @@ class SuccessivePolicyIteration:
         value, metrics = self.kind.fit(data)
         with self.run.folder(round_folder(k)) as tmp:
             self.kind.save(value, tmp)
-        self.run.write_json(f"{round_folder(k)}.json", metrics)
+            # metrics before the checkpoint's rename: a rerun skips a round whose checkpoint exists, so both or neither
+            self.run.write_json(f"{round_folder(k)}.json", metrics)
         return value
 
     def fit(

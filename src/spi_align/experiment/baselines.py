@@ -91,8 +91,8 @@ class Baselines:
                     seed=self.cfg.seed,
                     chat_template=self.policy.chat_template,
                 )
-            metrics["seconds"] = time.perf_counter() - start
-            self.run.write_json("dpo.json", metrics)
+                metrics["seconds"] = time.perf_counter() - start
+                self.run.write_json("dpo.json", metrics)  # before the checkpoint counts as done
             log.info(
                 "DPO: implicit-reward margin on its pairs %.3f, chosen wins %.0f%% (%.0fs)",
                 metrics["train_margin"],

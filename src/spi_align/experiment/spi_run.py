@@ -8,7 +8,8 @@
    eval prompts, judged by the held-out evaluator; `report.md`, `results.json` and a plot.
 
 Every step writes its artefacts into the run directory as soon as it finishes (atomically), and is skipped
-when they are already there, so rerunning the same command resumes after the last finished step.
+when they are already there, so rerunning the same command resumes after the last finished step. A checkpoint's
+metrics are written before its folder is renamed into place, so a step that counts as done has both.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ class SPIRun:
         self.train_prompts = load_prompts(train_cfg)
         self.policy = load_policy(cfg.policy, cfg.generation, cfg.seed)
         self.device = str(self.policy.device)
-        self.evaluator: Scorer = make_scorer(cfg.evaluator, device=self.device)
+        self.evaluator: Scorer = make_scorer(cfg.evaluator, device=self.device, dtype=cfg.policy.dtype)
+        # every scorer is checked and loaded before anything is sampled: a wrong spec fails here, not after round 0
+        self.reward: Scorer | None = None if cfg.reward == "train" else load_reward(cfg, self.run.path, self.policy)
         self._pairs: list[tuple[Prompt, str, str]] | None = None
 
     def method(self, key: str, search: Any, prompts: list[Prompt]) -> tuple[list[dict[str, Any]], Cost]:
@@ -81,8 +84,8 @@ class SPIRun:
         """The configured scorer, or (reward: train) the reward head trained once, by Bradley–Terry on every ordered
         pair of each training prompt's round-0 samples labelled by the evaluator; then loaded. With a trained head
         round 0's rollouts come back scored from their states (no re-encoding)."""
-        if self.cfg.reward != "train":
-            return load_reward(self.cfg, self.run.path, self.policy), None
+        if self.reward is not None:
+            return self.reward, None
         prompts, tokens, states = self.round0_states(rollouts0)
         ends = torch.stack([s.closed[-1] for s in states])
         if not self.run.has(f"{REWARD_DIR}/spi_reward.json"):
@@ -96,7 +99,7 @@ class SPIRun:
             metrics = train_reward_head_on_states(model, ends, groups, labels, self.cfg.reward_model, self.cfg.seed)
             with self.run.folder(REWARD_DIR) as tmp:
                 model.save(tmp, with_backbone=False)
-            self.run.write_json("reward_model.json", metrics)
+                self.run.write_json("reward_model.json", metrics)  # before the checkpoint counts as done
         reward = load_reward(self.cfg, self.run.path, self.policy)
         head = reward.model.head  # type: ignore[attr-defined]
         with torch.no_grad():
