@@ -21,7 +21,7 @@ from spi_align.config import GenerationConfig, PolicyConfig
 from spi_align.errors import SpiError
 from spi_align.interfaces import Cost, Prompt
 from spi_align.models import resolve_device, resolve_model_source
-from spi_align.policy.prompts import ChatPrompts
+from spi_align.policy.prompts import ChatPrompts, end_tokens
 from spi_align.policy.rows import Rows
 from spi_align.policy.sampling import TokenSampler, token_logprob
 
@@ -46,8 +46,11 @@ class HFPolicy(ChatPrompts):
         self.runner = BackboneRunner(self.backbone)
         self.lm_head = model.get_output_embeddings()
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
-        self.eos_ids = torch.tensor(sorted(end_of_turn_ids(model.generation_config, tokenizer)), device=self.device)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(self.eos_ids[0])
+        ends = end_tokens(tokenizer, model.generation_config, self.chat_template)
+        self.end_id = ends.turn
+        self.eos_ids = torch.tensor(ends.stop, device=self.device)
+        """Every id that ends a row (`end_id` and the generation config's)."""
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_id
         # Prompts are padded on the left; models that share this tokenizer (the reward head trained on the
         # policy's backbone) pad their text batches the same way.
         self.tokenizer.padding_side = "left"
@@ -179,7 +182,7 @@ class HFPolicy(ChatPrompts):
     def _feed_end(self, rows: Rows, need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Feed the end-of-turn token to rows `need` (the others a masked pad) through the cache; returns the
         hidden states (rows not fed keep theirs) and the attention mask with the new column."""
-        token = torch.where(need, self.eos_ids[0], self.pad_id)
+        token = torch.where(need, self.end_id, self.pad_id)
         mask = torch.cat([rows.attention_mask, need.long()[:, None]], dim=1)
         hidden = self._forward(token[:, None], mask, rows.cache)
         return torch.where(need[:, None], hidden, rows.hidden), mask
@@ -193,17 +196,6 @@ class HFPolicy(ChatPrompts):
         rows = self.start(prompts, cost)
         rows = rows.select(torch.arange(len(prompts), device=self.device).repeat_interleave(n))
         return self.extend(rows, self.gen.max_new_tokens, cost)
-
-
-def end_of_turn_ids(generation_config, tokenizer) -> set[int]:
-    """End-of-turn ids: the generation config's when it names any (it knows the chat format), else the
-    tokenizer's."""
-    configured = getattr(generation_config, "eos_token_id", None) if generation_config else None
-    if configured is None:
-        configured = tokenizer.eos_token_id
-    if configured is None:
-        raise SpiError("the policy names no end-of-sequence token (neither generation config nor tokenizer)")
-    return {configured} if isinstance(configured, int) else set(configured)
 
 
 def load_hf_policy(cfg: PolicyConfig, gen: GenerationConfig, seed: int = 0) -> HFPolicy:

@@ -34,8 +34,7 @@ from spi_align.config import GenerationConfig, PolicyConfig
 from spi_align.errors import SpiError
 from spi_align.interfaces import Cost, Prompt
 from spi_align.models import resolve_device, resolve_model_source
-from spi_align.policy.hf import end_of_turn_ids
-from spi_align.policy.prompts import ChatPrompts
+from spi_align.policy.prompts import ChatPrompts, end_tokens
 from spi_align.policy.rows import Rows
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ class VLLMPolicy(ChatPrompts):
         llm: Any,
         tokenizer: Any,
         gen: GenerationConfig,
-        eos_ids: set[int],
+        generation_config: HFGenerationConfig | None,
         chat_template: bool = True,
         seed: int = 0,
         device: torch.device | None = None,
@@ -102,9 +101,12 @@ class VLLMPolicy(ChatPrompts):
         self.chat_template = chat_template and tokenizer.chat_template is not None
         self.device = device or torch.device("cpu")
         """Where `Rows` tensors and the models beside the policy (scorers, value models) live."""
-        self.eos_ids = torch.tensor(sorted(eos_ids), device=self.device)
-        self.eos_list = sorted(eos_ids)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_list[0]
+        ends = end_tokens(tokenizer, generation_config, self.chat_template)
+        self.end_id = ends.turn
+        self.eos_list = list(ends.stop)
+        """Every id that ends a row (`end_id` and the model's generation config's)."""
+        self.eos_ids = torch.tensor(self.eos_list, device=self.device)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_id
         self.max_context = int(llm.llm_engine.model_config.max_model_len)
         self.context_setting = "policy.vllm.max_model_len"
         self.generator = torch.Generator(device="cpu")
@@ -284,6 +286,5 @@ def load_vllm_policy(cfg: PolicyConfig, gen: GenerationConfig, seed: int = 0) ->
         generation = HFGenerationConfig.from_pretrained(source)
     except OSError:
         generation = None
-    eos = end_of_turn_ids(generation, tokenizer)
     llm = engine(cfg, source)
-    return VLLMPolicy(llm, tokenizer, gen, eos, cfg.chat_template, seed, resolve_device(cfg.device))
+    return VLLMPolicy(llm, tokenizer, gen, generation, cfg.chat_template, seed, resolve_device(cfg.device))

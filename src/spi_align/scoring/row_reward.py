@@ -25,7 +25,7 @@ def same_token_layout(model: RewardModel, policy: HFPolicy) -> bool:
     as_text = model.tokenize([model.format(prompt.text, response)])["input_ids"][0].tolist()
     prompt_ids = policy.prompt_ids([prompt])[0]
     response_ids = policy.tokenizer(response, add_special_tokens=False)["input_ids"]
-    return as_text == [*prompt_ids, *response_ids, int(policy.eos_ids[0])]
+    return as_text == [*prompt_ids, *response_ids, policy.end_id]
 
 
 class PolicyHeadReward:

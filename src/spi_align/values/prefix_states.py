@@ -45,7 +45,7 @@ def prefix_states(
 ) -> list[PrefixStates]:
     """States h_t and e_t of every rollout at every t in `lengths` that fits it, plus t = its full length."""
     device, runner = policy.device, policy.runner
-    end_id = int(policy.eos_ids[0])
+    end_id = int(policy.end_id)
     eos = {int(e) for e in policy.eos_ids.tolist()}
     unique = list({p.id: p for p in prompts}.values())
     encoded = dict(zip([p.id for p in unique], policy.prompt_ids(unique), strict=True))
