@@ -1,6 +1,7 @@
 """Run folders that survive crashes and concurrent commands (`resumable.py`, `rundir.py`, `files.py`): a batch and
 its cost always agree after a crash between their writes, a torn last line does not block a resume, old folders
-still resume. No model runs here: a stand-in search answers each prompt deterministically and bills fixed costs."""
+still resume; a rerun is compared with the run's settings, not its config text. No model runs here: a stand-in
+search answers each prompt deterministically and bills fixed costs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import json
 import os
 
 import pytest
+import yaml
 
+from spi_align.config import Config
 from spi_align.errors import SpiError
 from spi_align.interfaces import Prompt
 from spi_align.resumable import run_method
@@ -134,3 +137,45 @@ def test_a_bad_line_before_the_last_is_still_one_error_naming_file_and_line(tmp_
     run.write_text("m.jsonl", '{"id": "0", "response": "x"}\n{"id": "1", "resp\n{"id": "2", "response": "y"}\n')
     with pytest.raises(SpiError, match=r"m\.jsonl:2: not a JSON record"):
         run_method(run, "m", Echo(), PROMPTS, BATCH)
+
+
+def finished_step(tmp_path, config, saved: dict | None = None) -> RunDir:
+    """A run folder with one finished step, written with `config` (its config.yaml replaced by `saved` if given)."""
+    run = RunDir(tmp_path, "r")
+    run.start(config)
+    run.write_json("step.json", {})
+    if saved is not None:
+        run.write_text("config.yaml", yaml.safe_dump(saved, sort_keys=False))
+    return run
+
+
+def test_a_saved_config_without_a_key_added_since_resumes_and_records_it(tmp_path):
+    config = Config()
+    saved = config.model_dump(mode="json")
+    del saved["spi"]["per_depth"], saved["baselines"]  # a field and a section that did not exist yet
+    finished_step(tmp_path, config, saved)
+    run = RunDir(tmp_path, "r")
+    run.start(config)  # not refused: the missing keys resolve to the values this config has
+    run.commit()
+    assert yaml.safe_load(run.file("config.yaml").read_text()) == config.model_dump(mode="json")
+
+
+def test_a_changed_setting_is_refused_in_one_line_naming_it(tmp_path):
+    finished_step(tmp_path, Config())
+    changed = Config.model_validate({"spi": {"chunk": 8}, "generation": {"max_new_tokens": 32}})
+    with pytest.raises(SpiError) as err:
+        RunDir(tmp_path, "r").start(changed)
+    message = str(err.value)
+    assert "another config" in message and "\n" not in message
+    assert "spi.chunk: 16 → 8" in message and "generation.max_new_tokens:" in message
+    assert "spi.width" not in message  # only what differs
+    RunDir(tmp_path, "r").start(Config(name="r", run_dir=str(tmp_path)))  # where the run lives is no setting
+
+
+def test_a_changed_default_does_not_silently_change_a_resumed_run(tmp_path):
+    saved = Config().model_dump(mode="json")
+    del saved["spi"]["tree"]  # written before round 0 could be a tree: it drew `rollouts` plain samples
+    finished_step(tmp_path, Config(), saved)
+    with pytest.raises(SpiError, match=r"spi\.tree: \[\] → \[4, 2\]"):
+        RunDir(tmp_path, "r").start(Config())  # today's default is a tree
+    RunDir(tmp_path, "r").start(Config.model_validate({"spi": {"tree": []}}))  # the run as it was written

@@ -1,4 +1,11 @@
-"""Run directories: each run gets its own folder; every artefact is written atomically when it is ready."""
+"""Run directories: each run gets its own folder; every artefact is written atomically when it is ready.
+
+A rerun resumes a run only with the same settings. The saved `config.yaml` is compared with the new config as
+resolved settings, not as text: the saved file is validated by the current config model, so a key it lacks (a field
+added since) takes the value the model gives it, its default or what a validator derives from the keys the file
+has; only keys that then differ refuse the rerun, and the refusal names them. Where the run lives (`name`,
+`run_dir`) is no setting of the run.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+import yaml
+from pydantic import BaseModel, ValidationError
 
 from spi_align.config import to_yaml
 from spi_align.errors import SpiError
@@ -22,9 +30,57 @@ from spi_align.files import (
     staged_folder,
 )
 
+PLACE = ("name", "run_dir")
+"""Top-level config keys that say where a run lives, not how it runs: never a difference between two configs."""
+_UNSET = object()
+
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+
+
+def config_changes(saved: Path, config: BaseModel) -> list[str]:
+    """The settings that `config` sets otherwise than the config saved in `saved`, as 'dotted.key: saved → new'.
+
+    The saved file is resolved by `config`'s model first, so a key it lacks is no difference unless the value the
+    model gives it (its default, or what a validator derives from the saved keys) differs from the new one.
+    """
+    try:
+        resolved = type(config).model_validate(yaml.safe_load(saved.read_text(encoding="utf-8")) or {})
+    except (yaml.YAMLError, ValidationError) as exc:
+        reason = str(exc).splitlines()[0] if isinstance(exc, yaml.YAMLError) else _first_error(exc)
+        return [f"{saved.name} is not a config these settings can read ({reason})"]
+    old, new = (_settings(c) for c in (resolved, config))
+    return [
+        f"{k}: {_shown(old.get(k, _UNSET))} → {_shown(new.get(k, _UNSET))}"
+        for k in dict.fromkeys([*new, *old])
+        if old.get(k, _UNSET) != new.get(k, _UNSET)
+    ]
+
+
+def _settings(config: BaseModel) -> dict[str, Any]:
+    """Every setting of `config` by its dotted key, where the run lives left out."""
+    return {k: v for k, v in _leaves(config.model_dump(mode="json")).items() if k not in PLACE}
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _shown(value: Any) -> str:
+    text = "unset" if value is _UNSET else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
 
 
 class RunDir:
@@ -41,20 +97,20 @@ class RunDir:
         return self.file(name).exists()
 
     def start(self, config: BaseModel) -> None:
-        """Check the resolved config against the run's; a rerun must use the same config to resume this run.
+        """Check the resolved config against the run's (`config_changes`); a rerun must use the same settings to
+        resume this run, and then records its config (with any key added since) in place of the saved one.
 
         Nothing is written yet: the folder and its `config.yaml` appear with the first finished step, so a run
         that fails before any (a missing prompt file, say) leaves nothing behind. A folder that holds only a
         `config.yaml` (no finished step) is taken over by the new config.
         """
-        text = to_yaml(config)
         saved = self.file("config.yaml")
-        if saved.exists() and saved.read_text(encoding="utf-8") != text and self._has_steps():
+        if saved.exists() and self._has_steps() and (changes := config_changes(saved, config)):
             raise SpiError(
-                f"run directory {self.path} holds a run with another config; "
+                f"run directory {self.path} holds a run with another config ({'; '.join(changes)}); "
                 "pass name=... for a new run or delete that directory"
             )
-        self._config = text
+        self._config = to_yaml(config)
 
     def _has_steps(self) -> bool:
         return any(p.name != "config.yaml" and not p.name.startswith(".") for p in self.path.iterdir())
