@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_tiny_backbone
 from spi_align.errors import SpiError
-from spi_align.interfaces import Prompt, Scorer
+from spi_align.interfaces import Cost, Prompt, Scorer
 from spi_align.scoring import make_scorer
 from spi_align.scoring.callable import CallableScorer
 from spi_align.scoring.reward_model import SPEC_FILE, RewardModel, RewardModelScorer
@@ -44,6 +44,19 @@ def test_similarity_needs_references(similarity):
 
 def test_similarity_of_nothing_is_nothing(similarity):
     assert similarity.score([], []) == []
+
+
+def test_the_sentence_encoder_bills_its_tokens_and_a_lexicon_none(similarity):
+    prompts, responses = [P, P, PROMPTS[1]], ["Paris.", "Lyon, I think.", "Hello!"]
+    texts = [P.reference, PROMPTS[1].reference, *responses]  # each reference is encoded once
+    expected = sum(len(ids) for ids in similarity._encoder.tokenizer(texts)["input_ids"])
+    cost = Cost()
+    with cost.timer("reward"):
+        similarity.score(prompts, responses)
+        make_scorer("sentiment").score(prompts, responses)
+    assert cost.forward_tokens == {"reward": expected}
+    similarity.score(prompts, responses)  # outside a search's timer nothing is billed
+    assert cost.forward_tokens == {"reward": expected}
 
 
 @pytest.fixture

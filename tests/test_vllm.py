@@ -214,8 +214,9 @@ def test_chunks_read_their_prefix_from_the_cache(vllm_policy: Any) -> None:
     vllm_policy.gen = GenerationConfig(max_new_tokens=4 * BLOCK)
     rows, cost = vllm_policy.start(PROMPTS, Cost()), Cost()
     rows = vllm_policy.extend(rows.select(torch.arange(3).repeat_interleave(2)), 2 * BLOCK, cost)
-    before = copy.copy(vllm_policy.prefix_cache)
-    rows = vllm_policy.extend(rows, BLOCK, cost)
+    before, length = copy.copy(vllm_policy.prefix_cache), rows.length.clone()
+    second = Cost()
+    rows = vllm_policy.extend(rows, BLOCK, second)
     after = vllm_policy.prefix_cache
     requests = after.requests - before.requests
     prompt_tokens = after.prompt_tokens - before.prompt_tokens
@@ -223,6 +224,14 @@ def test_chunks_read_their_prefix_from_the_cache(vllm_policy: Any) -> None:
     assert requests == int((rows.length > 2 * BLOCK).sum()) > 0
     assert prompt_tokens > 2 * BLOCK * requests  # prefixes of prompt + 64 tokens each
     assert computed <= BLOCK * requests
+    # forward tokens: the prefill the engine computed, and every new token but each request's last fed back
+    new = rows.length - length
+    assert second.forward_tokens["policy_prefill"] == computed
+    assert (
+        second.forward_tokens["policy_decode"]
+        == int((new - 1).clamp(min=0).sum())
+        == second.tokens_generated - requests
+    )
 
 
 def test_best_of_n_and_sampling_run_unchanged(vllm_policy: Any) -> None:

@@ -8,7 +8,8 @@ pair, reward models, teacher-forced features):
 - `positions_from_mask`: position ids that follow the attention mask, so left padding and the gaps of rows that
   received fewer new tokens do not shift positions;
 - `BackboneRunner`: the backbone's forward on new tokens, with positions from the mask and the KV cache under
-  whichever argument name this transformers version takes (`past_key_values`, later `cache`): probed once;
+  whichever argument name this transformers version takes (`past_key_values`, later `cache`): probed once; a
+  runner given a cost component bills the real new tokens of each forward to the cost being timed (`billed()`);
 - `GrowingLayer`: transformers' `DynamicLayer` with room to grow: keys and values are views into a buffer with
   spare positions, so a decode step writes one position instead of concatenating the whole cache (that copy was
   half the decode time at 128–256 rows on CPU), and row selection gathers the buffer, room included;
@@ -28,6 +29,8 @@ from typing import Any, Literal, Protocol, TypeVar
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+from spi_align.interfaces import billed
 
 ROOM = 64
 """Spare positions a `GrowingLayer` allocates past what it holds (one reallocation per 64 tokens at most)."""
@@ -68,8 +71,10 @@ def positions_from_mask(attention_mask: torch.Tensor, new_tokens: int | None = N
 class BackboneRunner:
     """A transformers backbone (no LM head) fed new tokens on top of an optional KV cache."""
 
-    def __init__(self, module: torch.nn.Module) -> None:
+    def __init__(self, module: torch.nn.Module, component: str | None = None) -> None:
         self.module = module
+        self.component = component
+        """The `Cost.forward_tokens` component its forwards are billed to (None: the caller counts them itself)."""
         params = set(inspect.signature(module.forward).parameters)
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
         """The forward's KV-cache argument: transformers renamed `past_key_values` to `cache`."""
@@ -85,8 +90,12 @@ class BackboneRunner:
         """Last-layer hidden states (B, T, H) of the new tokens `input_ids`.
 
         `attention_mask` covers the cached tokens and the new ones (zeros anywhere: padding, gaps); positions follow
-        it. Without `cache` nothing is cached. Never requests every layer's hidden states.
+        it. Without `cache` nothing is cached. Never requests every layer's hidden states. The new tokens the mask
+        keeps are billed to `component` of the cost being timed, if any.
         """
+        cost = billed() if self.component is not None else None
+        if cost is not None:
+            cost.count_forward(self.component, int(attention_mask[:, -input_ids.shape[1] :].sum()))
         extra: dict[str, Any] = {}
         if self.takes_positions:
             extra["position_ids"] = positions_from_mask(attention_mask, input_ids.shape[1])

@@ -1,6 +1,7 @@
 """The project's extension points, in one short file: what every layer agrees on.
 
-- Data: `Prompt`, `Candidate`, `SearchResult`, `Cost` (compute counted in every result).
+- Data: `Prompt`, `Candidate`, `SearchResult`, `Cost` (compute counted in every result: generated tokens, and the
+  tokens every transformer forward computed, by component, so equal compute is checkable).
 - `Policy`: a frozen LM backend that starts, extends and selects rows of partial responses (`policy/hf.py`,
   `policy/vllm.py`). Searches talk only to this protocol.
 - `Scorer`: (prompts, responses) -> one float each, higher is better (`scoring/`). A `RowReward` can also score
@@ -13,9 +14,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -42,9 +44,26 @@ class Prompt:
         ]
 
 
+FORWARD_COMPONENTS = ("policy_prefill", "policy_decode", "peek", "value", "reward")
+"""What `Cost.forward_tokens` counts, by the model that ran the forward:
+
+- policy_prefill: prompt tokens the policy encoded (its prefill);
+- policy_decode: sampled tokens fed back through the policy (a vLLM engine does not feed a request's last token);
+- peek: end-of-turn tokens fed to the policy so that a reward head reads the state after it (`end_hidden` on
+  rows cut at max_new_tokens, `peek_end_hidden` on partial responses);
+- value: separate value models (their own backbone, their own KV cache); value heads on the policy's states add 0;
+- reward: every reward forward, on partial or finished responses: reward models scoring text, the implicit-reward
+  pair (also when it guides weak-to-strong search), sentence encoders. A scorer that is no transformer (a lexicon,
+  a user's function) counts 0.
+"""
+
+_BILLED: ContextVar[Cost | None] = ContextVar("spi_billed_cost", default=None)
+
+
 @dataclass
 class Cost:
-    """Compute spent by a method: what makes comparisons fair (equal generated-token budgets)."""
+    """Compute spent by a method: what makes comparisons fair (equal generated-token budgets, and the forward
+    tokens of every model that ran, so that "equal compute" can be checked rather than assumed)."""
 
     tokens_generated: int = 0
     """Response tokens sampled from the policy, over all candidates."""
@@ -54,6 +73,11 @@ class Cost:
     """Candidates scored by value functions."""
     reward_calls: int = 0
     """Responses scored by the reward model or scorer that picks."""
+    forward_tokens: dict[str, int] = field(default_factory=dict)
+    """Tokens run through a transformer, by component (`FORWARD_COMPONENTS`). Counted padding-free: a token counts
+    when a forward computed its position for real (attention mask 1); padding, masked rows of a batch (rows that
+    ended still ride along in the policy's decode step) and tokens read from a KV cache or vLLM's prefix cache do
+    not. So the count does not depend on how rows were batched, only on what each model had to encode."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall time by phase (prefill, decode, value, reward, ...)."""
     tokens_by_prompt: list[int] | None = None
@@ -62,23 +86,40 @@ class Cost:
 
     @contextmanager
     def timer(self, phase: str) -> Iterator[None]:
+        """Time the block under `phase`, and bill to this cost the forwards that models inside it report
+        (`billed()`: value models, reward models, scorers, which are not handed a cost)."""
         start = time.perf_counter()
+        token = _BILLED.set(self)
         try:
             yield
         finally:
+            _BILLED.reset(token)
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def count_forward(self, component: str, tokens: int) -> None:
+        """Add `tokens` forward tokens of `component` (one of `FORWARD_COMPONENTS`)."""
+        if component not in FORWARD_COMPONENTS:
+            raise ValueError(f"unknown forward component '{component}' (one of {', '.join(FORWARD_COMPONENTS)})")
+        self.forward_tokens[component] = self.forward_tokens.get(component, 0) + int(tokens)
 
     def add(self, other: Cost) -> None:
         self.tokens_generated += other.tokens_generated
         self.policy_forwards += other.policy_forwards
         self.value_calls += other.value_calls
         self.reward_calls += other.reward_calls
+        for component, tokens in other.forward_tokens.items():
+            self.count_forward(component, tokens)
         for phase, secs in other.seconds.items():
             self.seconds[phase] = self.seconds.get(phase, 0.0) + secs
 
     @property
     def total_seconds(self) -> float:
         return sum(self.seconds.values())
+
+    @property
+    def total_forward_tokens(self) -> int:
+        """Forward tokens of every component together."""
+        return sum(self.forward_tokens.values())
 
     def count_by_prompt(self, counts: Sequence[int]) -> None:
         """Add tokens generated per prompt of the batch (a no-op unless `tokens_by_prompt` is being counted)."""
@@ -89,7 +130,20 @@ class Cost:
         data = asdict(self)
         if data["tokens_by_prompt"] is None:
             del data["tokens_by_prompt"]
-        return {**data, "total_seconds": self.total_seconds}
+        return {**data, "total_seconds": self.total_seconds, "total_forward_tokens": self.total_forward_tokens}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Cost:
+        """The cost `to_dict` wrote; derived totals are recomputed, and fields a file lacks (files written before
+        `forward_tokens` existed) start at zero."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def billed() -> Cost | None:
+    """The cost being timed now (inside `Cost.timer`), which models that are not handed a cost bill their forward
+    tokens to; None outside any timer (training, evaluation: nothing is billed)."""
+    return _BILLED.get()
 
 
 @dataclass
@@ -126,7 +180,8 @@ class SearchResult:
 
 @runtime_checkable
 class Scorer(Protocol):
-    """Batched scoring: one float per (prompt, response), higher is better."""
+    """Batched scoring: one float per (prompt, response), higher is better. A scorer that runs a transformer bills
+    its forward tokens to `billed()` under "reward"; one that does not (a lexicon, a user's function) counts 0."""
 
     name: str
 

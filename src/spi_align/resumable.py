@@ -72,7 +72,7 @@ def _resume(run: RunDir, out: str, cost_file: str) -> tuple[list[dict[str, Any]]
     size = ends[covered - 1] if covered else 0
     if size != run.file(out).stat().st_size:
         run.cut(out, size)
-    cost = Cost(**saved["cost"]) if saved is not None and covered else Cost()
+    cost = Cost.from_dict(saved["cost"]) if saved is not None and covered else Cost()
     return records[:covered], cost
 
 

@@ -48,12 +48,19 @@ def _mean(xs: Sequence[float]) -> float:
     return float(np.mean(xs)) if len(xs) else float("nan")
 
 
+def forward_tokens(cost: dict[str, Any]) -> int | str:
+    """A recorded cost's forward tokens of every model together; "n/a" when it was recorded before they were
+    counted."""
+    return cost.get("total_forward_tokens", "n/a")
+
+
 def results_table(results: dict[str, dict[str, Any]], baseline: str) -> tuple[list[str], list[list[object]]]:
     """One row per method: reward-model mean, evaluator mean [95% CI], its paired difference from the baseline
-    [95% CI], win+½tie vs the baseline [95% CI] (prompts resampled), cost."""
+    [95% CI], win+½tie vs the baseline [95% CI] (prompts resampled), cost: generated tokens, forward tokens (every
+    model's, `Cost.forward_tokens`; n/a for results recorded before they were counted), wall seconds."""
     headers = [
         "method", "reward model", "evaluator [95% CI]", f"Δ vs {baseline} [95% CI]",
-        f"win+½tie vs {baseline} [95% CI]", "tokens", "wall s",
+        f"win+½tie vs {baseline} [95% CI]", "tokens", "forward tokens", "wall s",
     ]  # fmt: skip
     rows: list[list[object]] = []
     base = results[baseline]["evaluator"] if baseline in results else None
@@ -76,6 +83,7 @@ def results_table(results: dict[str, dict[str, Any]], baseline: str) -> tuple[li
                 delta,
                 win,
                 res["cost"]["tokens_generated"],
+                forward_tokens(res["cost"]),
                 f"{res['cost']['total_seconds']:.0f}",
             ]
         )

@@ -3,7 +3,8 @@
 One row per (cell, SPI round): the settings that vary, the value function's data size (training prompts ×
 rollouts), then win / tie / win + ½ tie against the baseline (best-of-(W·K)) by the held-out evaluator (the
 paper's "RM" columns: a scorer that never guided the search), the same by the guiding reward model, the LLM judge's
-when `spi judge` was run on the cell, and the generated-token budget of SPI relative to the baseline.
+when `spi judge` was run on the cell, and SPI's compute relative to the baseline: generated tokens, and forward
+tokens of every model (policy, peeks, value models, reward models; `Cost.forward_tokens`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def cell_rows(
         outcome = win_tie_loss(res["evaluator"], base["evaluator"])
         lo, hi = bootstrap_ci(outcome)
         tokens, base_tokens = res["cost"]["tokens_generated"], base["cost"]["tokens_generated"]
+        forward, base_forward = res["cost"].get("total_forward_tokens"), base["cost"].get("total_forward_tokens")
         rows.append(
             {
                 "settings": settings,
@@ -65,9 +67,15 @@ def cell_rows(
                 "judge_win_half_tie": _judge_rate(cell_dir, method, baseline) if cell_dir else None,
                 "tokens": tokens,
                 "tokens_vs_baseline": tokens / base_tokens if base_tokens else math.nan,
+                "forward_tokens": forward,
+                "forward_tokens_vs_baseline": forward / base_forward if forward is not None and base_forward else None,
             }
         )
     return rows
+
+
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}×"
 
 
 def _pct(x: float | None) -> str:
@@ -79,7 +87,7 @@ def render_table(rows: list[dict[str, Any]], keys: list[str], baseline: str, tit
     has_judge = any(r["judge_win_half_tie"] is not None for r in rows)
     headers = [*keys, "data size", "method", "eval win", "eval tie", "eval win+½tie [95% CI]", "RM win+½tie"]
     headers += ["judge win+½tie"] if has_judge else []
-    headers += ["tokens vs baseline", "prompts"]
+    headers += ["tokens vs baseline", "forward tokens vs baseline", "prompts"]
     body = []
     for r in rows:
         lo, hi = r["ci"]
@@ -87,14 +95,15 @@ def render_table(rows: list[dict[str, Any]], keys: list[str], baseline: str, tit
         line += [_pct(r["win"]), _pct(r["tie"]), f"{_pct(r['win_half_tie'])} [{_pct(lo)}, {_pct(hi)}]"]
         line += [_pct(r["reward_win_half_tie"])]
         line += [_pct(r["judge_win_half_tie"])] if has_judge else []
-        line += [f"{r['tokens_vs_baseline']:.2f}×", r["prompts"]]
+        line += [f"{r['tokens_vs_baseline']:.2f}×", _ratio(r.get("forward_tokens_vs_baseline")), r["prompts"]]
         body.append(line)
     return (
         f"# {title}: SPI vs {baseline}\n\n"
         "eval = the held-out evaluator (never guides; the paper's held-out RM columns), RM = the reward model that "
         "guides and picks; win + ½ tie per prompt, 95% bootstrap interval; data size = rollouts V_0 was trained on "
-        "(training prompts × rollouts); tokens = generated tokens of SPI over the baseline's.\n\n"
-        + markdown_table(headers, body)
+        "(training prompts × rollouts); tokens = generated tokens of SPI over the baseline's; forward tokens = tokens "
+        "every model ran (policy prefill and decode, end-token peeks, value and reward models) over the baseline's "
+        "(n/a: recorded before they were counted).\n\n" + markdown_table(headers, body)
     )
 
 

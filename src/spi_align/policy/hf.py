@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreT
 from spi_align.backbone import BackboneRunner, pad_batch
 from spi_align.config import GenerationConfig, PolicyConfig
 from spi_align.errors import SpiError
-from spi_align.interfaces import Cost, Prompt
+from spi_align.interfaces import Cost, Prompt, billed
 from spi_align.models import resolve_device, resolve_model_source
 from spi_align.policy.prompts import ChatPrompts, end_tokens
 from spi_align.policy.rows import Rows
@@ -103,6 +103,7 @@ class HFPolicy(ChatPrompts):
             hidden = self._forward(ids, mask, cache)
             logits = self._logits(hidden)
         cost.policy_forwards += 1
+        cost.count_forward("policy_prefill", sum(len(ids) for ids in encoded))
         return Rows.begin(
             prompts,
             encoded,
@@ -143,7 +144,9 @@ class HFPolicy(ChatPrompts):
                 logits = self._logits(hidden)
                 rows.hidden = hidden if everyone else torch.where(active[:, None], hidden, rows.hidden)
                 rows.next_logits = logits if everyone else torch.where(active[:, None], logits, rows.next_logits)
-                cost.tokens_generated += int(active.sum())
+                fed = int(active.sum())  # the rows that sampled a token feed it back (the others a masked pad)
+                cost.tokens_generated += fed
+                cost.count_forward("policy_decode", fed)
                 cost.policy_forwards += 1
                 rows.done |= active & torch.isin(token, self.eos_ids)
                 active = active & ~rows.done & (rows.length < limit)
@@ -163,6 +166,7 @@ class HFPolicy(ChatPrompts):
         if bool(need.any()):
             with cost.timer("reward"):
                 rows.hidden, rows.attention_mask = self._feed_end(rows, need)
+            cost.count_forward("peek", int(need.sum()))
             rows.done |= need
             cost.policy_forwards += 1
         return rows.hidden[index]
@@ -177,6 +181,9 @@ class HFPolicy(ChatPrompts):
             return rows.hidden
         hidden, _ = self._feed_end(rows, need)
         rows.cache.crop(-1)
+        cost = billed()  # no cost is handed in: bill the search that is timing its guidance
+        if cost is not None:
+            cost.count_forward("peek", int(need.sum()))
         return hidden
 
     def _feed_end(self, rows: Rows, need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -174,7 +174,7 @@ class VLLMPolicy(ChatPrompts):
             params.append(by_budget[budget])
         with cost.timer("decode"):
             outputs = self.llm.generate(requests, params, use_tqdm=False)
-        self._count(outputs)
+        self._count(outputs, cost)
         self._append(rows, [(r, out.outputs[0]) for r, out in zip(live, outputs, strict=True)], cost)
         return rows
 
@@ -187,16 +187,20 @@ class VLLMPolicy(ChatPrompts):
         requests = [TokensPrompt(prompt_token_ids=ids) for ids in rows.prompt_tokens]
         with cost.timer("decode"):
             outputs = self.llm.generate(requests, self.sampling_params(self.gen.max_new_tokens, n), use_tqdm=False)
-        self._count(outputs)
+        self._count(outputs, cost)
         completions = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index)]
         self._append(rows, list(enumerate(completions)), cost)
         return rows
 
-    def _count(self, outputs: Sequence[Any]) -> None:
+    def _count(self, outputs: Sequence[Any], cost: Cost) -> None:
+        """Prefix-cache statistics, and the prompt tokens the engine computed (not read from its prefix cache) as
+        the cost's policy_prefill."""
         for out in outputs:
+            prompt, cached = len(out.prompt_token_ids), int(out.num_cached_tokens or 0)
             self.prefix_cache.requests += 1
-            self.prefix_cache.prompt_tokens += len(out.prompt_token_ids)
-            self.prefix_cache.cached_tokens += int(out.num_cached_tokens or 0)
+            self.prefix_cache.prompt_tokens += prompt
+            self.prefix_cache.cached_tokens += cached
+            cost.count_forward("policy_prefill", prompt - cached)
 
     def _append(self, rows: Rows, pieces: Sequence[tuple[int, Any]], cost: Cost) -> None:
         """Append each completion's tokens to its row (one tensor write per field); count tokens and engine steps."""
@@ -212,6 +216,7 @@ class VLLMPolicy(ChatPrompts):
             logprob[r] += _logprob(completion)
             longest = max(longest, len(tokens))
             cost.tokens_generated += len(tokens)
+            cost.count_forward("policy_decode", max(len(tokens) - 1, 0))  # the last sampled token is never fed
             per_prompt[prompt_of[r]] += len(tokens)
         cost.count_by_prompt(per_prompt)
         rows.response = torch.tensor(response, dtype=rows.response.dtype, device=self.device)

@@ -1,6 +1,8 @@
 """A user's Python function as a scorer: 'module:function' or 'path/to/file.py:function'.
 
-The function takes `(prompts: list[Prompt], responses: list[str])` and returns one number per response.
+The function takes `(prompts: list[Prompt], responses: list[str])` and returns one number per response. Whatever it
+runs is not counted in a search's forward tokens (it counts 0, like a lexicon), unless it bills them itself to
+`spi_align.interfaces.billed()`.
 """
 
 from __future__ import annotations

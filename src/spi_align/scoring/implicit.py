@@ -36,7 +36,7 @@ class CausalLM:
         self.lm_head = model.get_output_embeddings()
         self.softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
         self.vocab_size = int(self.lm_head.weight.shape[0])
-        self.runner = BackboneRunner(self.backbone)
+        self.runner = BackboneRunner(self.backbone, component="reward")  # the pair bills "reward"
 
     @property
     def device(self) -> torch.device:

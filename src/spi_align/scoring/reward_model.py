@@ -46,7 +46,7 @@ class RewardModel(nn.Module):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._templated = bool(getattr(tokenizer, "chat_template", None))
-        self.runner = BackboneRunner(backbone)
+        self.runner = BackboneRunner(backbone, component="reward")  # forward tokens billed as "reward"
 
     @classmethod
     def from_pretrained(

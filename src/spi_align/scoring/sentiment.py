@@ -1,5 +1,6 @@
 """Lexicon sentiment: VADER's compound score ("sentiment") or TextBlob's polarity ("polarity") of the response,
-both in [-1, 1]. Two different lexicons and rules, so one can guide while the other judges. Fast, CPU only.
+both in [-1, 1]. Two different lexicons and rules, so one can guide while the other judges. Fast, CPU only, and no
+transformer: they add no forward tokens to a search's cost.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Reference similarity: cosine similarity of all-MiniLM-L6-v2 embeddings of a response and its reference."""
+"""Reference similarity: cosine similarity of all-MiniLM-L6-v2 embeddings of a response and its reference.
+
+The encoder is a transformer: inside a search its forward tokens (every text it encodes, padding-free, after
+its truncation) are billed to the search's cost as "reward" (`interfaces.billed`)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from spi_align.assets import minilm_dir
 from spi_align.errors import SpiError
-from spi_align.interfaces import Prompt
+from spi_align.interfaces import Prompt, billed
 
 if TYPE_CHECKING:
     import torch
@@ -27,6 +30,11 @@ class ReferenceSimilarity:
         self._encoder = SentenceTransformer(str(minilm_dir()), device=device, local_files_only=True)
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
+        cost = billed()
+        if cost is not None and texts:
+            encoder = self._encoder
+            tokenize = getattr(encoder, "preprocess", None) or encoder.tokenize  # `tokenize` before 5.x
+            cost.count_forward("reward", int(tokenize(texts)["attention_mask"].sum()))
         return self._encoder.encode(
             texts,
             batch_size=self.batch_size,

@@ -10,6 +10,8 @@ stopped feed nothing and keep their last value.
 A value model with another tokenizer gets text: each call decodes the responses, writes prompt + response the
 way the value model reads them (`ValueModel.prompt_ids`/`response_ids`: its own chat template) and scores the
 whole sequence from scratch. Value models sharing one backbone object share its cache and its forward pass.
+Either way every token a value model's backbone computes is billed to the search's cost as "value" forward tokens
+(`Cost.forward_tokens`), so a re-tokenising guide shows what it costs.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ class ValueModel(nn.Module):
         self.head = nn.Linear(hidden, 1, dtype=torch.float32, device=param.device)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
-        self.runner = BackboneRunner(backbone)
+        self.runner = BackboneRunner(backbone, component="value")  # forward tokens billed as "value"
         self.pad_id = pad_token_id(tokenizer)
 
     # --- building ---------------------------------------------------------------------------------------------

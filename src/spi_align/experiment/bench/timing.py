@@ -31,6 +31,8 @@ class Trial:
     wall_s: float
     tokens: int
     phases: dict[str, float] = field(default_factory=dict)
+    forward_tokens: int = 0
+    """Tokens every model ran through a forward (`Cost.total_forward_tokens`): the compute, beside the tokens."""
 
     @property
     def tokens_per_s(self) -> float:
@@ -72,7 +74,7 @@ def time_methods(
         for position, key in enumerate(repeat_order(list(methods), repeat)):
             wall, cost = run_once(key, methods[key], prompts, batch_size, reseed)
             phases = {p: cost.seconds.get(p, 0.0) for p in PHASES}
-            trial = Trial(key, repeat, position, wall, cost.tokens_generated, phases)
+            trial = Trial(key, repeat, position, wall, cost.tokens_generated, phases, cost.total_forward_tokens)
             trials.append(trial)
             if on_trial is not None:
                 on_trial(trial)
@@ -111,7 +113,7 @@ def paired_ratio(trials: Sequence[Trial], num: str, den: str, metric: str = "wal
 
 
 def summarise(trials: Sequence[Trial]) -> dict[str, dict[str, Any]]:
-    """Per method: wall time, tokens/s and each phase as median [min, max] over repeats."""
+    """Per method: wall time, tokens, forward tokens, tokens/s and each phase as median [min, max] over repeats."""
     out = {}
     for key, runs in by_method(trials).items():
         phases = {p: Spread.of([r.phases.get(p, 0.0) for r in runs]).to_dict() for p in PHASES}
@@ -119,6 +121,7 @@ def summarise(trials: Sequence[Trial]) -> dict[str, dict[str, Any]]:
         out[key] = {
             "wall_s": Spread.of([r.wall_s for r in runs]).to_dict(),
             "tokens": Spread.of([r.tokens for r in runs]).to_dict(),
+            "forward_tokens": Spread.of([r.forward_tokens for r in runs]).to_dict(),
             "tokens_per_s": Spread.of([r.tokens_per_s for r in runs]).to_dict(),
             "phases_s": {**phases, "other": other},
             "repeats": len(runs),
