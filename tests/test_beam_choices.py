@@ -2,8 +2,8 @@
 
 The policy is the real tiny one (its KV cache, rows and end tokens), with its token sampler replaced by a script so
 that the keys the selection sees are known; the value function is a table of hand-made values. Covered: diversity-
-first, top-W and value-softmax selection with duplicate keys inside the beam and a row that already ended, the
-eq. 14 log π_base term, and finished candidates kept in the final pool.
+first keyed by response (the paper's) or by parent, top-W and value-softmax selection with duplicate keys inside the
+beam and a row that already ended, the eq. 14 log π_base term, and finished candidates kept in the final pool.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 
 from conftest import make_policy
 from mocks.scorers import LengthScorer
+from spi_align.config import SPIConfig
 from spi_align.interfaces import Cost, Prompt
 from spi_align.search.beam import ChunkBeamSearch
 from spi_align.search.selection import diversity_first, top_w
@@ -93,6 +94,20 @@ def test_diversity_first_keeps_one_of_each_key_before_a_duplicate(tiny_causal_lm
     #         q: CX CY DX DX, values 3 1 8 7 -> DX (row 6), then CX (row 4), not the duplicate DX (7)
     assert value.log.selections == [[0, 0, 3, 3, 4, 4, 7, 7], [0, 0, 3, 3, 6, 6, 4, 4]]
     assert [c.token_ids[:2] for c in results[0].candidates] == [[A, X], [A, X], [B, Z], [B, Z]]
+    assert [c.token_ids[:2] for c in results[1].candidates] == [[EOS], [D, X], [D, X], [C, X], [C, X]]
+
+
+def test_diversity_by_parent_keeps_one_child_of_every_parent_before_a_second(tiny_causal_lm, smol_tokenizer):
+    assert SPIConfig(selection="diversity-parent").selection == "diversity-parent"  # a setting, beside the paper's
+    results, value = run_scenario(tiny_causal_lm, smol_tokenizer, "diversity-parent")
+    # step 1: every row continues the prompt (one parent), so this is top-W:
+    #         p: values 5 4 1 3 -> rows 0, 1 (both A: the response key would take row 3, B, second);
+    #         q: 9, (ended), 2, 7 -> rows 4 (C), 7 (D)
+    # step 2, p: rows 0, 1 continue parent row 0 and rows 2, 3 parent row 1; values 6 5 1 2 -> row 0 (parent 0's
+    #         best), then row 3 (parent 1's best, 2 > 1), not row 1 (5: parent 0's second, which top-W takes)
+    #         q: rows 4, 5 continue C and rows 6, 7 continue D; values 3 1 8 7 -> row 6, then row 4, not row 7 (7)
+    assert value.log.selections == [[0, 0, 1, 1, 4, 4, 7, 7], [0, 0, 3, 3, 6, 6, 4, 4]]
+    assert [c.token_ids[:2] for c in results[0].candidates] == [[A, X], [A, X], [A, Z], [A, Z]]
     assert [c.token_ids[:2] for c in results[1].candidates] == [[EOS], [D, X], [D, X], [C, X], [C, X]]
 
 

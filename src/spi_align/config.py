@@ -123,8 +123,12 @@ class SPIConfig(Section):
     """K: chunks sampled from each parent; W·K candidates per step, compared with best-of-(W·K)."""
     chunk: int = Field(16, gt=0)
     """L: tokens per chunk."""
-    selection: Literal["diversity", "top", "softmax"] = "diversity"
-    """Next parents: diversity-first top-W, plain top-W, or drawn from softmax(value / temperature)."""
+    selection: Literal["diversity", "diversity-parent", "top", "softmax"] = "diversity"
+    """Next parents among each prompt's W·K candidates: 'diversity' (the paper's diversity-first top-W: identical
+    responses form one cluster, and every cluster places its best candidate before any places a second; at L = 16
+    exact duplicates are rare, so this is mostly top-W), 'diversity-parent' (diversity-first with the parent as the
+    cluster: every parent places its best child before any parent places two; the first step, where every candidate
+    continues the prompt, is top-W), 'top' (plain top-W), or 'softmax' (W drawn from softmax(value / temperature))."""
     temperature: float = Field(1.0, gt=0)
     """Temperature of the 'softmax' selection."""
     betas: list[Annotated[float, Field(gt=0)]] = Field([1.0], min_length=1)
@@ -202,8 +206,10 @@ class SPIConfig(Section):
 
 
 class RewardTrainConfig(Section):
-    pairs_per_prompt: int = Field(2, gt=0)
-    """Preference pairs per training prompt: best vs worst, second best vs second worst, ... by the labeller."""
+    pairs_per_prompt: int | None = Field(None, gt=0)
+    """Preference pairs per training prompt, for the reward model and DPO alike (one pair list): None, every ordered
+    pair of the prompt's round-0 samples whose labels differ; N, best vs worst, second best vs second worst, ... up
+    to N pairs by the labeller."""
     epochs: int = Field(200, gt=0)
     """Full-batch Adam steps of the Bradley–Terry head."""
     lr: float = Field(0.01, gt=0)

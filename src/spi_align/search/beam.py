@@ -4,11 +4,15 @@ Naming: W beams kept (parents), K successors per parent, L tokens per chunk; W·
 first step samples W·K chunks from the prompt. Finished candidates stay in the pool; the reward model picks
 the answer among everything that finished (or reached max_new_tokens). All prompts of a batch are searched
 together and the policy's KV cache follows the selected parents, so no prefix is encoded twice.
+
+Diversity-first clusters a prompt's candidates by a key and lets every cluster place its best candidate before any
+places a second: the paper keys by the whole response (only exact duplicates cluster), 'diversity-parent' by the
+parent each candidate continues.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Literal
 
 import torch
@@ -19,7 +23,7 @@ from spi_align.policy import Rows
 from spi_align.search.candidates import pick_best, rows_to_candidates, score_candidates, score_from_rows
 from spi_align.search.selection import diversity_first, softmax_sample, top_w
 
-Selection = Literal["diversity", "top", "softmax"]
+Selection = Literal["diversity", "diversity-parent", "top", "softmax"]
 ValueFn = Callable[[Rows], torch.Tensor]
 """Maps rows to one guidance value each (e.g. `HeadStack` applied to `rows.hidden`)."""
 
@@ -68,8 +72,14 @@ class ChunkBeamSearch:
         score = self.value(rows) if self.value is not None else torch.zeros(rows.size, device=rows.length.device)
         return score + rows.logprob if self.base_logprob else score
 
-    def choose(self, values: torch.Tensor, keys: Sequence[tuple[int, ...]]) -> list[int]:
-        if self.selection == "diversity":
+    def keys(self, tokens: torch.Tensor, parent: torch.Tensor) -> list[Hashable]:
+        """Diversity-first's cluster of each candidate: its parent ('diversity-parent'), else its whole response."""
+        if self.selection == "diversity-parent":
+            return parent.tolist()
+        return [tuple(t) for t in tokens.tolist()]
+
+    def choose(self, values: torch.Tensor, keys: Sequence[Hashable]) -> list[int]:
+        if self.selection in ("diversity", "diversity-parent"):
             return diversity_first(values, keys, self.width)
         if self.selection == "top":
             return top_w(values, self.width)
@@ -80,6 +90,7 @@ class ChunkBeamSearch:
         rows = policy.start(prompts, cost)
         first = torch.arange(len(prompts), device=policy.device).repeat_interleave(self.width * self.successors)
         rows = policy.extend(rows.select(first), self.chunk, cost)
+        parent = torch.zeros(rows.size, dtype=torch.long)  # the slot of each row's parent (first step: the prompt)
         pool: list[tuple[int, Candidate]] = []
         unscored: list[tuple[int, Candidate]] = []
         while True:
@@ -97,12 +108,14 @@ class ChunkBeamSearch:
             cost.value_calls += live.numel()
             tokens = rows.response[live].cpu()
             prompt_of = rows.prompt_index[live].cpu()
+            parent_of = parent[live.cpu()]
             parents: list[int] = []
             for p in prompt_of.unique().tolist():
                 members = (prompt_of == p).nonzero().squeeze(1)
-                keys = [tuple(tokens[m].tolist()) for m in members.tolist()]
+                keys = self.keys(tokens[members], parent_of[members])
                 parents += live[members[self.choose(values[members], keys)]].tolist()
             index = torch.tensor(parents, device=policy.device).repeat_interleave(self.successors)
             rows = policy.extend(rows.select(index), self.chunk, cost)
+            parent = torch.arange(len(parents)).repeat_interleave(self.successors)
         score_candidates(self.reward, prompts, unscored, cost)
         return pick_best(prompts, pool)
