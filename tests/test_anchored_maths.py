@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from spi_align.data import heldout_prompts
 from spi_align.values.anchored import (
     AnchoredGuide,
     AnchoredValue,
@@ -124,7 +125,7 @@ def test_fit_anchored_per_depth_reports_alpha_at_each_length():
     value, metrics = fit_anchored(states, rewards, groups, head, [4, 8], ridge=1e-3, seed=0, per_depth=True)
     assert value.alphas[0] > 0 and value.alphas[1] == 0.0
     assert metrics["alpha_at_4"] == value.alphas[0] and metrics["alpha_at_8"] == 0.0
-    assert metrics["spearman_at_4"] > metrics["partial_reward_spearman_at_4"] + 0.2
+    assert metrics["heldout_spearman_at_4"] > metrics["heldout_partial_reward_spearman_at_4"] + 0.2
 
 
 def test_alpha_at_a_length_is_the_last_decision_lengths_and_survives_save_and_load(tmp_path):
@@ -167,3 +168,40 @@ def test_the_guide_applies_each_rows_alpha_by_its_length():
     assert got.tolist() == pytest.approx([5.0, 13.0])
     bare = AnchoredGuide(policy, anchor, [u1], [1.0])(rows)  # a bare head: α = 1 everywhere
     assert bare.tolist() == pytest.approx([1.0 + 2.0, 3.0 + 1.0])
+
+
+def _anchored_data(flip_heldout: bool, seed: int = 0):
+    """40 prompts × 6 rollouts; the anchor reads feature 0. On training prompts the final reward is f0 + 2·f1; on the
+    held-out prompts (`heldout_prompts`) f0 − 2·f1 when `flip_heldout`, else the same as on training prompts."""
+    gen = torch.Generator().manual_seed(seed)
+    groups = [f"p{p}" for p in range(40) for _ in range(6)]
+    held = heldout_prompts(groups, seed=0)
+    states, rewards = [], []
+    for g in groups:
+        f = torch.randn(3, 2, generator=gen)
+        states.append(PrefixStates([4, 8, 12], torch.zeros(3, 2), f))
+        sign = -1.0 if flip_heldout and g in held else 1.0
+        rewards.append(float(f[0, 0] + sign * 2 * f[0, 1]))
+    head = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        head.bias.zero_()
+    return states, rewards, groups, head
+
+
+def test_anchored_choices_never_see_the_heldout_prompts_and_v_may_rank_worse_there():
+    """Choices (ridge, λ, α) are made on the choice prompts, so flipping the held-out prompts' rewards changes none
+    of them; and the held-out figure then honestly shows the learned part ranking those prompts backwards, below R_t
+    (a choice made on the held-out prompts would have kept α = 0 and reported V = R_t there)."""
+    fits = {}
+    for flip in (False, True):
+        states, rewards, groups, head = _anchored_data(flip)
+        fits[flip] = fit_anchored(states, rewards, groups, head, [4], ridge=1e-3, seed=0, rank_weights=(0.0, 1.0))[1]
+    same, flipped = fits[False], fits[True]
+    for key in ("alpha_at_4", "ridge", "rank_weight", "choice_spearman_at_4", "choice_prompts", "heldout_prompts"):
+        assert same[key] == flipped[key], key
+    assert flipped["alpha_at_4"] == 1.0 and flipped["choice_spearman_at_4"] > 0.9
+    assert same["heldout_spearman_at_4"] > 0.9 > same["heldout_partial_reward_spearman_at_4"]
+    # on the flipped prompts R_t = f0 still ranks f0 − 2·f1 positively (ρ ≈ 0.45), V ≈ f0 + 2·f1 negatively (≈ −0.6)
+    assert flipped["heldout_spearman_at_4"] < 0 < flipped["heldout_partial_reward_spearman_at_4"]
+    assert flipped["heldout_prompts"] + flipped["choice_prompts"] < 40

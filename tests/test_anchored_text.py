@@ -45,7 +45,7 @@ def test_anchored_values_on_a_text_reward_fit_and_guide_with_the_partial_text(ti
     texts = smol_tokenizer.batch_decode(tokens, skip_special_tokens=True)
     rollouts = Rollouts(prompts, tokens, scorer.score(prompts, texts))
     value, metrics = kind.fit(rollouts)
-    assert "partial_reward_spearman_at_4" in metrics and metrics["alpha_at_4"] in (0.0, 0.5, 1.0)
+    assert "heldout_partial_reward_spearman_at_4" in metrics and metrics["alpha_at_4"] in (0.0, 0.5, 1.0)
     # the anchor the fit used at each boundary row is the scorer on that row's decoded prefix
     states = prefix_states(policy, prompts, tokens, kind.lengths())
     _, _, keys, index = boundary_rows(states, kind.lengths(), rollouts.rewards, [p.id for p in prompts])

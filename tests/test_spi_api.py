@@ -42,8 +42,8 @@ def test_anchored_run_reports_the_partial_reward_baseline_and_loads_back(tmp_pat
     v0 = json.loads((run / "values" / "round-0.json").read_text())
     alphas = [v for k, v in v0.items() if k.startswith("alpha_at_")]
     assert alphas and set(alphas) <= {0.0, 0.5, 1.0} and v0["rank_weight"] in (0.0, 1.0)
-    assert any(k.startswith("partial_reward_spearman_at_") for k in v0), v0
-    assert "partial_reward_spearman_at_3" in (run / "report.md").read_text()
+    assert any(k.startswith("heldout_partial_reward_spearman_at_") for k in v0), v0
+    assert "heldout_partial_reward_spearman_at_3" in (run / "report.md").read_text()
 
     improved = load(run)
     assert improved.available_methods() == ["sample", "bon-4", "spi-1", "spi-2"]
@@ -121,7 +121,7 @@ def test_anchored_value_learns_a_residual_that_ranks_better_and_keeps_it():
         head.bias.zero_()
     value, metrics = fit_anchored(states, rewards, groups, head, [4], ridge=1e-3, seed=0)
     assert metrics["alpha_at_4"] == 1.0 and value.alphas == [1.0] and value.learned
-    assert metrics["spearman_at_4"] > 0.99 > metrics["partial_reward_spearman_at_4"]
+    assert metrics["heldout_spearman_at_4"] > 0.99 > metrics["heldout_partial_reward_spearman_at_4"]
     torch.testing.assert_close(value.head.affine()[0], torch.tensor([0.0, 2.0]), atol=0.05, rtol=0.0)
 
 
@@ -141,5 +141,5 @@ def test_anchored_value_drops_a_residual_that_does_not_help():
         head.weight[0, 0] = 1.0
         head.bias.zero_()
     value, metrics = fit_anchored(states, rewards, groups, head, [4], ridge=1.0, seed=0)
-    assert metrics["partial_reward_spearman_at_4"] == pytest.approx(1.0)
+    assert metrics["heldout_partial_reward_spearman_at_4"] == pytest.approx(1.0)
     assert metrics["alpha_at_4"] == 0.0 and value.alphas == [0.0] and not value.learned

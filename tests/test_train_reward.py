@@ -9,10 +9,16 @@ import torch
 
 from mocks.scorers import LengthScorer
 from spi_align.config import RewardTrainConfig
+from spi_align.data import heldout_prompts
 from spi_align.errors import SpiError
 from spi_align.interfaces import Prompt
 from spi_align.scoring.reward_model import RewardModel
-from spi_align.scoring.train_reward import bradley_terry_loss, make_pairs, train_reward_head
+from spi_align.scoring.train_reward import (
+    bradley_terry_loss,
+    make_pairs,
+    train_reward_head,
+    train_reward_head_on_states,
+)
 
 
 def test_pairs_are_best_against_worst_then_inwards_skipping_ties_and_duplicates():
@@ -45,3 +51,31 @@ def test_head_learns_to_prefer_the_labellers_choice(tiny_backbone, smol_tokenize
 def test_no_pairs_is_one_clear_error(tiny_backbone, smol_tokenizer):
     with pytest.raises(SpiError, match="no preference pairs"):
         train_reward_head(RewardModel(tiny_backbone, smol_tokenizer), [], RewardTrainConfig())
+
+
+def test_the_weight_decay_is_chosen_without_the_heldout_prompts_and_both_heldout_figures_read_them(
+    tiny_backbone, smol_tokenizer
+):
+    """Labels follow w·s on training prompts. Rewriting the held-out prompts (labels reversed, states rescaled) must
+    change no choice (the decay and its accuracies come from the choice prompts, the standardisation from the pairs
+    fitted on); and the held-out accuracy and Spearman, read by one probe on the same prompts, then agree in sign."""
+    size = tiny_backbone.config.hidden_size
+    gen = torch.Generator().manual_seed(0)
+    groups = [f"p{i // 4}" for i in range(120)]
+    states = torch.randn(120, size, generator=gen)
+    w = torch.randn(size, generator=gen)
+    held = torch.tensor([g in heldout_prompts(groups, seed=0) for g in groups])
+    labels = states @ w
+    flipped_states = torch.where(held[:, None], 100 * states, states)
+    flipped_labels = torch.where(held, -labels, labels)
+    cfg = RewardTrainConfig(epochs=40, weight_decay=[0.01, 1.0, 30.0])
+    same = train_reward_head_on_states(RewardModel(tiny_backbone, smol_tokenizer), states, groups, labels.tolist(), cfg)
+    flipped = train_reward_head_on_states(
+        RewardModel(tiny_backbone, smol_tokenizer), flipped_states, groups, flipped_labels.tolist(), cfg
+    )
+    for key in ("weight_decay", "choice_accuracy", "choice_accuracy_by_weight_decay", "heldout_pairs"):
+        assert same[key] == flipped[key], key
+    assert set(same["choice_accuracy_by_weight_decay"]) == {"0.01", "1.0", "30.0"}
+    assert same["heldout_pairs"] > 0
+    assert same["heldout_accuracy"] > 0.7 and same["heldout_spearman_with_labeller"] > 0.5
+    assert flipped["heldout_accuracy"] < 0.3 and flipped["heldout_spearman_with_labeller"] < -0.5

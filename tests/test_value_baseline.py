@@ -35,5 +35,5 @@ def test_text_reward_on_prefixes_is_ranked_against_the_final_reward(tiny_causal_
     assert finals == [1.0, 2.0, 3.0]
     got = partial_reward_spearman(policy, CountScorer(), prompts, tokens, finals, (1, None))
     # at t=1 the values (0, 1, 1) have average ranks (1, 2.5, 2.5) against (1, 2, 3): Spearman = 0.866
-    assert got["partial_reward_spearman_at_1"] == pytest.approx(0.8660, abs=1e-4)
-    assert got["partial_reward_spearman_at_end"] == pytest.approx(1.0)
+    assert got["heldout_partial_reward_spearman_at_1"] == pytest.approx(0.8660, abs=1e-4)
+    assert got["heldout_partial_reward_spearman_at_end"] == pytest.approx(1.0)

@@ -285,7 +285,7 @@ def test_spi_run_with_value_models_trains_saves_and_resumes(tmp_path, _smol_toke
         assert spec["train_layers"] == 1 and spec["backbone"] == str(model_dir.resolve())
         assert not (run / "values" / f"round-{k}" / "value_head.json").exists()
         metrics = json.loads((run / "values" / f"round-{k}.json").read_text())
-        assert "spearman_at_end" in metrics and metrics["loss_last_epoch"] >= 0
+        assert "heldout_spearman_at_end" in metrics and metrics["loss_last_epoch"] >= 0
     for suffix in ("jsonl", "cost.json"):  # the rerun must search spi-2 again, with both models loaded from disk
         (run / f"eval-spi-2.{suffix}").unlink()
     saved = (run / "values" / "round-1" / WEIGHTS_FILE).stat().st_mtime_ns

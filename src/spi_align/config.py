@@ -158,16 +158,17 @@ class SPIConfig(Section):
     prefix's target is the mean reward of its leaves (`values/anchored.py`). [] = `rollouts` independent samples."""
     rank_weights: list[Annotated[float, Field(ge=0)]] = Field([0.0, 1.0], min_length=1)
     """For value=anchored: weights of the within-prompt ranking loss (pairwise logistic on V = R_t + u) beside
-    eq. 12's squared error; the one that ranks best on held-out training prompts is kept (0 = squared error only)."""
+    eq. 12's squared error; the one that ranks best on the choice prompts (a split of the training prompts, never the
+    held-out ones the ranking is reported on) is kept (0 = squared error only)."""
     per_depth: bool = True
     """For value=anchored: choose the weight α of the learned part separately at each decision length (L, 2L, ...)
-    on held-out training prompts, instead of one α for all lengths."""
+    on the choice prompts (a split of the training prompts), instead of one α for all lengths."""
     train_prompts: int | None = Field(64, gt=0)
     """Training prompts used for rollouts and the reward model (None = the whole training split)."""
     value: Literal["heads", "model", "anchored"] = "anchored"
     """Value functions: 'anchored' (default): the reward on the partial response (a reward head on the state after
     the end token, or a text scorer on the decoded prefix) plus a linear head on that state fitted to the residual,
-    kept only as far as it ranks better on held-out prompts; 'heads' on the frozen policy's own hidden states (free
+    kept only as far as it ranks better on the choice prompts; 'heads' on the frozen policy's own hidden states (free
     during the search); 'model': a separate value model per round (backbone + scalar head, fine-tuned by eq. 12,
     with its own KV cache; the one kind a backend without hidden states, vLLM, can train)."""
     value_backbone: str = "policy"
@@ -213,7 +214,8 @@ class RewardTrainConfig(Section):
     lr: float = Field(0.01, gt=0)
     """Learning rate of the head."""
     weight_decay: list[Annotated[float, Field(ge=0)]] = Field([0.01, 0.1, 1.0], min_length=1)
-    """L2 decay candidates of the head; the one with the best accuracy on held-out prompts' pairs is used."""
+    """L2 decay candidates of the head; the one with the best accuracy on the choice prompts' pairs (a split of the
+    training prompts, never the held-out ones the accuracy is reported on) is used."""
 
 
 class BaselinesConfig(Section):

@@ -173,3 +173,13 @@ def heldout_prompts(prompt_ids: Iterable[str], seed: int, split: str = "heldout"
     elif held == ids and len(ids) > 1:
         held -= {max(ids, key=lambda i: (draws[i], i))}
     return held
+
+
+def prompt_split(prompt_ids: Iterable[str], seed: int) -> tuple[set[str], set[str], set[str]]:
+    """(fit, choice, held out): the held-out prompts (`heldout_prompts`), which no choice and no fit reported on
+    sees, and the rest split again, drawn independently (`split="choice"`), into about a fifth on which settings are
+    chosen and the prompts fitted on while choosing."""
+    ids = set(prompt_ids)
+    held = heldout_prompts(ids, seed)
+    choice = heldout_prompts(ids - held, seed, split="choice")
+    return ids - held - choice, choice, held

@@ -8,11 +8,12 @@ scalar head; only the head is trained, on features computed once.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from spi_align.config import RewardTrainConfig
-from spi_align.data import heldout_prompts
+from spi_align.data import prompt_split
 from spi_align.errors import SpiError
 from spi_align.interfaces import Prompt, Scorer
 from spi_align.scoring.finite import finite_scores
@@ -53,8 +54,12 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Te
     return -torch.nn.functional.logsigmoid(chosen - rejected).mean()
 
 
-def _fit_bt(zc: torch.Tensor, zr: torch.Tensor, cfg: RewardTrainConfig, weight_decay: float, seed: int):
-    """Full-batch Adam on the Bradley–Terry loss over standardised features; returns the linear head."""
+def _fit_bt(chosen: torch.Tensor, rejected: torch.Tensor, cfg: RewardTrainConfig, weight_decay: float, seed: int):
+    """Full-batch Adam on the Bradley–Terry loss over features standardised by these pairs' own mean and spread;
+    returns the linear head on raw features (the standardisation folded in: reward = w·h + b)."""
+    both = torch.cat([chosen, rejected])
+    mean, scale = both.mean(0), both.std(0).clamp(min=1e-6)
+    zc, zr = (chosen - mean) / scale, (rejected - mean) / scale
     torch.manual_seed(seed)
     lin = torch.nn.Linear(zc.shape[1], 1)
     torch.nn.init.zeros_(lin.weight)
@@ -64,12 +69,16 @@ def _fit_bt(zc: torch.Tensor, zr: torch.Tensor, cfg: RewardTrainConfig, weight_d
         opt.zero_grad()
         loss.backward()
         opt.step()
+    with torch.no_grad():
+        w = lin.weight[0] / scale
+        lin.weight.copy_(w[None])
+        lin.bias.sub_((mean * w).sum())
     return lin
 
 
-def _accuracy(lin: torch.nn.Linear, zc: torch.Tensor, zr: torch.Tensor) -> float:
+def _accuracy(lin: torch.nn.Linear, chosen: torch.Tensor, rejected: torch.Tensor) -> float:
     with torch.no_grad():
-        return float((lin(zc) > lin(zr)).float().mean())
+        return float((lin(chosen) > lin(rejected)).float().mean())
 
 
 def all_pairs(groups: Sequence[str], labels: Sequence[float]) -> list[tuple[int, int]]:
@@ -81,46 +90,64 @@ def all_pairs(groups: Sequence[str], labels: Sequence[float]) -> list[tuple[int,
 
 
 def _fit_head(
-    head: torch.nn.Linear, chosen: torch.Tensor, rejected: torch.Tensor, prompt_ids: Sequence[str], cfg, seed: int
-) -> dict[str, float]:
-    """Choose the weight decay on held-out prompts' pairs, refit on all pairs, fold into `head`."""
-    mean, scale = torch.cat([chosen, rejected]).mean(0), torch.cat([chosen, rejected]).std(0).clamp(min=1e-6)
-    zc, zr = (chosen - mean) / scale, (rejected - mean) / scale
-    held = heldout_prompts(prompt_ids, seed)
-    test = torch.tensor([p in held for p in prompt_ids])
-    heldout: dict[float, float] = {}
-    if 0 < int(test.sum()) < len(prompt_ids):
+    head: torch.nn.Linear,
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    prompt_ids: Sequence[str],
+    cfg: RewardTrainConfig,
+    seed: int,
+    split: tuple[set[str], set[str], set[str]],
+) -> tuple[dict[str, Any], torch.nn.Linear | None]:
+    """Fit `head` on all pairs with a weight decay chosen without the held-out prompts; returns the metrics and the
+    probe: the same fit on the training prompts' pairs only, or None when either side has no pair.
+
+    `split`: the (fit, choice, held-out) prompts (`data.prompt_split`). Each candidate decay is fitted on the fit
+    prompts' pairs and scored on the choice prompts' (`choice_accuracy_by_weight_decay`); the best one is refitted
+    on every training pair (fit and choice) and read on the held-out pairs (`heldout_accuracy`); the head itself is
+    fitted on all pairs."""
+    fit_ids, choice_ids, held = split
+    fit = [k for k, p in enumerate(prompt_ids) if p in fit_ids]
+    pick = [k for k, p in enumerate(prompt_ids) if p in choice_ids]
+    train = sorted(fit + pick)
+    test = [k for k, p in enumerate(prompt_ids) if p in held]
+    by_decay: dict[float, float] = {}
+    if fit and pick:
         for wd in cfg.weight_decay:
-            probe = _fit_bt(zc[~test], zr[~test], cfg, wd, seed)
-            heldout[wd] = _accuracy(probe, zc[test], zr[test])
-    best = max(heldout, key=lambda wd: (heldout[wd], wd)) if heldout else cfg.weight_decay[0]
-    lin = _fit_bt(zc, zr, cfg, best, seed)
-    with torch.no_grad():  # fold the standardisation into the head: reward = w·h + b on raw features
-        w = lin.weight[0] / scale
-        head.weight.copy_(w[None].to(head.weight))
-        head.bias.fill_(float(lin.bias[0] - (mean * w).sum()))
-    return {
+            by_decay[wd] = _accuracy(_fit_bt(chosen[fit], rejected[fit], cfg, wd, seed), chosen[pick], rejected[pick])
+    best = max(by_decay, key=lambda wd: (by_decay[wd], wd)) if by_decay else cfg.weight_decay[0]
+    probe = _fit_bt(chosen[train], rejected[train], cfg, best, seed) if train and test else None
+    lin = _fit_bt(chosen, rejected, cfg, best, seed)
+    with torch.no_grad():
+        head.weight.copy_(lin.weight.to(head.weight))
+        head.bias.copy_(lin.bias.to(head.bias))
+    metrics = {
         "pairs": len(prompt_ids),
+        "heldout_pairs": len(test),
         "weight_decay": best,
-        "heldout_accuracy": heldout.get(best, float("nan")),
-        "heldout_accuracy_by_weight_decay": {str(k): v for k, v in heldout.items()},
-        "train_accuracy": _accuracy(lin, zc, zr),
+        "choice_accuracy": by_decay.get(best, float("nan")),
+        "choice_accuracy_by_weight_decay": {str(k): v for k, v in by_decay.items()},
+        "heldout_accuracy": _accuracy(probe, chosen[test], rejected[test]) if probe is not None else float("nan"),
+        "train_accuracy": _accuracy(lin, chosen, rejected),
     }
+    return metrics, probe
 
 
 def train_reward_head(
     model: RewardModel, pairs: Sequence[tuple[Prompt, str, str]], cfg: RewardTrainConfig, seed: int = 0
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Fit `model.head` by Bradley–Terry on frozen-backbone features of (prompt, chosen, rejected) texts.
 
-    The weight decay is chosen among `cfg.weight_decay` candidates by accuracy on pairs of held-out prompts
-    (a fifth of them); the head is then refitted on all pairs. Returns the held-out and training accuracies.
+    The weight decay is chosen among `cfg.weight_decay` candidates by accuracy on pairs of choice prompts (a split
+    of the training prompts); a head fitted with it without the held-out prompts (`data.prompt_split`) is read on
+    their pairs; the head itself is then fitted on all pairs. Returns the choice, held-out and training accuracies.
     """
     if not pairs:
         raise SpiError("no preference pairs: the labeller gave every sample of each prompt the same score")
     chosen = _features(model, [model.format(p.text, c) for p, c, _ in pairs])
     rejected = _features(model, [model.format(p.text, r) for p, _, r in pairs])
-    return _fit_head(model.head, chosen, rejected, [p.id for p, _, _ in pairs], cfg, seed)
+    prompt_ids = [p.id for p, _, _ in pairs]
+    metrics, _ = _fit_head(model.head, chosen, rejected, prompt_ids, cfg, seed, prompt_split(prompt_ids, seed))
+    return metrics
 
 
 def train_reward_head_on_states(
@@ -130,12 +157,13 @@ def train_reward_head_on_states(
     labels: Sequence[float],
     cfg: RewardTrainConfig,
     seed: int = 0,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Bradley–Terry on every ordered pair of one prompt's samples (`all_pairs`), from each sample's state at its
     end token (`states`, (N, H): what `model.features` reads, computed once per sample, not once per pair).
 
-    Besides the pair accuracies, reports the held-out within-prompt Spearman of the fitted reward with the labels
-    (a head refitted without the held-out prompts)."""
+    Besides the pair accuracies, reports the held-out within-prompt Spearman of the probe's reward with the labels
+    (`heldout_spearman_with_labeller`): the probe whose pair accuracy `heldout_accuracy` is, on the same held-out
+    prompts (`data.prompt_split` of every sample's prompt, so a prompt without pairs moves no other)."""
     from spi_align.values.train import within_prompt_spearman
 
     pairs = all_pairs(groups, labels)
@@ -143,14 +171,10 @@ def train_reward_head_on_states(
         raise SpiError("no preference pairs: the labeller gave every sample of each prompt the same score")
     states = states.float()
     chosen, rejected = states[[a for a, _ in pairs]], states[[b for _, b in pairs]]
-    metrics = _fit_head(model.head, chosen, rejected, [groups[a] for a, _ in pairs], cfg, seed)
-    held = heldout_prompts(groups, seed)
-    fit = [k for k, (a, _) in enumerate(pairs) if groups[a] not in held]
-    test = [i for i, g in enumerate(groups) if g in held]
-    if fit and test:
-        probe = torch.nn.Linear(states.shape[1], 1)
-        probe_cfg = cfg.model_copy(update={"weight_decay": [metrics["weight_decay"]]})
-        _fit_head(probe, chosen[fit], rejected[fit], [groups[pairs[k][0]] for k in fit], probe_cfg, seed)
+    split = prompt_split(groups, seed)
+    metrics, probe = _fit_head(model.head, chosen, rejected, [groups[a] for a, _ in pairs], cfg, seed, split)
+    test = [i for i, g in enumerate(groups) if g in split[2]]
+    if probe is not None:
         with torch.no_grad():
             predicted = probe(states[test]).squeeze(-1).tolist()
         metrics["heldout_spearman_with_labeller"] = within_prompt_spearman(

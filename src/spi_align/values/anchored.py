@@ -16,11 +16,17 @@ Loss: eq. 12's squared error on the residual, plus optionally (weight λ) a with
 the pairwise logistic loss Σ_{i,j: r_i > r_j} log(1 + exp(−(V_i − V_j)/σ)) over pairs of one prompt's rows at one
 length (σ: the standard deviation of the centred residual), since the search only ever compares such rows.
 
-The learned part must earn its place: the ridge penalty, λ and α ∈ {0, ½, 1} are chosen on held-out training
-prompts by within-prompt Spearman with the target, averaged over the prefix lengths the search ranks at
-(multiples of the chunk length L); with `per_depth` α is chosen at each length on its own (the partial reward
-ranks better the longer the prefix, so the learned part may help early and not late). α = 0 means V is the
-partial reward alone. The metrics report, per length, the held-out Spearman of R_t alone beside that of V.
+The learned part must earn its place, and is measured on prompts no choice saw. The prompts are split three ways
+by id (`data.prompt_split`): the held-out fifth, and the rest into fit prompts and about a fifth of choice prompts.
+The ridge penalty, λ and α ∈ {0, ½, 1} are chosen on the choice prompts, for heads fitted on the fit prompts, by
+within-prompt Spearman with the target averaged over the prefix lengths the search ranks at (multiples of the chunk
+length L); with `per_depth` α is chosen at each length on its own (the partial reward ranks better the longer the
+prefix, so the learned part may help early and not late). α = 0 means V is the partial reward alone. With those
+choices u is refitted on every training prompt (fit and choice) and read on the held-out prompts: the metrics give,
+per length, the held-out Spearman of R_t alone beside that of V (`heldout_partial_reward_spearman_at_<t>`,
+`heldout_spearman_at_<t>`; V may rank worse than R_t there), and the figure the choice maximised on the choice
+prompts (`choice_spearman_at_<t>`, optimistic by construction). The value used in the search is refitted on all
+prompts with the same choices.
 
 During the search e_t costs one one-token forward per chunk (the KV cache is cropped back after), shared by the
 reward anchor and every round's head: Σ_i w_i V_i = (Σ_i w_i) R_t + Σ_i w_i α_i(t) u_i(e_t), α_i(t) the α of the
@@ -36,7 +42,7 @@ from typing import Any
 
 import torch
 
-from spi_align.data import heldout_prompts
+from spi_align.data import prompt_split
 from spi_align.values.heads import ValueHead
 from spi_align.values.prefix_states import PrefixStates
 from spi_align.values.train import TokenDataset, fit_head, within_prompt_spearman
@@ -195,7 +201,7 @@ def _fit(
 
 
 def _by_length(predicted: torch.Tensor, final: torch.Tensor, keys, lengths) -> dict[int, float]:
-    """Held-out within-prompt Spearman with the final reward at each length."""
+    """Within-prompt Spearman of `predicted` with the final reward at each length, on the rows given."""
     out = {}
     for t in lengths:
         rows = [j for j, (_, length) in enumerate(keys) if length == t]
@@ -217,8 +223,9 @@ def choose_alphas(
     lengths: Sequence[int],
     per_depth: bool,
 ) -> tuple[dict[int, float], dict[int, float]]:
-    """(α per length, held-out Spearman of partial + α·learned per length): per length the α of `ALPHAS` that
-    ranks best there (`per_depth`), or one α for all that ranks best on average; ties keep the smaller α."""
+    """(α per length, Spearman of partial + α·learned per length on the rows given, the choice prompts'): per length
+    the α of `ALPHAS` that ranks best there (`per_depth`), or one α for all that ranks best on average; ties keep
+    the smaller α."""
     scored = {a: _by_length(partial + a * learned, target, keys, lengths) for a in ALPHAS}
     if per_depth:
         alphas = {t: max(ALPHAS, key=lambda a: (_nan_low(scored[a].get(t)), -a)) for t in lengths}
@@ -287,7 +294,8 @@ def fit_anchored(
     rank_weights: Sequence[float] = (0.0,),
     per_depth: bool = False,
 ) -> tuple[AnchoredValue, dict[str, Any]]:
-    """The residual head u with its α per length, and its held-out ranking next to the anchor's. `anchor`: the
+    """The residual head u with its α per length, and its held-out ranking next to the anchor's (choices on the choice
+    prompts, the ranking on held-out prompts: the module docstring). `anchor`: the
     reward head on the closed states, or any `Anchor` (e.g. `TextAnchor`); `tokens`: the rollouts' tokens, so
     shared prefixes get their leaves' mean reward (tree targets); `rank_weights`: the ranking-loss weights λ to
     choose from; `per_depth`: α chosen at each length on its own."""
@@ -300,29 +308,49 @@ def fit_anchored(
         torch.nn.init.zeros_(head.net.bias)  # type: ignore[arg-type]
         return AnchoredValue(head.eval(), list(lengths) or [0], [0.0] * (len(lengths) or 1)), metrics
     partial = (HeadAnchor(anchor) if isinstance(anchor, torch.nn.Linear) else anchor)(x, index, keys)
-    residual = centred(final - partial, keys)
-    held = heldout_prompts(groups, seed)
-    test = torch.tensor([k[0] in held for k in keys])
+    residual = centred(final - partial, keys)  # centred per (prompt, length): any subset of prompts reads it as is
+    fit_ids, choice_ids, held_ids = prompt_split(groups, seed)
+    metrics.update({"choice_prompts": len(choice_ids), "heldout_prompts": len(held_ids)})
+    side = {g: name for name, ids in (("fit", fit_ids), ("choice", choice_ids), ("heldout", held_ids)) for g in ids}
+    rows: dict[str, list[int]] = {"fit": [], "choice": [], "heldout": []}
+    for j, (group, _) in enumerate(keys):
+        rows[side[group]].append(j)
+    rows["train"] = sorted(rows["fit"] + rows["choice"])
+
+    def probe(part: list[int], ridge: float, weight: float) -> ValueHead:
+        """u fitted on the rows `part` alone."""
+        sub = [keys[j] for j in part]
+        pairs = ranking_pairs(final[part], sub) if weight > 0 else None
+        return _fit(x[part], residual[part], sub, ridge, seed, weight, partial[part], pairs)
+
+    # choices (ridge, λ, α) on the choice prompts, of heads fitted on the fit prompts
     best: tuple[float, float, float, dict[int, float]] = (float("-inf"), ridge, 0.0, {t: 0.0 for t in lengths})
-    if 0 < int(test.sum()) < len(keys):
-        tkeys = [k for k, h in zip(keys, test.tolist(), strict=True) if h]
-        for t, v in _by_length(partial[test], final[test], tkeys, lengths).items():
-            metrics[f"partial_reward_spearman_at_{t}"] = v
-        fkeys = [k for k, h in zip(keys, test.tolist(), strict=True) if not h]
-        fit_residual = centred(final[~test] - partial[~test], fkeys)
-        fit_pairs = ranking_pairs(final[~test], fkeys) if any(w > 0 for w in rank_weights) else None
+    if rows["fit"] and rows["choice"]:
+        pick = rows["choice"]
+        pick_keys = [keys[j] for j in pick]
         chosen: dict[int, float] = {}
-        for factor in RIDGE_FACTORS:
+        for ridge_try in (ridge * factor for factor in RIDGE_FACTORS):
             for weight in rank_weights:
-                probe = _fit(x[~test], fit_residual, fkeys, ridge * factor, seed, weight, partial[~test], fit_pairs)
                 with torch.no_grad():
-                    learned = probe(x[test])
-                alphas, scores = choose_alphas(partial[test], learned, final[test], tkeys, lengths, per_depth)
+                    learned = probe(rows["fit"], ridge_try, weight)(x[pick])
+                alphas, scores = choose_alphas(partial[pick], learned, final[pick], pick_keys, lengths, per_depth)
                 if _mean(scores) > best[0] + 1e-9:
-                    best, chosen = (_mean(scores), ridge * factor, weight, alphas), scores
-        for t, v in chosen.items():
-            metrics[f"spearman_at_{t}"] = v
+                    best, chosen = (_mean(scores), ridge_try, weight, alphas), scores
+        metrics.update({f"choice_spearman_at_{t}": v for t, v in chosen.items()})
     _, chosen_ridge, rank_weight, alphas = best
+    # the report: those choices, u fitted on every training prompt, read on held-out prompts no choice saw
+    if rows["train"] and rows["heldout"]:
+        test = rows["heldout"]
+        test_keys = [keys[j] for j in test]
+        with torch.no_grad():
+            learned = probe(rows["train"], chosen_ridge, rank_weight)(x[test])
+        alpha = torch.tensor([alphas.get(t, 0.0) for _, t in test_keys])
+        for name, predicted in (
+            ("partial_reward_spearman", partial[test]),
+            ("spearman", partial[test] + alpha * learned),
+        ):
+            for t, v in _by_length(predicted, final[test], test_keys, lengths).items():
+                metrics[f"heldout_{name}_at_{t}"] = v
     pairs = ranking_pairs(final, keys) if rank_weight > 0 else None
     head = _fit(x, residual, keys, chosen_ridge, seed, rank_weight, partial, pairs)
     for t in lengths:

@@ -28,7 +28,8 @@ def partial_reward_spearman(
     rewards: Sequence[float],
     prefixes: Sequence[int | None],
 ) -> dict[str, float]:
-    """`partial_reward_spearman_at_<t>` for each t in `prefixes` (None = the whole response: the reward itself)."""
+    """`heldout_partial_reward_spearman_at_<t>` for each t in `prefixes` (None = the whole response: the reward
+    itself), on the rollouts given (the caller passes the held-out prompts')."""
     groups = [p.id for p in prompts]
     lengths = [t for t in prefixes if t is not None]
     out: dict[str, float] = {}
@@ -43,10 +44,10 @@ def partial_reward_spearman(
                 k = len(s.lengths) - 1 if t is None else max(i for i, n in enumerate(s.lengths) if n <= t)
                 with torch.no_grad():
                     values.append(float(head(s.closed[k].to(head.weight)).squeeze(-1)))
-            out[f"partial_reward_spearman_at_{t or 'end'}"] = within_prompt_spearman(values, rewards, groups)
+            out[f"heldout_partial_reward_spearman_at_{t or 'end'}"] = within_prompt_spearman(values, rewards, groups)
         return out
     for t in prefixes:
         texts = policy.tokenizer.batch_decode([list(x)[:t] for x in tokens], skip_special_tokens=True)
         values = reward.score(list(prompts), texts)
-        out[f"partial_reward_spearman_at_{t or 'end'}"] = within_prompt_spearman(values, rewards, groups)
+        out[f"heldout_partial_reward_spearman_at_{t or 'end'}"] = within_prompt_spearman(values, rewards, groups)
     return out

@@ -79,8 +79,8 @@ def train_value_model_round(
     spi: SPIConfig,
     seed: int,
 ) -> tuple[ValueModel, dict[str, Any]]:
-    """Train V_k on all rollouts; report within-prompt Spearman of a model trained on 80% of the prompts, on the
-    other 20% (as the heads do: two trainings)."""
+    """Train V_k on all rollouts; report within-prompt Spearman of a model trained without the held-out prompts, on
+    them (as the heads do: two trainings)."""
     groups = [p.id for p in prompts]
 
     def probe(fit_idx: list[int], test_idx: list[int]) -> Callable[[int | None], list[float]]:

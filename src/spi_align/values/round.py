@@ -32,7 +32,7 @@ def flatten_rollouts(
 
 
 def heldout_split(groups: Sequence[str], seed: int) -> tuple[list[int], list[int]]:
-    """Indices of rollouts to fit on and to test on, split by prompt (a seeded fifth of the prompts held out)."""
+    """Indices of rollouts to fit on and to test on, split by prompt (`heldout_prompts`: about a fifth held out)."""
     held = heldout_prompts(groups, seed)
     return [i for i, g in enumerate(groups) if g not in held], [i for i, g in enumerate(groups) if g in held]
 
@@ -45,7 +45,7 @@ def train_value(
     cfg: SPIConfig,
     seed: int,
 ) -> tuple[ValueHead, dict[str, Any]]:
-    """Fit V on all rollouts; report within-prompt Spearman of a fit on 80% of the prompts, on the other 20%."""
+    """Fit V on all rollouts; report within-prompt Spearman of a fit without the held-out prompts, on them."""
     hidden = response_hidden_states(policy, prompts, tokens)
     groups = [p.id for p in prompts]
 
@@ -66,9 +66,11 @@ def heldout_metrics(
     seed: int,
     probe: Callable[[list[int], list[int]], Callable[[int | None], Sequence[float]]],
 ) -> dict[str, Any]:
-    """Counts of the rollouts, and the within-prompt Spearman with the reward, at each of `PREFIXES`, of a value
-    function fitted on 80% of the prompts and read on the other 20%: `probe(fit_idx, test_idx)` fits it and returns
-    `at(prefix)`, its values for the test rollouts after `prefix` tokens."""
+    """Counts of the rollouts, and `heldout_spearman_at_<prefix>`: the within-prompt Spearman with the reward, at
+    each of `PREFIXES`, of a value function fitted on the other prompts and read on the held-out ones
+    (`heldout_prompts`): `probe(fit_idx, test_idx)` fits it and returns `at(prefix)`, its values for the test
+    rollouts after `prefix` tokens. Nothing is chosen here (the head's ridge, the model's epochs are settings), so
+    no inner split is needed; a caller that chooses must choose without the held-out prompts."""
     metrics: dict[str, Any] = {
         "rollouts": len(tokens),
         "prompts": len(set(groups)),
@@ -79,7 +81,8 @@ def heldout_metrics(
         at = probe(fit_idx, test_idx)
         test_rewards, test_groups = [rewards[i] for i in test_idx], [groups[i] for i in test_idx]
         for prefix in PREFIXES:
-            metrics[f"spearman_at_{prefix or 'end'}"] = within_prompt_spearman(at(prefix), test_rewards, test_groups)
+            name = f"heldout_spearman_at_{prefix or 'end'}"
+            metrics[name] = within_prompt_spearman(at(prefix), test_rewards, test_groups)
     return metrics
 
 
