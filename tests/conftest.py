@@ -135,3 +135,31 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, _smol_tokenizer_onc
     make_tiny_causal_lm(_smol_tokenizer_once).save_pretrained(path)
     _smol_tokenizer_once.save_pretrained(path)
     return path
+
+
+def make_tiny_classifier(tokenizer: Any, seed: int = 0, num_labels: int = 1) -> Any:
+    """A randomly initialised tiny `LlamaForSequenceClassification` (a reward model when `num_labels` is 1; pad id 2,
+    as SmolLM2's tokenizer pads), its score head scaled up so that rewards differ visibly."""
+    import torch
+    from transformers import LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = tiny_llama_config(tokenizer)
+    config.num_labels = num_labels
+    model = LlamaForSequenceClassification(config).to(torch.float32).eval()
+    with torch.no_grad():
+        model.score.weight.normal_(0.0, 1.0)
+    return model
+
+
+def save_tiny_classifier(folder: Path, tokenizer: Any, seed: int = 0, num_labels: int = 1) -> Path:
+    """`make_tiny_classifier` and `tokenizer` saved in `folder` with `save_pretrained` (as a reward model ships)."""
+    make_tiny_classifier(tokenizer, seed, num_labels).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory, _smol_tokenizer_once: Any) -> Path:
+    """A tiny random sequence-classification reward model (num_labels 1) saved with the SmolLM2 tokenizer."""
+    return save_tiny_classifier(tmp_path_factory.mktemp("tiny-classifier"), _smol_tokenizer_once)

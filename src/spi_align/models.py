@@ -1,9 +1,10 @@
-"""Where models come from: the embedded default, a local directory, or a hub id; and which device."""
+"""Where models come from: the embedded default, a local directory, or a hub id; their configs; and which device."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,6 +30,31 @@ def resolve_model_source(spec: str) -> str:
     if spec.startswith((".", "/", "~")) or not _HUB_ID.match(spec):
         raise SpiError(f"model path does not exist: {spec}")
     return spec
+
+
+def looks_like_hub_id(spec: str) -> bool:
+    """True for 'org/name' (what a reward model on the hub is called); a bare word is not taken for one."""
+    return "/" in spec and not spec.startswith((".", "/", "~")) and bool(_HUB_ID.match(spec))
+
+
+def load_model_config(spec: str, what: str = "model") -> tuple[str, Any]:
+    """(source, transformers config) of a model spec (`resolve_model_source`), read without loading weights.
+
+    One-line SpiError naming `what` when it cannot be read: a folder without a config.json, an unknown model type, a
+    hub id that does not exist or, with no network, is not in the local cache.
+    """
+    from transformers import AutoConfig
+
+    source = resolve_model_source(spec)
+    try:
+        return source, AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise SpiError(f"cannot load {what} '{spec}': {first_line(exc)}") from None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (library errors often run to a paragraph)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 def resolve_device(spec: str) -> torch.device:

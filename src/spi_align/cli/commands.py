@@ -48,7 +48,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         policy, search = improved.policy, improved.method(name)
     else:
         policy = load_policy(cfg.policy, cfg.generation, cfg.seed)
-        reward = None if name == "sample" else make_scorer(cfg.reward, device=str(policy.device))
+        device = str(policy.device)
+        reward = None if name == "sample" else make_scorer(cfg.reward, device, cfg.policy.dtype, policy=policy)
         search = build_method(name, MethodContext(policy, reward, cfg.spi))
     run = RunDir(cfg.run_dir, cfg.name or f"generate-{search.name}-seed{cfg.seed}")
     run.start(cfg)
@@ -63,10 +64,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from spi_align.data import load_responses
+    from spi_align.models import resolve_device
     from spi_align.scoring import make_scorer
 
     pairs = load_responses(args.file)
-    scorer = make_scorer(args.scorer)
+    scorer = make_scorer(args.scorer, device=str(resolve_device(args.device)), dtype=args.dtype)
     scores = scorer.score([p for p, _ in pairs], [r for _, r in pairs])
     out = Path(args.out) if args.out else Path(args.file).with_suffix(f".{scorer.name}.jsonl")
     if out.resolve() == Path(args.file).resolve():

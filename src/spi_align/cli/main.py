@@ -32,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score responses in a file (prompt + response columns)")
     p.add_argument("file", help="JSONL/JSON/CSV/parquet file with prompt and response columns")
-    p.add_argument("--scorer", default="similarity", help="similarity, sentiment, a reward-model dir, or module:fn")
+    p.add_argument(
+        "--scorer", default="similarity", help="similarity, sentiment, a reward model (folder or hub id), or module:fn"
+    )
+    p.add_argument("--device", default="cpu", help="where a reward model runs: cpu, cuda, cuda:1, auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="a reward model's")
     p.add_argument("--out", help="write the scored records here (JSONL)")
 
     p = sub.add_parser("run", help="SPI rounds, baselines and report (Algorithm 1) from a config file")

@@ -52,7 +52,9 @@ class SPIRun:
         self.train_prompts = load_prompts(train_cfg)
         self.policy = load_policy(cfg.policy, cfg.generation, cfg.seed)
         self.device = str(self.policy.device)
-        self.evaluator: Scorer = make_scorer(cfg.evaluator, device=self.device)
+        self.evaluator: Scorer = make_scorer(cfg.evaluator, device=self.device, dtype=cfg.policy.dtype)
+        # every scorer is checked and loaded before anything is sampled: a wrong spec fails here, not after round 0
+        self.reward: Scorer | None = None if cfg.reward == "train" else load_reward(cfg, self.run.path, self.policy)
         self._pairs: list[tuple[Prompt, str, str]] | None = None
 
     def method(self, key: str, search: Any, prompts: list[Prompt]) -> tuple[list[dict[str, Any]], Cost]:
@@ -82,8 +84,8 @@ class SPIRun:
         """The configured scorer, or (reward: train) the reward head trained once, by Bradley–Terry on every ordered
         pair of each training prompt's round-0 samples labelled by the evaluator; then loaded. With a trained head
         round 0's rollouts come back scored from their states (no re-encoding)."""
-        if self.cfg.reward != "train":
-            return load_reward(self.cfg, self.run.path, self.policy), None
+        if self.reward is not None:
+            return self.reward, None
         prompts, tokens, states = self.round0_states(rollouts0)
         ends = torch.stack([s.closed[-1] for s in states])
         if not self.run.has(f"{REWARD_DIR}/spi_reward.json"):

@@ -54,11 +54,24 @@ class ValueModel(nn.Module):
     def from_source(
         cls, source: str, train_layers: int = -1, dtype: torch.dtype = torch.float32, device: str = "cpu"
     ) -> ValueModel:
-        """A fresh head on a pretrained backbone: 'default' (SmolLM2), a local model directory, or a hub id."""
+        """A fresh head on a pretrained backbone: 'default' (SmolLM2), a local model directory, or a hub id.
+
+        A sequence-classification reward model (num_labels 1) starts it whole, its score head included: V begins as
+        the reward model read at every position (the paper's recipe, `scoring/classifier.py`).
+        """
         from transformers import AutoModel, AutoTokenizer
 
-        from spi_align.models import resolve_model_source
+        from spi_align.models import load_model_config, resolve_model_source
+        from spi_align.scoring.classifier import is_classifier, load_classifier, score_head
 
+        if source != "default" and is_classifier(load_model_config(source, what="value backbone")[1]):
+            classifier, tokenizer = load_classifier(source, device, dtype)
+            head = score_head(classifier)
+            model = cls(classifier.base_model.eval(), tokenizer, source=source, train_layers=train_layers)
+            with torch.no_grad():
+                model.head.weight.copy_(head.weight)
+                model.head.bias.copy_(head.bias if head.bias is not None else torch.zeros_like(model.head.bias))
+            return model
         path = resolve_model_source(source)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
