@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from contextlib import contextmanager
 
 import pytest
 import yaml
 
+from spi_align.cli import main
 from spi_align.config import Config
 from spi_align.errors import SpiError
 from spi_align.interfaces import Prompt
@@ -179,3 +183,54 @@ def test_a_changed_default_does_not_silently_change_a_resumed_run(tmp_path):
     with pytest.raises(SpiError, match=r"spi\.tree: \[\] → \[4, 2\]"):
         RunDir(tmp_path, "r").start(Config())  # today's default is a tree
     RunDir(tmp_path, "r").start(Config.model_validate({"spi": {"tree": []}}))  # the run as it was written
+
+
+HOLD = """import sys
+from spi_align.config import Config
+from spi_align.rundir import RunDir
+run = RunDir(sys.argv[1], sys.argv[2])
+run.start(Config())
+print("started", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextmanager
+def another_process_holding(root, name: str = "r"):
+    """Another process that started the run `root/name` (and holds it until the block ends)."""
+    other = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(root), name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout.readline().strip() == "started"
+        yield other.pid
+    finally:
+        other.stdin.close()
+        other.wait(timeout=60)
+
+
+def test_a_second_process_on_a_run_folder_is_refused_in_one_line_naming_the_first(tmp_path):
+    with another_process_holding(tmp_path) as pid:
+        with pytest.raises(SpiError) as err:
+            RunDir(tmp_path, "r").start(Config())
+        message = str(err.value)
+        assert "in use by another process" in message and f"pid {pid} " in message and "\n" not in message
+    with RunDir(tmp_path, "r") as run:  # free once the other process ended
+        run.start(Config())
+        again = RunDir(tmp_path, "r")  # this process may open its own run twice (e.g. to save a policy into it)
+        again.start(Config())
+        again.close()
+    with another_process_holding(tmp_path):  # and free again once this process closed it
+        pass
+    assert not (tmp_path / "r").exists()  # the lock lives beside the folder: nothing was written, nothing is left
+
+
+def test_spi_generate_on_a_run_another_process_holds_is_one_line_and_exit_2(capsys, tmp_path, tiny_model_dir):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Name a colour."}) + "\n")
+    argv = ["generate", f"data.prompts={prompts}", f"policy.model={tiny_model_dir}", f"run_dir={tmp_path}", "name=g"]
+    with another_process_holding(tmp_path, "g") as pid:
+        assert main([*argv, "search.method=sample", "generation.max_new_tokens=4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"pid {pid} " in err, err
+    assert not (tmp_path / "g" / "outputs.jsonl").exists()

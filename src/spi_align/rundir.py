@@ -5,18 +5,27 @@ resolved settings, not as text: the saved file is validated by the current confi
 added since) takes the value the model gives it, its default or what a validator derives from the keys the file
 has; only keys that then differ refuse the rerun, and the refusal names them. Where the run lives (`name`,
 `run_dir`) is no setting of the run.
+
+One command at a time: `start` takes a lock on the run (`.<name>.lock` beside its folder, so a run that fails before
+its first step still leaves no folder), held until `close()` or until the `RunDir` is gone; a second process is
+refused in one line naming the holder (`.<name>.owner`). RunDirs of one process share the lock.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import sys
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock, Timeout
 from pydantic import BaseModel, ValidationError
 
 from spi_align.config import to_yaml
@@ -89,6 +98,7 @@ class RunDir:
     def __init__(self, root: str | Path, name: str) -> None:
         self.path = Path(root) / slug(name)
         self._config: str | None = None
+        self._unlock: weakref.finalize | None = None
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -104,13 +114,49 @@ class RunDir:
         that fails before any (a missing prompt file, say) leaves nothing behind. A folder that holds only a
         `config.yaml` (no finished step) is taken over by the new config.
         """
+        self.lock()
         saved = self.file("config.yaml")
         if saved.exists() and self._has_steps() and (changes := config_changes(saved, config)):
+            self.close()
             raise SpiError(
                 f"run directory {self.path} holds a run with another config ({'; '.join(changes)}); "
                 "pass name=... for a new run or delete that directory"
             )
         self._config = to_yaml(config)
+
+    def lock(self) -> None:
+        """Hold this run's lock until `close()` (or until this object is gone); SpiError naming the process that
+        holds it otherwise. Other RunDirs of this process on the same folder share it."""
+        if self._unlock is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.path.parent / f".{self.path.name}.lock", timeout=0, is_singleton=True, thread_local=False)
+        owner = self.path.parent / f".{self.path.name}.owner"
+        held_here = lock.is_locked
+        try:
+            lock.acquire()
+        except Timeout:
+            holder = owner.read_text(encoding="utf-8").strip() if owner.is_file() else "unknown"
+            raise SpiError(
+                f"run directory {self.path} is in use by another process ({holder}); "
+                "wait for it to finish, or pass name=... for a new run"
+            ) from None
+        if not held_here:
+            command = " ".join(" ".join(sys.argv).split())[:200]
+            atomic_write_text(owner, f"pid {os.getpid()} on {socket.gethostname()}: {command}\n")
+        self._unlock = weakref.finalize(self, _unlock, lock, owner)
+
+    def close(self) -> None:
+        """Let go of this run's lock (taken by `start`)."""
+        if self._unlock is not None:
+            self._unlock()
+            self._unlock = None
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _has_steps(self) -> bool:
         return any(p.name != "config.yaml" and not p.name.startswith(".") for p in self.path.iterdir())
@@ -157,3 +203,9 @@ class RunDir:
 
     def read_json(self, name: str) -> Any:
         return json.loads(self.file(name).read_text(encoding="utf-8"))
+
+
+def _unlock(lock: FileLock, owner: Path) -> None:
+    if lock.lock_counter == 1:  # the last hold in this process: the note goes before another process can take it
+        owner.unlink(missing_ok=True)
+    lock.release()

@@ -152,4 +152,8 @@ def default_name(cfg: Config) -> str:
 
 
 def spi_run(cfg: Config) -> str:
-    return SPIRun(cfg).execute()
+    experiment = SPIRun(cfg)
+    try:
+        return experiment.execute()
+    finally:
+        experiment.run.close()  # the run folder's lock goes as soon as the run ends, not when it is collected
