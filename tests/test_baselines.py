@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_policy, make_tiny_causal_lm
+from conftest import make_policy, make_tiny_causal_lm, write_prompt_file
 from spi_align.config import GenerationConfig
 from spi_align.interfaces import Cost, Prompt
 from spi_align.policy import HFPolicy
@@ -251,3 +251,50 @@ def test_spi_run_evaluates_the_baselines_at_the_same_budgets_and_resumes(tmp_pat
     assert main(argv) == 0  # resumes: nothing retrained, the same results
     assert (run / "dpo" / "model.safetensors").stat().st_mtime_ns == stamp
     assert json.loads((run / "results.json").read_text())["results"] == results
+
+
+def test_dpo_tunes_on_the_very_pairs_the_reward_model_is_fitted_on(tmp_path, tiny_model_dir, monkeypatch):
+    from spi_align.config import Config, build_config
+    from spi_align.experiment import spi_run
+    from spi_align.experiment.baselines import Baselines
+    from spi_align.spi import SuccessivePolicyIteration
+
+    prompts = write_prompt_file(tmp_path, 3)
+    scorer = str(Path(__file__).parent / "mocks" / "scorers.py") + ":vowel_share"
+    overrides = [
+        f"data.prompts={prompts}", f"policy.model={tiny_model_dir}", f"run_dir={tmp_path}", "name=pairs",
+        f"evaluator={scorer}", "reward=train", "generation.max_new_tokens=12", "spi.rollouts=5",
+        "baselines.dpo=true",
+    ]  # fmt: skip
+    cfg = build_config(Config, overrides=overrides)
+    run = spi_run.SPIRun(cfg)
+    rollouts0 = SuccessivePolicyIteration(run.policy, None, cfg, run.run).rollouts(0, run.train_prompts)
+
+    seen: dict[str, list] = {}
+    fit_reward = spi_run.train_reward_head_on_states
+
+    def recording_fit(model, states, groups, labels, reward_cfg, seed, pairs):
+        seen["reward"] = list(pairs)
+        return fit_reward(model, states, groups, labels, reward_cfg, seed, pairs)
+
+    def recording_dpo(policy, tokenizer, pairs, out_dir, **settings):
+        seen["dpo"] = list(pairs)
+        policy.save_pretrained(out_dir)
+        return {"pairs": len(pairs), "train_margin": 0.0, "train_accuracy": 0.0}
+
+    monkeypatch.setattr(spi_run, "train_reward_head_on_states", recording_fit)
+    monkeypatch.setattr("spi_align.train.dpo.train_dpo", recording_dpo)
+    reward, _ = run.obtain_reward(rollouts0)
+    Baselines(cfg, run.run, run.policy, reward, lambda: run.preference_pairs(rollouts0)).dpo_model()
+
+    samples, texts, labels, _ = run.round0_preferences(rollouts0)
+    assert seen["dpo"] == [(samples[a], texts[a], texts[b]) for a, b in seen["reward"]]
+    every_ordered_pair = [
+        (a, b)
+        for a in range(len(samples))
+        for b in range(len(samples))
+        if samples[a].id == samples[b].id and labels[a] > labels[b]
+    ]
+    assert sorted(seen["reward"]) == every_ordered_pair
+    per_prompt = [sum(samples[a].id == p.id for a, _ in seen["reward"]) for p in run.train_prompts]
+    assert max(per_prompt) > 2  # more than the two best-vs-worst pairs a prompt used to give DPO

@@ -17,7 +17,6 @@ from spi_align.experiment.pipeline import evaluate
 from spi_align.interfaces import Cost, Prompt
 from spi_align.rundir import RunDir
 from spi_align.scoring import make_scorer
-from spi_align.scoring.train_reward import make_pairs
 from spi_align.search import BestOfN
 from spi_align.search.beam import ChunkBeamSearch
 from spi_align.search.reward_guide import TextPartialReward
@@ -99,13 +98,6 @@ def test_rollouts_scored_to_train_values_are_checked(tiny_policy, tmp_path):
     fit.reward = FixedScorer([0.1, math.inf, 0.3], name="rollout-reward")
     with pytest.raises(SpiError, match="scorer 'rollout-reward' returned inf for response 1"):
         fit.scored(records, PROMPTS)
-
-
-def test_labels_of_reward_model_pairs_are_checked():
-    candidates = [["red", "blue"], ["hi", "hello"]]
-    assert len(make_pairs(PROMPTS, candidates, FixedScorer([1.0, 0.0, 0.0, 1.0]), per_prompt=1)) == 2
-    with pytest.raises(SpiError, match=r"scorer 'labeller' returned nan for response 2 'hi'"):
-        make_pairs(PROMPTS, candidates, FixedScorer([1.0, 0.0, math.nan, 1.0], name="labeller"), per_prompt=1)
 
 
 def test_the_reward_on_partial_text_is_checked_in_the_search(tiny_policy):

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from mocks.scorers import LengthScorer
 from spi_align.config import RewardTrainConfig
 from spi_align.data import heldout_prompts
 from spi_align.errors import SpiError
@@ -15,18 +14,20 @@ from spi_align.interfaces import Prompt
 from spi_align.scoring.reward_model import RewardModel
 from spi_align.scoring.train_reward import (
     bradley_terry_loss,
-    make_pairs,
+    preference_pairs,
     train_reward_head,
     train_reward_head_on_states,
 )
 
 
-def test_pairs_are_best_against_worst_then_inwards_skipping_ties_and_duplicates():
-    p, q = Prompt("p", "x"), Prompt("q", "y")
-    cands = [["aaaa", "a", "aaa", "aa", "a"], ["bb", "cc"]]
-    pairs = make_pairs([p, q], cands, LengthScorer(), per_prompt=3)
-    # p: unique candidates by length 4, 3, 2, 1 -> (4 vs 1), (3 vs 2); q: a tie, no pair
-    assert [(x.id, c, r) for x, c, r in pairs] == [("p", "aaaa", "a"), ("p", "aaa", "aa")]
+def test_pairs_are_every_ordered_pair_or_best_against_worst_then_inwards_skipping_ties():
+    groups = ["p", "p", "p", "p", "q", "q"]
+    labels = [4.0, 1.0, 3.0, 2.0, 5.0, 5.0]
+    # p: every two samples with different labels, better first; q: a tie, no pair
+    assert sorted(preference_pairs(groups, labels)) == [(0, 1), (0, 2), (0, 3), (2, 1), (2, 3), (3, 1)]
+    # p ranked 0, 2, 3, 1 -> (best 0 vs worst 1), (2 vs 3); a third would need a fifth sample
+    assert preference_pairs(groups, labels, per_prompt=3) == [(0, 1), (2, 3)]
+    assert preference_pairs(groups, labels, per_prompt=1) == [(0, 1)]
 
 
 def test_bradley_terry_loss_by_hand():

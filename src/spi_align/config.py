@@ -207,8 +207,10 @@ class SPIConfig(Section):
 
 
 class RewardTrainConfig(Section):
-    pairs_per_prompt: int = Field(2, gt=0)
-    """Preference pairs per training prompt: best vs worst, second best vs second worst, ... by the labeller."""
+    pairs_per_prompt: int | None = Field(None, gt=0)
+    """Preference pairs per training prompt, for the reward model and DPO alike (one pair list): None, every ordered
+    pair of the prompt's round-0 samples whose labels differ; N, best vs worst, second best vs second worst, ... up
+    to N pairs by the labeller."""
     epochs: int = Field(200, gt=0)
     """Full-batch Adam steps of the Bradley–Terry head."""
     lr: float = Field(0.01, gt=0)

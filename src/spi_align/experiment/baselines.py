@@ -6,7 +6,8 @@ generated tokens as BoN-(W·K) when nothing ends early); DPO draws one sample pe
 like 'sample' (its cost is training, recorded in `dpo.json`).
 
 For the embedded default there is no public tuned/reference pair, so one is made: DPO tunes the policy on the
-preference pairs the reward model saw, and the untuned policy is the reference. The tuned model is saved in the
+preference pairs the reward model saw (the very same list: `SPIRun.round0_preferences`), and the untuned policy is
+the reference. The tuned model is saved in the
 run directory (`dpo/`, safetensors) and reused when the run resumes.
 """
 

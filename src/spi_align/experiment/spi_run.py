@@ -31,7 +31,7 @@ from spi_align.resumable import run_method
 from spi_align.rundir import RunDir
 from spi_align.scoring import make_scorer
 from spi_align.scoring.finite import finite_scores
-from spi_align.scoring.train_reward import make_pairs, train_reward_head_on_states
+from spi_align.scoring.train_reward import preference_pairs, train_reward_head_on_states
 from spi_align.search.registry import build_method, method_names
 from spi_align.spi import REWARD_DIR, SuccessivePolicyIteration, load_reward, round_folder
 from spi_align.values.kinds import Rollouts
@@ -55,7 +55,7 @@ class SPIRun:
         self.evaluator: Scorer = make_scorer(cfg.evaluator, device=self.device, dtype=cfg.policy.dtype)
         # every scorer is checked and loaded before anything is sampled: a wrong spec fails here, not after round 0
         self.reward: Scorer | None = None if cfg.reward == "train" else load_reward(cfg, self.run.path, self.policy)
-        self._pairs: list[tuple[Prompt, str, str]] | None = None
+        self._preferences: tuple[list[Prompt], list[str], list[float], list[tuple[int, int]]] | None = None
 
     def method(self, key: str, search: Any, prompts: list[Prompt]) -> tuple[list[dict[str, Any]], Cost]:
         reseed = getattr(search, "policy", self.policy).reseed  # baselines may sample another policy
@@ -81,9 +81,10 @@ class SPIRun:
         return prompts, tokens, states
 
     def obtain_reward(self, rollouts0: list[dict[str, Any]]) -> tuple[Scorer, Rollouts | None]:
-        """The configured scorer, or (reward: train) the reward head trained once, by Bradley–Terry on every ordered
-        pair of each training prompt's round-0 samples labelled by the evaluator; then loaded. With a trained head
-        round 0's rollouts come back scored from their states (no re-encoding)."""
+        """The configured scorer, or (reward: train) the reward head trained once, by Bradley–Terry on the pairs of
+        `round0_preferences` (by default every ordered pair of each training prompt's round-0 samples labelled by the
+        evaluator; DPO tunes on the same); then loaded. With a trained head round 0's rollouts come back scored from
+        their states (no re-encoding)."""
         if self.reward is not None:
             return self.reward, None
         prompts, tokens, states = self.round0_states(rollouts0)
@@ -91,12 +92,13 @@ class SPIRun:
         if not self.run.has(f"{REWARD_DIR}/spi_reward.json"):
             from spi_align.scoring.reward_model import RewardModel
 
-            texts = self.policy.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-            labels = finite_scores(self.evaluator, self.evaluator.score(prompts, texts), texts)
-            log.info("training the reward model (Bradley–Terry on all ordered pairs labelled by the evaluator)")
+            _, _, labels, pairs = self.round0_preferences(rollouts0)
+            log.info("training the reward model (Bradley–Terry on %d pairs labelled by the evaluator)", len(pairs))
             model = RewardModel(self.policy.backbone, self.policy.tokenizer, source=self.cfg.policy.model)
             groups = [p.id for p in prompts]
-            metrics = train_reward_head_on_states(model, ends, groups, labels, self.cfg.reward_model, self.cfg.seed)
+            metrics = train_reward_head_on_states(
+                model, ends, groups, labels, self.cfg.reward_model, self.cfg.seed, pairs
+            )
             with self.run.folder(REWARD_DIR) as tmp:
                 model.save(tmp, with_backbone=False)
                 self.run.write_json("reward_model.json", metrics)  # before the checkpoint counts as done
@@ -106,15 +108,27 @@ class SPIRun:
             rewards = head(ends.to(head.weight)).squeeze(-1).tolist()
         return reward, Rollouts(prompts, tokens, rewards, states)
 
+    def round0_preferences(
+        self, rollouts0: list[dict[str, Any]]
+    ) -> tuple[list[Prompt], list[str], list[float], list[tuple[int, int]]]:
+        """Round 0's samples (`flatten_rollouts` order, as `round0_states`), their texts, the evaluator's labels and
+        the (chosen, rejected) sample pairs built from them once (`preference_pairs`): the one pair list that the
+        reward model (reward: train) and the DPO baseline both train on."""
+        if self._preferences is None:
+            from spi_align.values.round import flatten_rollouts
+
+            prompts, tokens, _ = flatten_rollouts(rollouts0, {p.id: p for p in self.train_prompts})
+            texts = self.policy.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+            labels = finite_scores(self.evaluator, self.evaluator.score(prompts, texts), texts)
+            pairs = preference_pairs([p.id for p in prompts], labels, self.cfg.reward_model.pairs_per_prompt)
+            self._preferences = (prompts, texts, labels, pairs)
+        return self._preferences
+
     def preference_pairs(self, rollouts0: list[dict[str, Any]]) -> list[tuple[Prompt, str, str]]:
-        """Round-0 samples of the training prompts labelled by the evaluator: what the reward model and the DPO
-        baseline train on."""
-        if self._pairs is None:
-            by_id = {p.id: p for p in self.train_prompts}
-            prompts = [by_id[r["id"]] for r in rollouts0]
-            cands = [[c["text"] for c in r["candidates"]] for r in rollouts0]
-            self._pairs = make_pairs(prompts, cands, self.evaluator, self.cfg.reward_model.pairs_per_prompt)
-        return self._pairs
+        """(prompt, chosen, rejected) texts of `round0_preferences`' pairs: what the DPO baseline tunes on, the very
+        pairs the reward model is fitted on."""
+        prompts, texts, _, pairs = self.round0_preferences(rollouts0)
+        return [(prompts[a], texts[a], texts[b]) for a, b in pairs]
 
     def execute(self) -> str:
         cfg = self.cfg

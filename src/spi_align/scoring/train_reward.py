@@ -1,8 +1,10 @@
 """Algorithm 1, line 3: a Bradley–Terry reward model from preference pairs.
 
 For the embedded default there is no preference data, so pairs are made: policy samples on training prompts,
-labelled by a scorer (the evaluator), best vs worst. The reward model is the frozen policy backbone with a
-scalar head; only the head is trained, on features computed once.
+labelled by a scorer (the evaluator), paired within each prompt by `preference_pairs` (every ordered pair whose
+labels differ, or the i-th best against the i-th worst): the one pair list both this reward model and the DPO
+baseline train on. The reward model is the frozen policy backbone with a scalar head; only the head is trained, on
+features computed once.
 """
 
 from __future__ import annotations
@@ -15,30 +17,8 @@ import torch
 from spi_align.config import RewardTrainConfig
 from spi_align.data import prompt_split
 from spi_align.errors import SpiError
-from spi_align.interfaces import Prompt, Scorer
-from spi_align.scoring.finite import finite_scores
+from spi_align.interfaces import Prompt
 from spi_align.scoring.reward_model import RewardModel
-
-
-def make_pairs(
-    prompts: Sequence[Prompt], candidates: Sequence[Sequence[str]], labeller: Scorer, per_prompt: int
-) -> list[tuple[Prompt, str, str]]:
-    """(prompt, chosen, rejected): i-th best against i-th worst by the labeller; ties and duplicates skipped."""
-    flat = [(p, c) for p, cands in zip(prompts, candidates, strict=True) for c in dict.fromkeys(cands)]
-    texts = [c for _, c in flat]
-    scores = finite_scores(labeller, labeller.score([p for p, _ in flat], texts), texts)
-    by_prompt: dict[str, list[tuple[float, str]]] = {}
-    for (p, c), s in zip(flat, scores, strict=True):
-        by_prompt.setdefault(p.id, []).append((s, c))
-    lookup = {p.id: p for p in prompts}
-    pairs = []
-    for pid, scored in by_prompt.items():
-        ranked = sorted(scored, key=lambda sc: -sc[0])
-        for i in range(min(per_prompt, len(ranked) // 2)):
-            (s_hi, hi), (s_lo, lo) = ranked[i], ranked[-1 - i]
-            if s_hi > s_lo:
-                pairs.append((lookup[pid], hi, lo))
-    return pairs
 
 
 @torch.no_grad()
@@ -87,6 +67,27 @@ def all_pairs(groups: Sequence[str], labels: Sequence[float]) -> list[tuple[int,
     for i, g in enumerate(groups):
         by_group.setdefault(g, []).append(i)
     return [(a, b) for members in by_group.values() for a in members for b in members if labels[a] > labels[b]]
+
+
+def preference_pairs(
+    groups: Sequence[str], labels: Sequence[float], per_prompt: int | None = None
+) -> list[tuple[int, int]]:
+    """(chosen, rejected) sample index pairs within each prompt (`groups`), better first, labels differing: every
+    ordered pair (`all_pairs`) when `per_prompt` is None, else the i-th best against the i-th worst for i below
+    `per_prompt` (ties in the ranking keep sample order). What both the reward model and DPO are trained on."""
+    if per_prompt is None:
+        return all_pairs(groups, labels)
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    pairs = []
+    for members in by_group.values():
+        ranked = sorted(members, key=lambda i: -labels[i])
+        for i in range(min(per_prompt, len(ranked) // 2)):
+            best, worst = ranked[i], ranked[-1 - i]
+            if labels[best] > labels[worst]:
+                pairs.append((best, worst))
+    return pairs
 
 
 def _fit_head(
@@ -157,16 +158,18 @@ def train_reward_head_on_states(
     labels: Sequence[float],
     cfg: RewardTrainConfig,
     seed: int = 0,
+    pairs: Sequence[tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
-    """Bradley–Terry on every ordered pair of one prompt's samples (`all_pairs`), from each sample's state at its
-    end token (`states`, (N, H): what `model.features` reads, computed once per sample, not once per pair).
+    """Bradley–Terry on `pairs` of samples (default: `preference_pairs(groups, labels, cfg.pairs_per_prompt)`), from
+    each sample's state at its end token (`states`, (N, H): what `model.features` reads, computed once per sample,
+    not once per pair).
 
     Besides the pair accuracies, reports the held-out within-prompt Spearman of the probe's reward with the labels
     (`heldout_spearman_with_labeller`): the probe whose pair accuracy `heldout_accuracy` is, on the same held-out
     prompts (`data.prompt_split` of every sample's prompt, so a prompt without pairs moves no other)."""
     from spi_align.values.train import within_prompt_spearman
 
-    pairs = all_pairs(groups, labels)
+    pairs = list(pairs) if pairs is not None else preference_pairs(groups, labels, cfg.pairs_per_prompt)
     if not pairs:
         raise SpiError("no preference pairs: the labeller gave every sample of each prompt the same score")
     states = states.float()

@@ -1,4 +1,6 @@
-"""DPO, the paper's training-time baseline: TRL's `DPOTrainer` on the preference pairs the reward model saw.
+"""DPO, the paper's training-time baseline: TRL's `DPOTrainer` on the preference pairs the reward model saw (in
+`spi run`, the one pair list of `SPIRun.round0_preferences`: `scoring.train_reward.preference_pairs` of round 0's
+samples labelled by the evaluator, every ordered pair whose labels differ by default).
 
 A copy of the policy is tuned; the reference is the untuned policy (its log-probabilities are computed once before
 training, so no second copy is held). CPU-friendly settings: fp32, no gradient checkpointing, a few steps, no
@@ -25,7 +27,7 @@ from spi_align.interfaces import Prompt
 from spi_align.scoring.implicit import ImplicitReward
 
 PreferencePair = tuple[Prompt, str, str]
-"""(prompt, chosen response, rejected response), as `scoring.train_reward.make_pairs` builds them."""
+"""(prompt, chosen response, rejected response): the texts of a `scoring.train_reward.preference_pairs` pair."""
 
 
 def preference_dataset(pairs: Sequence[PreferencePair], chat: bool) -> Any:
