@@ -328,3 +328,26 @@ def test_a_reward_model_trained_by_trl_works_as_reward_and_as_a_value_model_star
     close(reward.score(prompts, chosen), direct_scores(folder, prompts, chosen))
     value = ValueModel.from_source(str(folder))
     close(value.head.weight, reward.model.score.weight)
+
+
+def test_spi_run_with_the_reward_model_as_reward_evaluator_and_value_start(
+    tmp_path, tiny_model_dir, tiny_classifier_dir
+):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Question {i}: name a colour."}) + "\n" for i in range(4)))
+    rm = str(tiny_classifier_dir)
+    argv = [
+        "run", str(Path(__file__).parents[1] / "configs" / "demo.yaml"), f"data.prompts={prompts}", "name=rm",
+        f"policy.model={tiny_model_dir}", f"run_dir={tmp_path}", f"reward={rm}", f"evaluator={rm}",
+        "generation.max_new_tokens=8", "data.batch_size=2", "spi.chunk=4", "spi.width=2", "spi.successors=2",
+        "spi.tree=[]", "spi.rollouts=2", "spi.rounds=1", "spi.value=model", f"spi.value_backbone={rm}",
+        "spi.value_train_layers=0", "spi.value_epochs=1",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "rm" / "results.json").read_text())["results"]
+    assert set(results) == {"sample", "bon-4", "spi-1"}
+    spec = json.loads((tmp_path / "rm" / "values" / "round-0" / "value_model.json").read_text())
+    assert spec["backbone_source"] == str(tiny_classifier_dir.resolve())
+    for record in map(json.loads, (tmp_path / "rm" / "eval-bon-4.jsonl").read_text().splitlines()):
+        scores = [c["score"] for c in record["candidates"]]
+        assert None not in scores and record["score"] == max(scores)  # best-of-N picked by the reward model
