@@ -234,3 +234,28 @@ def test_spi_generate_on_a_run_another_process_holds_is_one_line_and_exit_2(caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"pid {pid} " in err, err
     assert not (tmp_path / "g" / "outputs.jsonl").exists()
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def mode(path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_run_files_and_checkpoints_get_the_modes_the_umask_gives(tmp_path, umask_022):
+    run = RunDir(tmp_path, "r")
+    run.start(Config())
+    run_method(run, "m", Echo(), PROMPTS, BATCH)
+    with run.folder("values/round-0") as tmp:
+        (tmp / "head.json").write_text("{}")
+    for name in ("config.yaml", "m.jsonl", "m.cost.json", "values/round-0/head.json"):
+        assert mode(run.file(name)) == 0o644, name  # a group can read the run
+    assert mode(run.file("values/round-0")) == 0o755
+    os.umask(0o077)  # an owner-only umask is respected too
+    run.write_json("private.json", {})
+    assert mode(run.file("private.json")) == 0o600

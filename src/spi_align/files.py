@@ -3,7 +3,8 @@
 Every artefact the library writes (run outputs, checkpoints, cached assets) goes through here: a file is
 written next to its final place and renamed into it; a folder is filled under a temporary name and renamed.
 A JSONL file that grows batch by batch is appended to instead (one write and an fsync per batch); a crash in
-the middle of an append leaves at most a torn last line, which `read_appended_jsonl` drops.
+the middle of an append leaves at most a torn last line, which `read_appended_jsonl` drops. Files and folders get
+the modes the umask gives (not the owner-only modes of `mkstemp` / `mkdtemp`), so a group can read a run.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -36,6 +38,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask. Reading it means setting one for an instant: owner-only, so a file another thread
+    creates meanwhile is never more open than it asked."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -123,12 +133,13 @@ def staged_folder(final: Path, replace: bool = True, shared_modes: bool = False)
     """Yield an empty temporary folder next to `final`; when the block succeeds, rename it to `final`.
 
     `replace`: an existing `final` is removed first (a checkpoint rewritten); otherwise an existing one wins
-    (a concurrent writer got there first, e.g. two fetches of the same asset). `shared_modes` opens the folder
-    to other users (mkdtemp makes owner-only modes).
+    (a concurrent writer got there first, e.g. two fetches of the same asset). The folder gets the modes the umask
+    gives; `shared_modes` opens it and everything in it to other users whatever the umask (cached assets).
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())
         yield tmp
         if shared_modes:
             for path in [tmp, *tmp.rglob("*")]:
