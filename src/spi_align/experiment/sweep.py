@@ -225,7 +225,8 @@ SHARED_GROUPS: tuple[tuple[tuple[str, ...], Callable[[Config], list[str]]], ...]
 
 
 def _link_or_copy(source: str, target: str) -> None:
-    """A hard link where the filesystem allows (artefacts are replaced atomically, never edited), else a copy."""
+    """A hard link where the filesystem allows, else a copy: artefacts are replaced atomically, and a method file
+    that is appended to is first copied (`files.append_jsonl`), so a link is never edited through."""
     try:
         os.link(source, target)
     except OSError:
