@@ -269,11 +269,13 @@ class Config(Section):
     name: str | None = None
     """Run name (default: derived from the command and its main settings)."""
     reward: str = "similarity"
-    """Scorer that picks among candidates: 'similarity', 'sentiment', a reward-model directory,
-    'module:function' (a Python callable taking (prompts, responses) and returning floats), or, for `spi run`,
-    'train': a reward model trained on training-split samples labelled by the evaluator."""
+    """Scorer that picks among candidates: 'similarity', 'sentiment', 'polarity', a reward model (a transformers
+    sequence classifier with num_labels 1, as a folder or a hub id 'org/name', run on the policy's device and dtype;
+    or a folder saved by spi's own reward model), 'module:function' (a Python callable taking (prompts, responses)
+    and returning floats), or, for `spi run`, 'train': a reward model trained on training-split samples labelled by
+    the evaluator."""
     evaluator: str = "similarity"
-    """Held-out scorer that judges results (never used to pick)."""
+    """Held-out scorer that judges results (never used to pick): any scorer `reward` takes, except 'train'."""
     policy: PolicyConfig = PolicyConfig()
     """The frozen base policy."""
     generation: GenerationConfig = GenerationConfig()
