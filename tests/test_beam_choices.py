@@ -3,12 +3,15 @@
 The policy is the real tiny one (its KV cache, rows and end tokens), with its token sampler replaced by a script so
 that the keys the selection sees are known; the value function is a table of hand-made values. Covered: diversity-
 first keyed by response (the paper's) or by parent, top-W and value-softmax selection with duplicate keys inside the
-beam and a row that already ended, the eq. 14 log π_base term, and finished candidates kept in the final pool.
+beam and a row that already ended (which the guide never scores), softmax drawn by a generator on the device of its
+probabilities, the eq. 14 log π_base term, and finished candidates kept in the final pool.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 
@@ -62,19 +65,27 @@ class HandValues:
     def __call__(self, rows) -> torch.Tensor:
         rows.extras.setdefault("parents", self.log)
         self.tokens.append(rows.token_lists())
-        return torch.tensor(self.steps[len(self.tokens) - 1], dtype=torch.float32)
+        values = self.steps[len(self.tokens) - 1]
+        assert len(values) == rows.size, f"the guide scored {rows.size} rows, the table has {len(values)} values"
+        return torch.tensor(values, dtype=torch.float32)
 
 
 # Two prompts, W = 2, K = 2, L = 1 token, 3 tokens in all. Rows 0-3 continue prompt p, rows 4-7 prompt q.
-STEP1 = [A, A, B, B, C, EOS, D, D]  # row 5 ends at once: it leaves the beam and stays in the pool
-VALUES1 = [5, 4, 1, 3, 9, 100, 2, 7]  # row 5's value is high, but an ended row is never a parent
+# Selections are logged as indices into the rows the guide scored.
+STEP1 = [A, A, B, B, C, EOS, D, D]  # row 5 ends at once: it leaves the beam (and stays in the pool) unscored
+VALUES1 = [5, 4, 1, 3, 9, 2, 7]  # the 7 rows left: p's A A B B (0-3), q's C D D (4-6)
 STEP2 = [X, X, Y, Z, X, Y, X, X]  # the two children of a parent can be identical (duplicate keys in the beam)
 VALUES2 = [6, 5, 1, 2, 3, 1, 8, 7]
 STEP3 = [X, Y, Z, X, Y, Z, X, Y]
 
 
-def run_scenario(tiny_causal_lm, smol_tokenizer, selection: str, temperature: float = 1.0, seed: int = 0):
+def run_scenario(
+    tiny_causal_lm, smol_tokenizer, selection: str, temperature: float = 1.0, seed: int = 0, generator: Any = None
+):
+    """The search on the scripted tokens and hand values; `generator`: replaces the policy's token generator."""
     policy = make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=3, seed=seed)
+    if generator is not None:
+        policy.generator = generator
     policy.sampler = ScriptedSampler([STEP1, STEP2, STEP3])
     value = HandValues([VALUES1, VALUES2])
     search = ChunkBeamSearch(
@@ -89,10 +100,10 @@ def run_scenario(tiny_causal_lm, smol_tokenizer, selection: str, temperature: fl
 def test_diversity_first_keeps_one_of_each_key_before_a_duplicate(tiny_causal_lm, smol_tokenizer):
     results, value = run_scenario(tiny_causal_lm, smol_tokenizer, "diversity")
     # step 1, p: keys A A B B, values 5 4 1 3 -> best A (row 0), then best B (row 3), not the second A (4 > 3);
-    #         q: C, (ended), D, D with 9, -, 2, 7 -> C (row 4), then the better D (row 7)
+    #         q: C D D (the ended row left) with 9 2 7 -> C (row 4), then the better D (row 6)
     # step 2, p: AX AX BY BZ, values 6 5 1 2 -> AX (row 0), then BZ (row 3, 2 > 1), not the duplicate AX (5);
     #         q: CX CY DX DX, values 3 1 8 7 -> DX (row 6), then CX (row 4), not the duplicate DX (7)
-    assert value.log.selections == [[0, 0, 3, 3, 4, 4, 7, 7], [0, 0, 3, 3, 6, 6, 4, 4]]
+    assert value.log.selections == [[0, 0, 3, 3, 4, 4, 6, 6], [0, 0, 3, 3, 6, 6, 4, 4]]
     assert [c.token_ids[:2] for c in results[0].candidates] == [[A, X], [A, X], [B, Z], [B, Z]]
     assert [c.token_ids[:2] for c in results[1].candidates] == [[EOS], [D, X], [D, X], [C, X], [C, X]]
 
@@ -102,26 +113,48 @@ def test_diversity_by_parent_keeps_one_child_of_every_parent_before_a_second(tin
     results, value = run_scenario(tiny_causal_lm, smol_tokenizer, "diversity-parent")
     # step 1: every row continues the prompt (one parent), so this is top-W:
     #         p: values 5 4 1 3 -> rows 0, 1 (both A: the response key would take row 3, B, second);
-    #         q: 9, (ended), 2, 7 -> rows 4 (C), 7 (D)
+    #         q: C D D with 9 2 7 -> rows 4 (C), 6 (D)
     # step 2, p: rows 0, 1 continue parent row 0 and rows 2, 3 parent row 1; values 6 5 1 2 -> row 0 (parent 0's
     #         best), then row 3 (parent 1's best, 2 > 1), not row 1 (5: parent 0's second, which top-W takes)
     #         q: rows 4, 5 continue C and rows 6, 7 continue D; values 3 1 8 7 -> row 6, then row 4, not row 7 (7)
-    assert value.log.selections == [[0, 0, 1, 1, 4, 4, 7, 7], [0, 0, 3, 3, 6, 6, 4, 4]]
+    assert value.log.selections == [[0, 0, 1, 1, 4, 4, 6, 6], [0, 0, 3, 3, 6, 6, 4, 4]]
     assert [c.token_ids[:2] for c in results[0].candidates] == [[A, X], [A, X], [A, Z], [A, Z]]
     assert [c.token_ids[:2] for c in results[1].candidates] == [[EOS], [D, X], [D, X], [C, X], [C, X]]
 
 
 def test_top_w_keeps_the_highest_values_duplicates_and_all(tiny_causal_lm, smol_tokenizer):
     results, value = run_scenario(tiny_causal_lm, smol_tokenizer, "top")
-    assert value.log.selections == [[0, 0, 1, 1, 4, 4, 7, 7], [0, 0, 1, 1, 6, 6, 7, 7]]
+    assert value.log.selections == [[0, 0, 1, 1, 4, 4, 6, 6], [0, 0, 1, 1, 6, 6, 7, 7]]
     # step 2 rows of p are children of rows 0 and 1 (both A): A X, A X, A Y, A Z; the top two are both A X
     assert [c.token_ids[:2] for c in results[0].candidates] == [[A, X], [A, X], [A, X], [A, X]]
 
 
-def test_softmax_at_low_temperature_draws_by_value_and_never_an_ended_row(tiny_causal_lm, smol_tokenizer):
+def test_softmax_at_low_temperature_draws_by_value(tiny_causal_lm, smol_tokenizer):
     # at temperature 0.01 a gap of 1 in value is a factor e^100: the draws come out in value order
     _, value = run_scenario(tiny_causal_lm, smol_tokenizer, "softmax", temperature=0.01)
-    assert value.log.selections == [[0, 0, 1, 1, 4, 4, 7, 7], [0, 0, 1, 1, 6, 6, 7, 7]]
+    assert value.log.selections == [[0, 0, 1, 1, 4, 4, 6, 6], [0, 0, 1, 1, 6, 6, 7, 7]]
+
+
+def test_the_guide_scores_only_rows_still_in_the_beam(tiny_causal_lm, smol_tokenizer):
+    _, value = run_scenario(tiny_causal_lm, smol_tokenizer, "diversity")
+    assert [len(seen) for seen in value.tokens] == [7, 8]  # step 1: row 5 ended (EOS), so 7 of the 8 candidates
+    assert [EOS] not in value.tokens[0] and value.tokens[0][4:] == [[C], [D], [D]]
+
+
+def test_softmax_draws_on_the_device_of_its_probabilities(tiny_causal_lm, smol_tokenizer, monkeypatch):
+    """The values are moved to the CPU before the draw: the generator must be a CPU one even when the policy
+    samples tokens on a GPU (a stand-in here: the token sampler is scripted and never draws)."""
+    draws: list[tuple[torch.device, torch.device]] = []
+    multinomial = torch.multinomial
+
+    def checked(probs, *args, generator=None, **kwargs):
+        draws.append((probs.device, generator.device))
+        assert generator.device == probs.device, "a generator on another device cannot draw these probabilities"
+        return multinomial(probs, *args, generator=generator, **kwargs)
+
+    monkeypatch.setattr(torch, "multinomial", checked)
+    run_scenario(tiny_causal_lm, smol_tokenizer, "softmax", generator=SimpleNamespace(device=torch.device("cuda")))
+    assert len(draws) == 4 and all(probs == torch.device("cpu") for probs, _ in draws)  # 2 steps x 2 prompts
 
 
 def test_softmax_draws_from_the_policy_seed(tiny_causal_lm, smol_tokenizer):
@@ -134,7 +167,7 @@ def test_softmax_draws_from_the_policy_seed(tiny_causal_lm, smol_tokenizer):
     for step1, _ in draws:
         assert step1[0::2] == step1[1::2]  # each parent once per successor (K = 2)
         assert len(set(step1[:4])) == 2 and set(step1[:4]) <= {0, 1, 2, 3}  # W = 2 distinct parents of p
-        assert len(set(step1[4:])) == 2 and set(step1[4:]) <= {4, 6, 7}  # of q, never row 5 (it ended)
+        assert len(set(step1[4:])) == 2 and set(step1[4:]) <= {4, 5, 6}  # of q's 3 rows left (one ended)
 
 
 def test_base_logprob_adds_log_pi_base_to_the_value(tiny_causal_lm, smol_tokenizer):

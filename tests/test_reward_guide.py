@@ -1,14 +1,20 @@
 """The reward model as a value of partial responses (`spi.reward_guide`): each row is scored as if it ended now,
-exactly, and peeking leaves the generation untouched."""
+exactly, peeking leaves the generation untouched, and beside anchored values the end token is fed once per chunk."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from spi_align.config import Config, build_config
 from spi_align.errors import SpiError
 from spi_align.interfaces import Cost
+from spi_align.search.beam import ChunkBeamSearch
 from spi_align.search.reward_guide import RowPartialReward, TextPartialReward, partial_reward_value, weighted_sum
+from spi_align.spi import ImprovedPolicy
+from spi_align.values import ValueHead
+from spi_align.values.anchored import AnchoredValue
+from spi_align.values.kinds import make_value_kind
 from test_row_reward import PROMPTS, exact_rewards, setup
 
 
@@ -86,3 +92,41 @@ def test_a_reward_model_that_cannot_read_rows_falls_back_to_text(tiny_causal_lm,
     reward.from_rows = False
     with pytest.raises(SpiError, match="cannot read"):
         RowPartialReward(reward)
+
+
+def test_anchored_values_and_the_reward_guide_share_one_peek_per_chunk_on_live_rows(tiny_causal_lm, smol_tokenizer):
+    """spi.value=anchored with spi.reward_guide > 0: the anchored guide (R_t + α u(e_t)) and the partial reward
+    (R_t) read the same end-token states; one one-token forward per chunk computes them, for the rows still in the
+    beam only, and the guide equals what separate peeks give."""
+    policy, _, reward = setup(tiny_causal_lm, smol_tokenizer, max_new_tokens=9, end_rate=0.15)
+    cfg = build_config(Config, None, ["spi.value=anchored", "spi.chunk=3", "spi.reward_guide=0.5", "spi.rounds=1"])
+    kind = make_value_kind(policy, cfg.spi, "tiny", seed=0)
+    head = ValueHead(policy.hidden_size, "linear")
+    torch.nn.init.normal_(head.net.weight)
+    improved = ImprovedPolicy(policy, reward, kind, [AnchoredValue(head, [3], [1.0])], cfg)
+    anchored, partial = kind.guide(improved.values, [1.0]), RowPartialReward(reward)
+    feeds: list[int] = []
+    feed = policy._feed_end
+
+    def counted_feed(rows, need):
+        feeds.append(int(need.sum()))
+        return feed(rows, need)
+
+    policy._feed_end = counted_feed
+    guide, calls = improved.guidance(1), []
+
+    def counted_guide(rows):
+        before = len(feeds)
+        got = guide(rows)
+        calls.append((rows.size, feeds[before:], bool(rows.done.any())))
+        policy._peeked = None  # separate peeks, for the expected value
+        alone = anchored(rows)
+        policy._peeked = None
+        torch.testing.assert_close(got, alone + 0.5 * partial(rows), atol=1e-5, rtol=1e-5)
+        del feeds[before:]  # the expected value's own peeks are not the search's
+        return got
+
+    ChunkBeamSearch(policy, counted_guide, LengthScorer(), width=2, successors=2, chunk=3).run(PROMPTS, Cost())
+    assert len(calls) == 2  # chunks 1 and 2 of 9 tokens; the third ends every row
+    assert any(size < 8 for size, _, _ in calls)  # rows ended mid-search: the guide saw only those left
+    assert all(fed == [size] and not done for size, fed, done in calls)  # one forward per chunk, live rows only

@@ -11,6 +11,7 @@ tests/test_backbone.py checks against the installed transformers.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -56,7 +57,12 @@ class HFPolicy(ChatPrompts):
         self.tokenizer.padding_side = "left"
         self.max_context = getattr(model.config, "max_position_embeddings", None)
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(seed)
+        """Draws the sampled tokens, on the model's device."""
+        self.choice_generator = torch.Generator()
+        """Draws the search's own choices (softmax selection) from probabilities on the CPU, where a GPU's generator
+        cannot draw."""
+        self._peeked: tuple[weakref.ref, weakref.ref, torch.Tensor] | None = None
+        self.reseed(seed)
 
     has_hidden_states = True
     """Rows carry each row's last hidden state (what value heads and the reward head read)."""
@@ -80,8 +86,10 @@ class HFPolicy(ChatPrompts):
         return int(self.model.config.get_text_config().hidden_size)
 
     def reseed(self, seed: int) -> None:
-        """Restart the sampling stream: the same seed then gives the same tokens."""
+        """Restart the sampling streams (tokens and the search's choices): the same seed then gives the same
+        tokens."""
         self.generator.manual_seed(seed)
+        self.choice_generator.manual_seed(seed)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(hidden).float()
@@ -175,12 +183,19 @@ class HFPolicy(ChatPrompts):
     def peek_end_hidden(self, rows: Rows) -> torch.Tensor:
         """Hidden states (R, H) each row would have after the end-of-turn token, without ending any row: rows not
         yet done are fed the end token in one forward, then the KV cache is cropped back (a view, no copy) and the
-        attention mask left as it was, so generation goes on exactly as if nothing had been fed."""
+        attention mask left as it was, so generation goes on exactly as if nothing had been fed.
+
+        Peeking again at the same rows in the same state (the anchored values and `spi.reward_guide`'s partial reward
+        both read these states in one chunk) returns the first peek's states without a forward: the rows are the
+        same while `rows` and its `hidden` are the same objects (extending or ending rows replaces `hidden`)."""
         need = ~rows.done
         if not bool(need.any()):
             return rows.hidden
+        if self._peeked is not None and self._peeked[0]() is rows and self._peeked[1]() is rows.hidden:
+            return self._peeked[2]
         hidden, _ = self._feed_end(rows, need)
         rows.cache.crop(-1)
+        self._peeked = (weakref.ref(rows), weakref.ref(rows.hidden), hidden)
         cost = billed()  # no cost is handed in: bill the search that is timing its guidance
         if cost is not None:
             cost.count_forward("peek", int(need.sum()))

@@ -109,7 +109,7 @@ class VLLMPolicy(ChatPrompts):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_id
         self.max_context = int(llm.llm_engine.model_config.max_model_len)
         self.context_setting = "policy.vllm.max_model_len"
-        self.generator = torch.Generator(device="cpu")
+        self.choice_generator = torch.Generator(device="cpu")
         """For the search's own draws (softmax selection); the engine samples tokens with its own."""
         self.prefix_cache = PrefixCacheStats()
         self.reseed(seed)
@@ -121,7 +121,7 @@ class VLLMPolicy(ChatPrompts):
     def reseed(self, seed: int) -> None:
         """Restart the sampling stream (the engine's workers and the search's generator): the same seed then gives
         the same tokens for the same calls."""
-        self.generator.manual_seed(seed)
+        self.choice_generator.manual_seed(seed)
         try:
             self.llm.collective_rpc(_seed_worker, args=(seed,))
         except TypeError as exc:

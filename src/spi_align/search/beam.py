@@ -1,9 +1,10 @@
 """Algorithm 2: chunk-level beam search guided by Σ_i γ V_i/β_i, diversity-first, final pick by the reward.
 
 Naming: W beams kept (parents), K successors per parent, L tokens per chunk; W·K candidates per step. The
-first step samples W·K chunks from the prompt. Finished candidates stay in the pool; the reward model picks
-the answer among everything that finished (or reached max_new_tokens). All prompts of a batch are searched
-together and the policy's KV cache follows the selected parents, so no prefix is encoded twice.
+first step samples W·K chunks from the prompt. Finished candidates leave the beam before the guidance is computed
+(their rows and KV cache are dropped) and stay in the pool; the reward model picks the answer among everything
+that finished (or reached max_new_tokens). All prompts of a batch are searched together and the policy's KV
+cache follows the selected parents, so no prefix is encoded twice.
 
 Diversity-first clusters a prompt's candidates by a key and lets every cluster place its best candidate before any
 places a second: the paper keys by the whole response (only exact duplicates cluster), 'diversity-parent' by the
@@ -83,7 +84,7 @@ class ChunkBeamSearch:
             return diversity_first(values, keys, self.width)
         if self.selection == "top":
             return top_w(values, self.width)
-        return softmax_sample(values, self.width, self.temperature, self.policy.generator)
+        return softmax_sample(values, self.width, self.temperature, self.policy.choice_generator)  # values on CPU
 
     def run(self, prompts: Sequence[Prompt], cost: Cost) -> list[SearchResult]:
         policy = self.policy
@@ -100,20 +101,20 @@ class ChunkBeamSearch:
                 if not score_from_rows(self.reward, rows, ended, part, cost):
                     unscored += part
                 pool += part
-            live = (~ended).nonzero().squeeze(1)
-            if live.numel() == 0:
-                break
+                live = (~ended).nonzero().squeeze(1)
+                if live.numel() == 0:
+                    break
+                rows, parent = rows.select(live), parent[live.cpu()]  # finished rows leave: no guidance, no cache
             with cost.timer("value"):
-                values = self.guidance(rows)[live].float().cpu()
-            cost.value_calls += live.numel()
-            tokens = rows.response[live].cpu()
-            prompt_of = rows.prompt_index[live].cpu()
-            parent_of = parent[live.cpu()]
+                values = self.guidance(rows).float().cpu()
+            cost.value_calls += rows.size
+            tokens = rows.response.cpu()
+            prompt_of = rows.prompt_index.cpu()
             parents: list[int] = []
             for p in prompt_of.unique().tolist():
                 members = (prompt_of == p).nonzero().squeeze(1)
-                keys = self.keys(tokens[members], parent_of[members])
-                parents += live[members[self.choose(values[members], keys)]].tolist()
+                keys = self.keys(tokens[members], parent[members])
+                parents += members[self.choose(values[members], keys)].tolist()
             index = torch.tensor(parents, device=policy.device).repeat_interleave(self.successors)
             rows = policy.extend(rows.select(index), self.chunk, cost)
             parent = torch.arange(len(parents)).repeat_interleave(self.successors)
