@@ -66,3 +66,13 @@ def test_export_unknown_method_is_one_line(run, capsys):
 def test_export_needs_a_run_directory(tmp_path):
     with pytest.raises(SpiError, match="no evaluated methods"):
         export_run(tmp_path)
+
+
+def test_a_run_still_being_written_exports_its_complete_lines(run, tmp_path):
+    """A torn last line (a write in flight, or a crash) is left out, as a resume drops it, instead of an error."""
+    path = run / "eval-spi-1.jsonl"
+    path.write_text(path.read_text() + '{"id": "11", "prompt": "Half')
+    out = tmp_path / "outputs"
+    export_run(run, ["spi-1"], out)
+    rows = json.loads((out / "spi-1.json").read_text())
+    assert [r["output"] for r in rows] == ["Hi there!", "1, 2, 3"]

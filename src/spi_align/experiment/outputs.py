@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spi_align.errors import SpiError
-from spi_align.files import read_jsonl
+from spi_align.files import read_appended_jsonl
 
 EVAL_PREFIX = "eval-"
 
@@ -57,12 +57,13 @@ def pick_methods(run: Path, wanted: list[str] | None) -> list[str]:
 
 
 def load_answers(run: Path, method: str) -> list[Answer]:
-    """The method's answers in saved order (one per prompt id; a resumed run's duplicates keep the first)."""
+    """The method's answers in saved order (one per prompt id; a resumed run's duplicates keep the first). A run
+    still being written may end in a torn line: it is left out, as a resume would drop it."""
     path = run / f"{EVAL_PREFIX}{method}.jsonl"
     if not path.is_file():
         raise SpiError(f"{run} has no method {method} (it has {', '.join(list_methods(run))})")
     seen: dict[str, Answer] = {}
-    for record in read_jsonl(path):
+    for record in read_appended_jsonl(path)[0]:
         rid = str(record["id"])
         if rid not in seen:
             seen[rid] = Answer(id=rid, instruction=record["prompt"], output=record["response"])
