@@ -205,3 +205,20 @@ def test_anchored_choices_never_see_the_heldout_prompts_and_v_may_rank_worse_the
     # on the flipped prompts R_t = f0 still ranks f0 − 2·f1 positively (ρ ≈ 0.45), V ≈ f0 + 2·f1 negatively (≈ −0.6)
     assert flipped["heldout_spearman_at_4"] < 0 < flipped["heldout_partial_reward_spearman_at_4"]
     assert flipped["heldout_prompts"] + flipped["choice_prompts"] < 40
+
+
+def test_anchored_heldout_figures_count_a_partial_reward_that_scores_a_prompt_all_alike():
+    """An anchor that scores every prefix 0.0 at length 4 (a lexicon on a short prefix) ranks nothing there: each
+    held-out prompt counts 0 in R_t's mean, the count is reported, and V is averaged over the same prompts."""
+    states, rewards, groups, _ = _anchored_data(flip_heldout=False)
+
+    def anchor(x, index, keys):
+        return torch.tensor([0.0 if t == 4 else float(x[j, 0]) for j, (_, t) in enumerate(keys)])
+
+    _, metrics = fit_anchored(states, rewards, groups, anchor, [4, 8], ridge=1e-3, seed=0)
+    held = metrics["heldout_prompts"]
+    assert metrics["heldout_partial_reward_spearman_at_4"] == 0.0
+    assert metrics["heldout_partial_reward_constant_prompts_at_4"] == held
+    assert metrics["heldout_partial_reward_constant_prompts_at_8"] == 0
+    assert metrics["heldout_ranked_prompts_at_4"] == metrics["heldout_ranked_prompts_at_8"] == held
+    assert metrics["heldout_constant_prompts_at_4"] == 0 < metrics["heldout_spearman_at_4"]

@@ -77,6 +77,7 @@ def test_the_weight_decay_is_chosen_without_the_heldout_prompts_and_both_heldout
     for key in ("weight_decay", "choice_accuracy", "choice_accuracy_by_weight_decay", "heldout_pairs"):
         assert same[key] == flipped[key], key
     assert set(same["choice_accuracy_by_weight_decay"]) == {"0.01", "1.0", "30.0"}
-    assert same["heldout_pairs"] > 0
+    assert same["heldout_pairs"] > 0 and same["heldout_constant_prompts"] == 0
+    assert same["heldout_ranked_prompts"] == flipped["heldout_ranked_prompts"] == len(heldout_prompts(groups, seed=0))
     assert same["heldout_accuracy"] > 0.7 and same["heldout_spearman_with_labeller"] > 0.5
     assert flipped["heldout_accuracy"] < 0.3 and flipped["heldout_spearman_with_labeller"] < -0.5

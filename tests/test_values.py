@@ -11,10 +11,13 @@ from conftest import make_policy
 from spi_align.interfaces import Prompt
 from spi_align.values import HeadStack, ValueHead
 from spi_align.values.features import response_hidden_states
+from spi_align.values.round import heldout_metrics, heldout_split
 from spi_align.values.train import (
+    PromptSpearman,
     eq12_targets,
     fit_head,
     prefix_values,
+    prompt_spearman,
     token_dataset,
     within_prompt_spearman,
 )
@@ -107,9 +110,25 @@ def test_within_prompt_spearman_gives_ties_their_average_rank():
     # predicted 1, 1, 2, 3 -> ranks 1.5, 1.5, 3, 4; rewards in either order of the tied pair -> rho = sqrt(0.9)
     assert within_prompt_spearman([1, 1, 2, 3], [10, 20, 30, 40], ["a"] * 4) == pytest.approx(0.9**0.5)
     assert within_prompt_spearman([1, 1, 2, 3], [20, 10, 30, 40], ["a"] * 4) == pytest.approx(0.9**0.5)
-    # a constant prediction ranks nothing: the prompt is skipped, whatever order its rollouts come in
-    assert math.isnan(within_prompt_spearman([7, 7, 7], [1, 2, 3], ["a"] * 3))
-    assert within_prompt_spearman([7, 7, 7, 1, 2, 3], [3, 2, 1, 1, 2, 3], list("aaabbb")) == pytest.approx(1.0)
+
+
+def test_a_constant_prediction_counts_as_zero_and_constant_rewards_leave_the_prompt_out():
+    # a prediction that scores a prompt's rollouts all alike ranks nothing: 0 for that prompt, not skipped
+    assert within_prompt_spearman([7, 7, 7], [1, 2, 3], ["a"] * 3) == 0.0
+    assert within_prompt_spearman([7, 7, 7, 1, 2, 3], [3, 2, 1, 1, 2, 3], list("aaabbb")) == pytest.approx(0.5)
+    assert prompt_spearman([7, 7, 7, 1, 2, 3], [3, 2, 1, 1, 2, 3], list("aaabbb")) == PromptSpearman(
+        pytest.approx(0.5), 2, 1
+    )
+    # rewards all equal (prompt a) carry no ranking: left out for every predictor, constant or not
+    rewards = [5, 5, 5, 1, 2, 3]
+    assert prompt_spearman([1, 2, 3, 1, 2, 3], rewards, list("aaabbb")) == PromptSpearman(pytest.approx(1.0), 1, 0)
+    assert prompt_spearman([0, 0, 0, 0, 0, 0], rewards, list("aaabbb")) == PromptSpearman(0.0, 1, 1)
+    # so two predictors of the same rollouts are averaged over the same prompts
+    rewards = [1, 2, 3, 3, 2, 1, 4, 4, 4]
+    sharp, flat = [1, 2, 3, 1, 2, 3, 1, 2, 3], [1, 2, 3, 0, 0, 0, 0, 0, 0]
+    assert prompt_spearman(sharp, rewards, list("aaabbbccc")).prompts == 2
+    assert prompt_spearman(flat, rewards, list("aaabbbccc")) == PromptSpearman(pytest.approx(0.5), 2, 1)
+    assert math.isnan(within_prompt_spearman([1, 2], [1, 2], ["a", "a"]))  # no prompt large enough
 
 
 def test_prefix_values_read_the_state_after_the_prefix():
@@ -117,3 +136,22 @@ def test_prefix_values_read_the_state_after_the_prefix():
     hidden = [torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([[7.0]])]
     assert prefix_values(head, hidden, 2) == [2.0, 7.0]
     assert prefix_values(head, hidden, None) == [3.0, 7.0]
+
+
+def test_heldout_metrics_count_prompts_a_value_scored_all_alike():
+    """A value that reads the same for every rollout of a prompt after 8 tokens (as a lexicon scores a short prefix
+    0.0) gets 0 there for each such prompt, and the count says how many there were."""
+    groups = [f"p{i // 4}" for i in range(40)]
+    rewards = [float(i % 4) for i in range(40)]
+    tokens = [[1] * 40 for _ in groups]
+    _, test = heldout_split(groups, seed=0)
+
+    def probe(fit_idx, test_idx):
+        assert test_idx == test
+        return lambda prefix: [0.0 if prefix == 8 else rewards[i] for i in test_idx]
+
+    metrics = heldout_metrics(tokens, rewards, groups, 0, probe)
+    held = len({groups[i] for i in test})
+    assert metrics["heldout_spearman_at_8"] == 0.0 and metrics["heldout_constant_prompts_at_8"] == held
+    assert metrics["heldout_spearman_at_16"] == pytest.approx(1.0) and metrics["heldout_constant_prompts_at_16"] == 0
+    assert metrics["heldout_ranked_prompts_at_8"] == metrics["heldout_ranked_prompts_at_end"] == held

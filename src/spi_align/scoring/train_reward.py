@@ -166,8 +166,9 @@ def train_reward_head_on_states(
 
     Besides the pair accuracies, reports the held-out within-prompt Spearman of the probe's reward with the labels
     (`heldout_spearman_with_labeller`): the probe whose pair accuracy `heldout_accuracy` is, on the same held-out
-    prompts (`data.prompt_split` of every sample's prompt, so a prompt without pairs moves no other)."""
-    from spi_align.values.train import within_prompt_spearman
+    prompts (`data.prompt_split` of every sample's prompt, so a prompt without pairs moves no other), averaged over
+    `heldout_ranked_prompts` prompts, of which `heldout_constant_prompts` got one reward for every sample (as 0)."""
+    from spi_align.values.train import prompt_spearman
 
     pairs = list(pairs) if pairs is not None else preference_pairs(groups, labels, cfg.pairs_per_prompt)
     if not pairs:
@@ -180,7 +181,8 @@ def train_reward_head_on_states(
     if probe is not None:
         with torch.no_grad():
             predicted = probe(states[test]).squeeze(-1).tolist()
-        metrics["heldout_spearman_with_labeller"] = within_prompt_spearman(
-            predicted, [labels[i] for i in test], [groups[i] for i in test]
-        )
+        ranked = prompt_spearman(predicted, [labels[i] for i in test], [groups[i] for i in test])
+        metrics["heldout_spearman_with_labeller"] = ranked.mean
+        metrics["heldout_ranked_prompts"] = ranked.prompts
+        metrics["heldout_constant_prompts"] = ranked.constant
     return metrics

@@ -24,8 +24,10 @@ length L); with `per_depth` α is chosen at each length on its own (the partial 
 prefix, so the learned part may help early and not late). α = 0 means V is the partial reward alone. With those
 choices u is refitted on every training prompt (fit and choice) and read on the held-out prompts: the metrics give,
 per length, the held-out Spearman of R_t alone beside that of V (`heldout_partial_reward_spearman_at_<t>`,
-`heldout_spearman_at_<t>`; V may rank worse than R_t there), and the figure the choice maximised on the choice
-prompts (`choice_spearman_at_<t>`, optimistic by construction). The value used in the search is refitted on all
+`heldout_spearman_at_<t>`; V may rank worse than R_t there), both over the same `heldout_ranked_prompts_at_<t>`
+prompts, with the prompts each scored all alike (`heldout_partial_reward_constant_prompts_at_<t>`,
+`heldout_constant_prompts_at_<t>`; counted as 0), and the figure the choice maximised on the choice prompts
+(`choice_spearman_at_<t>`, optimistic by construction). The value used in the search is refitted on all
 prompts with the same choices.
 
 During the search e_t costs one one-token forward per chunk (the KV cache is cropped back after), shared by the
@@ -45,7 +47,7 @@ import torch
 from spi_align.data import prompt_split
 from spi_align.values.heads import ValueHead
 from spi_align.values.prefix_states import PrefixStates
-from spi_align.values.train import TokenDataset, fit_head, within_prompt_spearman
+from spi_align.values.train import PromptSpearman, TokenDataset, fit_head, prompt_spearman
 
 ALPHAS = (0.0, 0.5, 1.0)
 RIDGE_FACTORS = (1.0, 10.0, 100.0)
@@ -200,13 +202,13 @@ def _fit(
     return head.eval()
 
 
-def _by_length(predicted: torch.Tensor, final: torch.Tensor, keys, lengths) -> dict[int, float]:
+def _by_length(predicted: torch.Tensor, final: torch.Tensor, keys, lengths) -> dict[int, PromptSpearman]:
     """Within-prompt Spearman of `predicted` with the final reward at each length, on the rows given."""
     out = {}
     for t in lengths:
         rows = [j for j, (_, length) in enumerate(keys) if length == t]
         if rows:
-            out[t] = within_prompt_spearman(predicted[rows].tolist(), final[rows].tolist(), [keys[j][0] for j in rows])
+            out[t] = prompt_spearman(predicted[rows].tolist(), final[rows].tolist(), [keys[j][0] for j in rows])
     return out
 
 
@@ -226,7 +228,9 @@ def choose_alphas(
     """(α per length, Spearman of partial + α·learned per length on the rows given, the choice prompts'): per length
     the α of `ALPHAS` that ranks best there (`per_depth`), or one α for all that ranks best on average; ties keep
     the smaller α."""
-    scored = {a: _by_length(partial + a * learned, target, keys, lengths) for a in ALPHAS}
+    scored = {
+        a: {t: r.mean for t, r in _by_length(partial + a * learned, target, keys, lengths).items()} for a in ALPHAS
+    }
     if per_depth:
         alphas = {t: max(ALPHAS, key=lambda a: (_nan_low(scored[a].get(t)), -a)) for t in lengths}
         return alphas, {t: scored[alphas[t]][t] for t in lengths if t in scored[alphas[t]]}
@@ -345,12 +349,11 @@ def fit_anchored(
         with torch.no_grad():
             learned = probe(rows["train"], chosen_ridge, rank_weight)(x[test])
         alpha = torch.tensor([alphas.get(t, 0.0) for _, t in test_keys])
-        for name, predicted in (
-            ("partial_reward_spearman", partial[test]),
-            ("spearman", partial[test] + alpha * learned),
-        ):
-            for t, v in _by_length(predicted, final[test], test_keys, lengths).items():
-                metrics[f"heldout_{name}_at_{t}"] = v
+        for name, predicted in (("partial_reward_", partial[test]), ("", partial[test] + alpha * learned)):
+            for t, ranked in _by_length(predicted, final[test], test_keys, lengths).items():
+                metrics[f"heldout_{name}spearman_at_{t}"] = ranked.mean
+                metrics[f"heldout_{name}constant_prompts_at_{t}"] = ranked.constant
+                metrics[f"heldout_ranked_prompts_at_{t}"] = ranked.prompts  # the same for both: set by the targets
     pairs = ranking_pairs(final, keys) if rank_weight > 0 else None
     head = _fit(x, residual, keys, chosen_ridge, seed, rank_weight, partial, pairs)
     for t in lengths:

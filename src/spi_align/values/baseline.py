@@ -17,7 +17,7 @@ import torch
 
 from spi_align.interfaces import Prompt, Scorer
 from spi_align.scoring.row_reward import PolicyHeadReward
-from spi_align.values.train import within_prompt_spearman
+from spi_align.values.train import PromptSpearman, prompt_spearman
 
 
 def partial_reward_spearman(
@@ -29,7 +29,9 @@ def partial_reward_spearman(
     prefixes: Sequence[int | None],
 ) -> dict[str, float]:
     """`heldout_partial_reward_spearman_at_<t>` for each t in `prefixes` (None = the whole response: the reward
-    itself), on the rollouts given (the caller passes the held-out prompts')."""
+    itself), on the rollouts given (the caller passes the held-out prompts'), and
+    `heldout_partial_reward_constant_prompts_at_<t>`: the prompts where R_t scored every rollout alike (e.g. a
+    lexicon on a short prefix), counted as 0 in the mean (`prompt_spearman`)."""
     groups = [p.id for p in prompts]
     lengths = [t for t in prefixes if t is not None]
     out: dict[str, float] = {}
@@ -44,10 +46,18 @@ def partial_reward_spearman(
                 k = len(s.lengths) - 1 if t is None else max(i for i, n in enumerate(s.lengths) if n <= t)
                 with torch.no_grad():
                     values.append(float(head(s.closed[k].to(head.weight)).squeeze(-1)))
-            out[f"heldout_partial_reward_spearman_at_{t or 'end'}"] = within_prompt_spearman(values, rewards, groups)
+            out.update(_entries(t, prompt_spearman(values, rewards, groups)))
         return out
     for t in prefixes:
         texts = policy.tokenizer.batch_decode([list(x)[:t] for x in tokens], skip_special_tokens=True)
         values = reward.score(list(prompts), texts)
-        out[f"heldout_partial_reward_spearman_at_{t or 'end'}"] = within_prompt_spearman(values, rewards, groups)
+        out.update(_entries(t, prompt_spearman(values, rewards, groups)))
     return out
+
+
+def _entries(t: int | None, ranked: PromptSpearman) -> dict[str, float]:
+    at = f"at_{t or 'end'}"
+    return {
+        f"heldout_partial_reward_spearman_{at}": ranked.mean,
+        f"heldout_partial_reward_constant_prompts_{at}": ranked.constant,
+    }

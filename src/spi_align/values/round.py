@@ -11,7 +11,7 @@ from spi_align.interfaces import Prompt
 from spi_align.policy import HFPolicy
 from spi_align.values.features import response_hidden_states
 from spi_align.values.heads import ValueHead
-from spi_align.values.train import fit_head, prefix_values, token_dataset, within_prompt_spearman
+from spi_align.values.train import fit_head, prefix_values, prompt_spearman, token_dataset
 
 PREFIXES: tuple[int | None, ...] = (8, 16, 32, None)
 """Prefix lengths (tokens) at which ranking quality is reported; None = the whole response."""
@@ -68,8 +68,10 @@ def heldout_metrics(
 ) -> dict[str, Any]:
     """Counts of the rollouts, and `heldout_spearman_at_<prefix>`: the within-prompt Spearman with the reward, at
     each of `PREFIXES`, of a value function fitted on the other prompts and read on the held-out ones
-    (`heldout_prompts`): `probe(fit_idx, test_idx)` fits it and returns `at(prefix)`, its values for the test
-    rollouts after `prefix` tokens. Nothing is chosen here (the head's ridge, the model's epochs are settings), so
+    (`heldout_prompts`), over `heldout_ranked_prompts_at_<prefix>` prompts of which
+    `heldout_constant_prompts_at_<prefix>` got equal values for all their rollouts (counted as 0; `prompt_spearman`).
+    `probe(fit_idx, test_idx)` fits it and returns `at(prefix)`, its values for the test rollouts after `prefix`
+    tokens. Nothing is chosen here (the head's ridge, the model's epochs are settings), so
     no inner split is needed; a caller that chooses must choose without the held-out prompts."""
     metrics: dict[str, Any] = {
         "rollouts": len(tokens),
@@ -81,8 +83,11 @@ def heldout_metrics(
         at = probe(fit_idx, test_idx)
         test_rewards, test_groups = [rewards[i] for i in test_idx], [groups[i] for i in test_idx]
         for prefix in PREFIXES:
-            name = f"heldout_spearman_at_{prefix or 'end'}"
-            metrics[name] = within_prompt_spearman(at(prefix), test_rewards, test_groups)
+            ranked = prompt_spearman(at(prefix), test_rewards, test_groups)
+            at_ = f"at_{prefix or 'end'}"
+            metrics[f"heldout_spearman_{at_}"] = ranked.mean
+            metrics[f"heldout_ranked_prompts_{at_}"] = ranked.prompts
+            metrics[f"heldout_constant_prompts_{at_}"] = ranked.constant
     return metrics
 
 
