@@ -47,6 +47,17 @@ def test_tiny_policy_samples_and_searches_on_cuda_in_bf16(smol_tokenizer: Any) -
     assert all(len(r.candidates) >= 8 and r.chosen.score == max(c.score for c in r.candidates) for r in results)
 
 
+def test_softmax_selection_runs_with_the_policy_on_cuda(smol_tokenizer: Any) -> None:
+    """The softmax draw reads probabilities on the CPU: it draws with the policy's CPU generator, not the CUDA one
+    that samples tokens."""
+    model = make_tiny_causal_lm(smol_tokenizer).to("cuda", torch.bfloat16)
+    policy = HFPolicy(model, smol_tokenizer, GenerationConfig(max_new_tokens=16))
+    search = ChunkBeamSearch(
+        policy, lambda rows: rows.hidden.float().mean(-1), Length(), width=2, successors=4, chunk=4, selection="softmax"
+    )
+    assert all(len(r.candidates) >= 8 for r in search.run(PROMPTS, Cost()))
+
+
 @pytest.mark.slow
 def test_default_policy_best_of_n_and_search_on_cuda(smol_policy_dir: Any) -> None:
     from spi_align.policy.hf import load_hf_policy
