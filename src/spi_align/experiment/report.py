@@ -118,6 +118,80 @@ def plot_rounds(results: dict[str, dict[str, Any]], path: Path, title: str) -> N
     plt.close(fig)
 
 
+UNDEFINED = "—"
+"""What a table shows for a figure that was not measured or is undefined (missing, None, NaN, infinite)."""
+
+VALUE_LEGEND = (
+    "Within-prompt Spearman with the final reward, per prefix length: `heldout_*` on the held-out training prompts "
+    "(no choice or fit reported on saw them; `heldout_ranked_prompts` of them rank, `*constant_prompts` of those got "
+    "one value for every rollout and count as 0), `choice_*` on the prompts the settings were chosen on (optimistic). "
+    f"{UNDEFINED}: not measured or undefined."
+)
+
+
+def _figure(value: Any) -> object:
+    """A table cell: `UNDEFINED` for a missing, None or non-finite figure, else the value."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return UNDEFINED
+    return value
+
+
+def _length_key(name: str) -> tuple[str, int | str] | None:
+    """('heldout_spearman', 16) for 'heldout_spearman_at_16', (..., 'end') for '..._at_end'; None for other names."""
+    stem, sep, at = name.rpartition("_at_")
+    if sep and stem and (at.isdigit() or at == "end"):
+        return stem, int(at) if at.isdigit() else at
+    return None
+
+
+def _column_rank(stem: str) -> int:
+    """Held-out figures first, then the choice prompts', then the rest (α, ...), each in the order first met."""
+    return 0 if stem.startswith("heldout_") else 1 if stem.startswith("choice_") else 2
+
+
+def value_tables(values: dict[int, dict[str, Any]]) -> str:
+    """Two markdown tables of the rounds' value metrics: one row per (round, prefix length) with a column per
+    figure measured at a length (`<figure>_at_<length>`), and one row per round with the rest (counts, chosen
+    settings); `UNDEFINED` where a figure is missing or undefined."""
+    stems: dict[str, None] = {}
+    facts: dict[str, None] = {}
+    by_length: dict[int, dict[int | str, dict[str, Any]]] = {}
+    for k, metrics in sorted(values.items()):
+        for name, value in metrics.items():
+            found = _length_key(name)
+            if found is None:
+                if not isinstance(value, dict | list):
+                    facts.setdefault(name)
+                continue
+            stems.setdefault(found[0])
+            by_length.setdefault(k, {}).setdefault(found[1], {})[found[0]] = value
+    columns = sorted(stems, key=_column_rank)
+    rows = [
+        [f"V_{k}", t, *[_figure(lengths[t].get(stem)) for stem in columns]]
+        for k, lengths in sorted(by_length.items())
+        for t in sorted(lengths, key=lambda t: (t == "end", t if isinstance(t, int) else 0))
+    ]
+    text = "## Value functions\n\n" + VALUE_LEGEND + "\n\n"
+    if rows:
+        text += markdown_table(["round", "length", *columns], rows) + "\n"
+    if facts:
+        text += markdown_table(
+            ["round", *facts], [[f"V_{k}", *[_figure(m.get(f)) for f in facts]] for k, m in sorted(values.items())]
+        )
+    return text
+
+
+def reward_model_table(metrics: dict[str, Any]) -> str:
+    """The reward model's metrics as one markdown row (nested figures left out), `UNDEFINED` where undefined."""
+    shown = {k: _figure(v) for k, v in metrics.items() if not isinstance(v, dict | list)}
+    return (
+        "## Reward model (Bradley–Terry head)\n\n`choice_*`: on the training prompts the weight decay was chosen on; "
+        "`heldout_*`: accuracy and Spearman of one head fitted without the held-out prompts, both on those prompts; "
+        f"`train_accuracy`: the head used, on every pair. {UNDEFINED}: not measured or undefined.\n\n"
+        + markdown_table(list(shown), [list(shown.values())])
+    )
+
+
 def value_kind(spi: Any) -> str:
     """How the value functions were built, for a report's header."""
     if spi.value == "model":
@@ -145,16 +219,9 @@ def write_report(
         f"evaluator (judges only): `{cfg.evaluator}`.\n\n" + markdown_table(headers, rows)
     )
     if values:
-        keys = list(dict.fromkeys(k for v in values.values() for k in v))
-        text += "\n## Value functions (within-prompt Spearman on held-out training prompts)\n\n"
-        text += markdown_table(
-            ["round", *keys], [[f"V_{k}", *[v.get(key, "") for key in keys]] for k, v in sorted(values.items())]
-        )
+        text += "\n" + value_tables(values)
     if run.has("reward_model.json"):
-        rm = run.read_json("reward_model.json")
-        shown = {k: v for k, v in rm.items() if not isinstance(v, dict)}
-        text += "\n## Reward model (Bradley–Terry head; held out: a fifth of the training prompts)\n\n"
-        text += markdown_table(list(shown), [list(shown.values())])
+        text += "\n" + reward_model_table(run.read_json("reward_model.json"))
     text += "\n![evaluator by method](evaluator_by_round.png)\n"
     plot_rounds(results, run.file("evaluator_by_round.png"), f"{run.path.name}: evaluator score")
     run.write_json("results.json", {"results": results, "values": {str(k): v for k, v in values.items()}})

@@ -1,0 +1,97 @@
+"""The value and reward-model tables of report.md: one row per prefix length, the same number of cells in every line,
+and "—" (never "nan") where a figure is undefined, for each value kind's metrics."""
+
+from __future__ import annotations
+
+import math
+
+from spi_align.config import Config
+from spi_align.experiment.report import UNDEFINED, write_report
+from spi_align.rundir import RunDir
+
+NAN = math.nan
+ANCHORED = {
+    "rollouts": 64, "prompts": 8, "states": 120, "choice_prompts": 1, "heldout_prompts": 2,
+    "choice_spearman_at_16": 0.9, "choice_spearman_at_32": 0.8,
+    "heldout_partial_reward_spearman_at_16": NAN, "heldout_partial_reward_constant_prompts_at_16": 2,
+    "heldout_ranked_prompts_at_16": 2, "heldout_spearman_at_16": 0.25, "heldout_constant_prompts_at_16": 0,
+    "heldout_partial_reward_spearman_at_32": 0.5, "heldout_partial_reward_constant_prompts_at_32": 0,
+    "heldout_ranked_prompts_at_32": 2, "heldout_spearman_at_32": -0.125, "heldout_constant_prompts_at_32": 0,
+    "alpha_at_16": 1.0, "alpha_at_32": 0.5, "ridge": 100.0, "rank_weight": 0.0,
+}  # fmt: skip
+MODEL = {
+    "rollouts": 64, "prompts": 8, "tokens": 900,
+    **{f"heldout_{name}_at_{t}": 0.5 for t in (8, 16, 32, "end") for name in ("spearman", "ranked_prompts")},
+    **{f"heldout_constant_prompts_at_{t}": 0 for t in (8, 16, 32, "end")},
+    "loss_first_epoch": 1.5, "loss_last_epoch": NAN, "trained_parameters": 1000,
+    **{f"heldout_partial_reward_spearman_at_{t}": 0.25 for t in (8, 16, 32, "end")},
+}  # fmt: skip
+
+
+def _report(tmp_path, values, reward_model=None) -> str:
+    run = RunDir(tmp_path, "r")
+    run.commit()
+    if reward_model is not None:
+        run.write_json("reward_model.json", reward_model)
+    cost = {"tokens_generated": 10, "total_seconds": 1.0}
+    results = {m: {"evaluator": [0.5, 0.25], "reward": [1.0, 0.0], "cost": cost} for m in ("bon-4", "spi-1")}
+    return write_report(run, Config(), results, values, baseline="bon-4")
+
+
+def _tables(text: str, title: str) -> list[list[list[str]]]:
+    """The markdown tables of a section: each a list of rows of stripped cells, header first, separator dropped;
+    every line must have as many cells as its header."""
+    body = text.split(f"## {title}")[1].split("\n## ")[0].split("![")[0]
+    tables = []
+    for block in body.split("\n\n"):
+        lines = [line for line in block.strip().splitlines() if line.startswith("|")]
+        if lines:
+            rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines]
+            assert {len(row) for row in rows} == {len(rows[0])}, block
+            tables.append([rows[0], *rows[2:]])
+    return tables
+
+
+def _row(table: list[list[str]], *first: str) -> dict[str, str]:
+    """The row of `table` whose first cells are `first`, by header."""
+    found = [row for row in table[1:] if row[: len(first)] == list(first)]
+    assert len(found) == 1, (first, table)
+    return dict(zip(table[0], found[0], strict=True))
+
+
+def test_anchored_values_get_one_row_per_length_and_a_dash_where_a_figure_is_undefined(tmp_path):
+    text = _report(tmp_path, {0: ANCHORED, 1: {**ANCHORED, "heldout_spearman_at_32": NAN}})
+    assert "nan" not in text
+    lengths, facts = _tables(text, "Value functions")
+    assert lengths[0][:2] == ["round", "length"] and len(lengths[0]) <= 10
+    assert [row[:2] for row in lengths[1:]] == [["V_0", "16"], ["V_0", "32"], ["V_1", "16"], ["V_1", "32"]]
+    row = _row(lengths, "V_0", "16")
+    assert row["heldout_partial_reward_spearman"] == UNDEFINED and row["heldout_spearman"] == "0.250"
+    assert row["heldout_partial_reward_constant_prompts"] == "2" and row["alpha"] == "1.000"
+    assert _row(lengths, "V_0", "32")["heldout_spearman"] == "-0.125"
+    assert _row(lengths, "V_1", "32")["heldout_spearman"] == UNDEFINED
+    assert _row(facts, "V_1")["ridge"] == "100.000" and _row(facts, "V_0")["heldout_prompts"] == "2"
+
+
+def test_value_model_tables_have_as_many_header_cells_as_row_cells(tmp_path):
+    round1 = {k: v for k, v in MODEL.items() if "partial_reward" not in k}  # a round without the baseline
+    text = _report(tmp_path, {0: MODEL, 1: round1})
+    assert "nan" not in text
+    lengths, facts = _tables(text, "Value functions")  # each line as wide as its header (checked there)
+    assert [row[1] for row in lengths[1:]] == ["8", "16", "32", "end"] * 2
+    assert [_row(lengths, "V_0", t)["heldout_spearman"] for t in ("8", "16", "32", "end")] == ["0.500"] * 4
+    assert _row(lengths, "V_1", "end")["heldout_partial_reward_spearman"] == UNDEFINED
+    assert facts[0][:4] == ["round", "rollouts", "prompts", "tokens"]
+    assert _row(facts, "V_0")["loss_last_epoch"] == UNDEFINED and _row(facts, "V_0")["trained_parameters"] == "1000"
+
+
+def test_the_reward_model_table_shows_a_dash_for_an_undefined_figure(tmp_path):
+    rm = {
+        "pairs": 10, "heldout_pairs": 0, "weight_decay": 0.1, "choice_accuracy": 0.75,
+        "choice_accuracy_by_weight_decay": {"0.1": 0.75}, "heldout_accuracy": NAN, "train_accuracy": 0.9,
+    }  # fmt: skip
+    text = _report(tmp_path, {}, reward_model=rm)
+    (table,) = _tables(text, "Reward model")
+    row = _row(table, "10")
+    assert row["heldout_accuracy"] == UNDEFINED and row["choice_accuracy"] == "0.750"
+    assert "choice_accuracy_by_weight_decay" not in row and "nan" not in text
