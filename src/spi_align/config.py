@@ -1,11 +1,14 @@
 """Configuration: flat pydantic sections with a docstring per field, YAML files and `key=value` overrides.
 
-Unknown keys are rejected; every error becomes one `SpiError` line naming the offending key.
+Unknown keys are rejected; every error becomes one `SpiError` line naming the offending key (and the nearest known
+keys). `describe_config` lists a resolved config's fields with their docstrings, section by section (`spi config`).
 """
 
 from __future__ import annotations
 
+import difflib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -410,11 +413,11 @@ def merge_trees(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _explain(err: ValidationError) -> str:
+def _explain(err: ValidationError, model: type[BaseModel]) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
-        return f"config: unknown key '{where}'"
+        return f"config: unknown key '{where}'{did_you_mean(where, model)}"
     return f"config: {where}: {first['msg']}"
 
 
@@ -445,8 +448,80 @@ def build_config(
     try:
         return model.model_validate(tree)
     except ValidationError as err:
-        raise SpiError(_explain(err)) from None
+        raise SpiError(_explain(err, model)) from None
 
 
 def to_yaml(config: BaseModel) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """The model of a field that is a section of its own (policy, policy.vllm, ...), else None."""
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def dotted_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every settable key of `model` as a dotted path ('seed', 'spi.width', 'policy.vllm.dtype'), in field order."""
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        section = _section_type(field.annotation)
+        keys += dotted_keys(section, f"{prefix}{name}.") if section else [f"{prefix}{name}"]
+    return keys
+
+
+def did_you_mean(key: str, model: type[BaseModel]) -> str:
+    """'; did you mean spi.width?' naming the 1–3 known keys of `model` nearest to `key`, or '' when none is close.
+
+    A key scores difflib's similarity ratio of the whole dotted key, or 0.85 × that of its last part (so a key in the
+    wrong section, `temperature`, finds spi.temperature and generation.temperature); kept are those scoring at least
+    0.6 and within 0.1 of the best.
+    """
+    leaf = key.rsplit(".", 1)[-1]
+
+    def score(known: str) -> float:
+        whole = difflib.SequenceMatcher(None, key, known).ratio()
+        return max(whole, 0.85 * difflib.SequenceMatcher(None, leaf, known.rsplit(".", 1)[-1]).ratio())
+
+    scores = {known: score(known) for known in dotted_keys(model)}
+    ranked = sorted(scores, key=scores.__getitem__, reverse=True)[:3]  # ties keep field order
+    near = [known for known in ranked if scores[known] >= max(0.6, scores[ranked[0]] - 0.1)]
+    return f"; did you mean {' or '.join(near)}?" if near else ""
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    key: str
+    """Dotted key, as an override names it ('spi.width')."""
+    value: Any
+    """The resolved value, as JSON would hold it."""
+    doc: str
+    """The field's docstring on one line ('' when it has none)."""
+
+
+@dataclass(frozen=True)
+class SectionDoc:
+    name: str
+    """Dotted section name ('policy.vllm'); '' for the top-level fields."""
+    doc: str
+    """The docstring of the field holding the section ('' for the top level)."""
+    fields: list[FieldDoc]
+    """The section's own settings (its sub-sections are separate `SectionDoc`s)."""
+
+
+def _one_line(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+def describe_config(config: BaseModel, name: str = "", doc: str = "") -> list[SectionDoc]:
+    """`config`'s settings grouped by section, each with its resolved value and docstring: the top-level fields
+    first, then every section in field order, a nested section (policy.vllm) right after its parent."""
+    values = config.model_dump(mode="json")
+    fields: list[FieldDoc] = []
+    nested: list[SectionDoc] = []
+    for field_name, field in type(config).model_fields.items():
+        key = f"{name}.{field_name}" if name else field_name
+        if _section_type(field.annotation):
+            nested += describe_config(getattr(config, field_name), key, _one_line(field.description))
+        else:
+            fields.append(FieldDoc(key, values[field_name], _one_line(field.description)))
+    return [SectionDoc(name, doc, fields), *nested]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -104,6 +105,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     from spi_align.experiment.spi_run import spi_run
 
     console.print(Markdown(spi_run(build_config(Config, args.config, args.overrides))))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from rich.padding import Padding
+    from rich.text import Text
+
+    from spi_align.config import describe_config
+
+    path, overrides = args.config, list(args.overrides)
+    if path is not None and "=" in path and not Path(path).is_file():  # `spi config key=value ...`: no file
+        path, overrides = None, [path, *overrides]
+    sections = describe_config(build_config(Config, path, overrides))
+    if args.json:
+        console.print_json(data={f.key: {"value": f.value, "doc": f.doc} for s in sections for f in s.fields})
+        return 0
+    for section in sections:  # Text, not markup: docstrings hold brackets ([4, 2], [vllm])
+        console.rule(Text(section.name or "top level", style="bold"), align="left")
+        if section.doc:
+            console.print(Text(section.doc, style="italic"))
+        for field in section.fields:
+            console.print(Text.assemble((field.key, "bold cyan"), " = ", json.dumps(field.value, ensure_ascii=False)))
+            if field.doc:
+                console.print(Padding(Text(field.doc, style="dim"), (0, 0, 0, 4), expand=False))
     return 0
 
 

@@ -39,9 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="a reward model's")
     p.add_argument("--out", help="write the scored records here (JSONL)")
 
-    p = sub.add_parser("run", help="SPI rounds, baselines and report (Algorithm 1) from a config file")
+    p = sub.add_parser(
+        "run",
+        help="SPI rounds, baselines and report (Algorithm 1) from a config file",
+        epilog="Every key, its resolved value and what it does: spi config CONFIG.yaml [key=value ...]",
+    )
     p.add_argument("config", help="YAML config file (see configs/)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. spi.rounds=3")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. spi.rounds=3 (list them: spi config)"
+    )
+
+    p = sub.add_parser("config", help="print a config's resolved settings with what each does, section by section")
+    p.add_argument("config", nargs="?", help="YAML config file (default: the defaults `spi run` starts from)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. spi.width=8")
+    p.add_argument("--json", action="store_true", help="one JSON object: each dotted key's value and docstring")
 
     p = sub.add_parser("judge", help="judge a finished run's methods against a baseline with an LLM (both orders)")
     p.add_argument("run", help="a finished `spi run` directory")
