@@ -46,7 +46,7 @@ def tiny_model(folder: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from spi_align.assets import policy_dir
+    from spi_align.data.assets import policy_dir
 
     tokenizer = AutoTokenizer.from_pretrained(policy_dir())
     config = LlamaConfig(

@@ -17,8 +17,8 @@ import time
 import torch
 from transformers import DynamicCache
 
-from spi_align.interfaces import Prompt
-from spi_align.policy import Rows
+from spi_align.core.records import Prompt
+from spi_align.core.rows import Rows
 from spi_align.values.guide import ValueModelGuide, _left_pad
 from spi_align.values.model import ValueModel
 

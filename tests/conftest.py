@@ -19,7 +19,7 @@ SKIP_FETCH = "embedded default not fetched: run `spi assets --fetch` (or `make a
 
 
 def _cached_policy_dir() -> Path | None:
-    from spi_align.assets import policy_dir
+    from spi_align.data.assets import policy_dir
 
     path = policy_dir()
     return path if (path / "tokenizer_config.json").is_file() else None

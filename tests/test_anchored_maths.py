@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from spi_align.data import heldout_prompts
+from spi_align.data.prompts import heldout_prompts
 from spi_align.values.anchored import (
     AnchoredGuide,
     AnchoredValue,

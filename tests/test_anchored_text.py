@@ -9,7 +9,7 @@ import torch
 from conftest import make_policy
 from mocks.scorers import CountScorer
 from spi_align.config import SPIConfig
-from spi_align.interfaces import Cost, Prompt
+from spi_align.core.records import Cost, Prompt
 from spi_align.values.anchored import AnchoredValue, TextAnchor, boundary_rows
 from spi_align.values.heads import ValueHead
 from spi_align.values.kinds import Rollouts, make_value_kind

@@ -1,121 +1,93 @@
-"""The package's layers, checked on its source: imports point one way, no cycles, no private names across modules.
+"""The package's layers, checked on its source by import-linter (the contracts in pyproject.toml, run by `make lint`).
 
-Layers, bottom to top (a module may import its own layer and those below):
-  0 errors, interfaces, config, files      1 assets, models, data, rundir, resumable, backbone
-  2 policy/, scoring/, values/, search/, train/      3 spi (Algorithm 1 as an API)
-  4 experiment/      5 evaluation/      6 cli/, serve/
+Layers, top to bottom (a module may import its own layer and those below; lazy imports inside functions and
+`if TYPE_CHECKING:` imports count too):
+  cli > serve : evaluation > experiment > spi > search : values : train > scoring > policy > hf > data > runs >
+  config > core
+Siblings joined by ':' may not import each other (independence contracts), and no package's modules or subpackages
+import each other in a cycle (acyclic siblings). The checks are shown to fail on a copy of the package with an
+upward import or a cycle planted in it. No module imports a private name from another.
 """
 
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import spi_align
 
-ROOT = Path(spi_align.__file__).parent
-LAYERS = {
-    "errors": 0, "interfaces": 0, "config": 0, "files": 0, "backbone": 1,
-    "assets": 1, "models": 1, "data": 1, "rundir": 1, "resumable": 1,
-    "policy": 2, "scoring": 2, "values": 2, "search": 2, "train": 2,
-    "spi": 3, "experiment": 4, "evaluation": 5, "cli": 6, "serve": 6,
-}  # fmt: skip
+PACKAGE = Path(spi_align.__file__).parent
+REPO = Path(__file__).resolve().parents[1]
+LINT = "from importlinter.cli import lint_imports_command; lint_imports_command()"
 
 
-def _modules() -> dict[str, Path]:
-    out = {}
-    for path in ROOT.rglob("*.py"):
-        parts = path.relative_to(ROOT.parent).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        out[name] = path
-    return out
+def lint_imports(src: Path, config: Path) -> subprocess.CompletedProcess[str]:
+    """`lint-imports` with `config` on the `spi_align` package found in `src` (ahead of the installed one)."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    return subprocess.run(
+        [sys.executable, "-c", LINT, str(config), "--no-cache"],
+        cwd=config.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-def _imports(path: Path, module: str, top_level_only: bool) -> list[tuple[str, list[str]]]:
-    """(imported module, names) of every `spi_align` import; top-level ones only when asked (lazy imports inside
-    functions and `if TYPE_CHECKING:` blocks do not load at import time)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    nodes: list[ast.stmt] = []
-
-    def collect(body: list[ast.stmt]) -> None:
-        for node in body:
-            if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
-                continue  # annotations only: never imported at run time
-            nodes.append(node)
-            if top_level_only:
-                continue
-            for field in ("body", "orelse", "finalbody"):
-                collect([s for s in getattr(node, field, []) if isinstance(s, ast.stmt)])
-            for handler in getattr(node, "handlers", []):
-                collect(handler.body)
-
-    collect(tree.body)
-    out = []
-    for node in nodes:
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("spi_align"):
-            out.append((node.module, [a.name for a in node.names]))
-        elif isinstance(node, ast.Import):
-            out += [(a.name, []) for a in node.names if a.name.startswith("spi_align")]
-    return out
+def test_the_package_keeps_its_import_contracts():
+    result = lint_imports(PACKAGE.parent, REPO / "pyproject.toml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
 
 
-def _layer(module: str) -> int:
-    parts = module.split(".")
-    assert len(parts) >= 2, module
-    assert parts[1] in LAYERS, f"{module}: add its package to the layer map in this test"
-    return LAYERS[parts[1]]
+PLANTED = {
+    "a lazy upward import": (
+        "core/errors.py",
+        "\n\ndef _planted():\n    from spi_align.cli.main import main\n\n    return main\n",
+        "Imports point down the layers BROKEN",
+    ),
+    "a cycle through a TYPE_CHECKING import": (
+        "experiment/sweep_spec.py",
+        "\nimport typing\n\nif typing.TYPE_CHECKING:\n    from spi_align.experiment.sweep import run_sweep\n",
+        "No import cycle between the modules (or subpackages) of any one package BROKEN",
+    ),
+    "an import between independent siblings": (
+        "values/train.py",
+        "\n\ndef _planted():\n    from spi_align.search.beam import ChunkBeamSearch\n\n    return ChunkBeamSearch\n",
+        "do not know each other (they meet in spi and experiment) BROKEN",
+    ),
+}
 
 
-def test_every_import_points_down_or_sideways():
-    wrong = []
-    for module, path in _modules().items():
-        if module == "spi_align":
-            continue
-        for target, _ in _imports(path, module, top_level_only=False):
-            if target != "spi_align" and _layer(target) > _layer(module):
-                wrong.append(f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})")
-    assert not wrong, "\n".join(wrong)
-
-
-def test_no_import_cycles_at_import_time():
-    modules = _modules()
-    graph = {
-        m: {t for t, _ in _imports(p, m, top_level_only=True) if t in modules and t != m} for m, p in modules.items()
-    }
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt) :] + [nxt]
-                raise AssertionError("import cycle: " + " -> ".join(cycle))
-            if nxt not in state:
-                visit(nxt)
-        stack.pop()
-        state[node] = 2
-
-    for node in sorted(graph):
-        if node not in state:
-            visit(node)
+@pytest.mark.parametrize("planted", list(PLANTED))
+def test_the_contracts_catch_a_planted_violation(tmp_path, planted):
+    """A copy of the package with one bad import added fails the check, naming the contract and the import."""
+    module, code, broken = PLANTED[planted]
+    src = tmp_path / "src"
+    shutil.copytree(PACKAGE, src / "spi_align", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    assert lint_imports(src, tmp_path / "pyproject.toml").returncode == 0  # the copy itself is clean
+    with (src / "spi_align" / module).open("a", encoding="utf-8") as f:
+        f.write(code)
+    result = lint_imports(src, tmp_path / "pyproject.toml")
+    assert result.returncode != 0
+    assert broken in " ".join(result.stdout.split()), result.stdout
+    assert Path(module).stem in result.stdout  # the report names the planted import
 
 
 def test_no_private_name_is_imported_from_another_module():
     found = [
-        f"{module} imports {name} from {target}"
-        for module, path in _modules().items()
-        for target, names in _imports(path, module, top_level_only=False)
-        for name in names
-        if name.startswith("_")
+        f"{path.relative_to(PACKAGE)} imports {alias.name} from {node.module}"
+        for path in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("spi_align")
+        for alias in node.names
+        if alias.name.startswith("_")
     ]
     assert not found, "\n".join(found)
-
-
-def test_the_checks_see_a_cycle_and_an_upward_import(tmp_path):
-    """The walker itself: a planted upward import is seen (guards against a walker that finds nothing)."""
-    bad = tmp_path / "bad.py"
-    bad.write_text("from spi_align.cli.main import main\n")
-    assert _imports(bad, "spi_align.policy.bad", top_level_only=True) == [("spi_align.cli.main", ["main"])]
-    assert _layer("spi_align.cli.main") > _layer("spi_align.policy.bad")

@@ -10,8 +10,8 @@ import zipfile
 
 import pytest
 
-from spi_align import assets
-from spi_align.errors import SpiError
+from spi_align.core.errors import SpiError
+from spi_align.data import assets
 
 
 @pytest.fixture

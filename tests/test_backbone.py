@@ -9,15 +9,9 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from conftest import make_tiny_backbone
-from spi_align.backbone import (
-    BackboneRunner,
-    GrowingLayer,
-    SideCache,
-    growing_cache,
-    pad_batch,
-    positions_from_mask,
-    row_state,
-)
+from spi_align.hf.batches import BackboneRunner, pad_batch, positions_from_mask
+from spi_align.hf.kv_cache import GrowingLayer, growing_cache
+from spi_align.hf.side_cache import SideCache, row_state
 
 
 def test_pad_batch_left_and_right():

@@ -12,7 +12,7 @@ from torch import nn
 
 from conftest import make_policy, make_tiny_causal_lm, write_prompt_file
 from spi_align.config import GenerationConfig
-from spi_align.interfaces import Cost, Prompt
+from spi_align.core.records import Cost, Prompt
 from spi_align.policy import HFPolicy
 from spi_align.scoring.implicit import ImplicitReward
 from spi_align.search import BestOfN

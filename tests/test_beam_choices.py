@@ -18,7 +18,7 @@ import torch
 from conftest import make_policy
 from mocks.scorers import LengthScorer
 from spi_align.config import SPIConfig
-from spi_align.interfaces import Cost, Prompt
+from spi_align.core.records import Cost, Prompt
 from spi_align.search.beam import ChunkBeamSearch
 from spi_align.search.selection import diversity_first, top_w
 

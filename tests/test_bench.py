@@ -7,10 +7,10 @@ import json
 import pytest
 
 from spi_align.cli import main
+from spi_align.core.records import Cost
 from spi_align.experiment.bench.memory import status_mb
 from spi_align.experiment.bench.targets import memory_check, quadratic_ratio, timing_checks, value_model_checks
 from spi_align.experiment.bench.timing import Trial, paired_ratio, repeat_order, summarise, time_methods
-from spi_align.interfaces import Cost
 
 KEYS = {"sample": "sample-16", "bon": "bon-16", "spi-1": "spi-1", "spi-2": "spi-2"}
 

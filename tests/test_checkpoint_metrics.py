@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import write_prompt_file
 from spi_align.cli import main
-from spi_align.rundir import RunDir
+from spi_align.runs.rundir import RunDir
 
 SCORER = str(Path(__file__).parent / "mocks" / "scorers.py") + ":vowel_share"
 

@@ -14,12 +14,13 @@ import torch
 from conftest import make_policy, make_tiny_causal_lm, save_tiny_classifier
 from spi_align.cli import main
 from spi_align.config import SPIConfig
-from spi_align.errors import SpiError
-from spi_align.interfaces import Cost, Prompt, Scorer
+from spi_align.core.errors import SpiError
+from spi_align.core.interfaces import Scorer
+from spi_align.core.records import Cost, Prompt
 from spi_align.scoring import make_scorer
 from spi_align.scoring.classifier import ClassifierReward
-from spi_align.search.reward_guide import TextPartialReward, partial_reward_value
 from spi_align.values.model import ValueModel
+from spi_align.values.reward_guide import TextPartialReward, partial_reward_value
 
 PROMPTS = [
     Prompt("a", "Name a colour."),

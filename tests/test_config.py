@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spi_align.config import Config, SPIConfig, build_config, parse_overrides, to_yaml
-from spi_align.errors import SpiError
+from spi_align.core.errors import SpiError
 
 
 def test_overrides_are_parsed_as_yaml_scalars_and_nest():

@@ -12,7 +12,7 @@ import torch
 
 from conftest import make_tiny_causal_lm
 from spi_align.config import GenerationConfig, PolicyConfig
-from spi_align.interfaces import Cost, Prompt
+from spi_align.core.records import Cost, Prompt
 from spi_align.policy import HFPolicy
 from spi_align.search import BestOfN
 from spi_align.search.beam import ChunkBeamSearch

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from spi_align.config import DataConfig
-from spi_align.data import heldout_prompts, load_prompts, load_responses
-from spi_align.errors import SpiError
-from spi_align.interfaces import Prompt
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Prompt
+from spi_align.data.prompts import heldout_prompts, load_prompts, load_responses
 
 ROWS = [
     {"id": "q1", "instruction": "Name a colour.", "output": "Blue."},

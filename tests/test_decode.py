@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from spi_align.config import GenerationConfig
-from spi_align.interfaces import Cost, Prompt
+from spi_align.core.records import Cost, Prompt
 from spi_align.policy import HFPolicy
 
 PROMPTS = [Prompt("a", "Name three colours."), Prompt("b", "Write a poem about the sea."), Prompt("c", "Hi")]

@@ -15,8 +15,8 @@ from transformers import GenerationConfig as HFGenerationConfig
 from conftest import make_policy
 from mocks.chat_tokenizers import ChatModel, llama3, qwen25
 from spi_align.config import GenerationConfig, PolicyConfig
-from spi_align.errors import SpiError
-from spi_align.interfaces import Cost, Prompt
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Cost, Prompt
 from spi_align.policy.prompts import end_tokens
 from spi_align.scoring.reward_model import RewardModel
 from spi_align.scoring.row_reward import PolicyHeadReward, same_token_layout

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from spi_align import assets
 from spi_align.cli import main
-from spi_align.errors import SpiError
+from spi_align.core.errors import SpiError
+from spi_align.data import assets
 from spi_align.evaluation.export import export_run
 
 

@@ -12,15 +12,15 @@ import pytest
 from mocks.scorers import CountScorer, FixedScorer
 from spi_align.cli import main
 from spi_align.config import Config
-from spi_align.errors import SpiError
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Cost, Prompt
 from spi_align.experiment.pipeline import evaluate
-from spi_align.interfaces import Cost, Prompt
-from spi_align.rundir import RunDir
+from spi_align.runs.rundir import RunDir
 from spi_align.scoring import make_scorer
 from spi_align.search import BestOfN
 from spi_align.search.beam import ChunkBeamSearch
-from spi_align.search.reward_guide import TextPartialReward
 from spi_align.spi import SuccessivePolicyIteration
+from spi_align.values.reward_guide import TextPartialReward
 
 PROMPTS = [Prompt("a", "Name three colours."), Prompt("b", "Hi")]
 NAN_SCORER = str(Path(__file__).parent / "mocks" / "scorers.py") + ":nan_for_vowels"

@@ -11,16 +11,16 @@ import torch
 
 from conftest import make_policy, make_tiny_backbone, make_tiny_causal_lm
 from spi_align.config import Config
+from spi_align.core.records import FORWARD_COMPONENTS, Cost, billed
 from spi_align.experiment.report import results_table
 from spi_align.experiment.sweep_report import cell_rows, render_table
-from spi_align.interfaces import FORWARD_COMPONENTS, Cost, billed
 from spi_align.scoring.implicit import ImplicitReward
 from spi_align.scoring.reward_model import RewardModel, RewardModelScorer
 from spi_align.search.beam import ChunkBeamSearch
-from spi_align.search.reward_guide import RowPartialReward, TextPartialReward, weighted_sum
 from spi_align.search.w2s import WeakToStrongSearch
 from spi_align.values.guide import ValueModelGuide
 from spi_align.values.model import ValueModel
+from spi_align.values.reward_guide import RowPartialReward, TextPartialReward, weighted_sum
 from test_row_reward import PROMPTS, setup
 
 
@@ -149,7 +149,7 @@ def test_counting_changes_no_sampled_token(tiny_causal_lm, smol_tokenizer, monke
 
     counted = run()
     monkeypatch.setattr(Cost, "count_forward", lambda self, component, tokens: None)
-    for module in ("spi_align.backbone", "spi_align.policy.hf"):
+    for module in ("spi_align.hf.batches", "spi_align.policy.hf"):
         monkeypatch.setattr(f"{module}.billed", lambda: None)
     assert run() == counted
 

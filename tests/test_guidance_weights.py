@@ -9,7 +9,7 @@ import torch
 from conftest import make_policy
 from mocks.scorers import LengthScorer
 from spi_align.config import Config, RewardTrainConfig, build_config
-from spi_align.interfaces import Cost, Prompt
+from spi_align.core.records import Cost, Prompt
 from spi_align.scoring.reward_model import RewardModel
 from spi_align.scoring.train_reward import train_reward_head_on_states
 from spi_align.spi import ImprovedPolicy

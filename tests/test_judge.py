@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from spi_align.cli import main
-from spi_align.errors import SpiError
+from spi_align.core.errors import SpiError
 from spi_align.evaluation.judge import (
     ChatClient,
     JudgeConfig,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from spi_align.interfaces import Prompt, Scorer
+from spi_align.core.interfaces import Scorer
+from spi_align.core.records import Prompt
 from spi_align.scoring import make_scorer
 
 

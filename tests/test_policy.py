@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import make_policy
-from spi_align.errors import SpiError
-from spi_align.interfaces import Cost, Prompt
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Cost, Prompt
 from spi_align.policy import HFPolicy
 
 PROMPTS = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from spi_align.config import GenerationConfig
-from spi_align.interfaces import Prompt
+from spi_align.core.records import Prompt
 from spi_align.policy import HFPolicy
 from spi_align.values.prefix_states import prefix_states
 

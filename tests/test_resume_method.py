@@ -8,10 +8,10 @@ import pytest
 
 from conftest import make_policy
 from mocks.scorers import CountScorer
-from spi_align.errors import SpiError
-from spi_align.interfaces import Prompt
-from spi_align.resumable import run_method
-from spi_align.rundir import RunDir
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Prompt
+from spi_align.runs.resumable import run_method
+from spi_align.runs.rundir import RunDir
 from spi_align.search import BestOfN
 
 PROMPTS = [Prompt(str(i), f"Question {i}: name a colour.") for i in range(5)]

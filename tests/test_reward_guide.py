@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from spi_align.config import Config, build_config
-from spi_align.errors import SpiError
-from spi_align.interfaces import Cost
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Cost
 from spi_align.search.beam import ChunkBeamSearch
-from spi_align.search.reward_guide import RowPartialReward, TextPartialReward, partial_reward_value, weighted_sum
 from spi_align.spi import ImprovedPolicy
 from spi_align.values import ValueHead
 from spi_align.values.anchored import AnchoredValue
 from spi_align.values.kinds import make_value_kind
+from spi_align.values.reward_guide import RowPartialReward, TextPartialReward, partial_reward_value, weighted_sum
 from test_row_reward import PROMPTS, exact_rewards, setup
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from spi_align.config import GenerationConfig
-from spi_align.interfaces import Cost, Prompt
+from spi_align.core.records import Cost, Prompt
 from spi_align.policy import HFPolicy
 from spi_align.scoring.reward_model import RewardModel
 from spi_align.scoring.row_reward import PolicyHeadReward, same_token_layout

@@ -16,10 +16,10 @@ import yaml
 
 from spi_align.cli import main
 from spi_align.config import Config
-from spi_align.errors import SpiError
-from spi_align.interfaces import Prompt
-from spi_align.resumable import run_method
-from spi_align.rundir import RunDir
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Prompt
+from spi_align.runs.resumable import run_method
+from spi_align.runs.rundir import RunDir
 
 PROMPTS = [Prompt(str(i), f"Question {i}") for i in range(5)]
 BATCH = 2  # 5 prompts: batches of 2, 2 and 1
@@ -187,7 +187,7 @@ def test_a_changed_default_does_not_silently_change_a_resumed_run(tmp_path):
 
 HOLD = """import sys
 from spi_align.config import Config
-from spi_align.rundir import RunDir
+from spi_align.runs.rundir import RunDir
 run = RunDir(sys.argv[1], sys.argv[2])
 run.start(Config())
 print("started", flush=True)

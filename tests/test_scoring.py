@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from conftest import make_tiny_backbone
-from spi_align.errors import SpiError
-from spi_align.interfaces import Cost, Prompt, Scorer
+from spi_align.core.errors import SpiError
+from spi_align.core.interfaces import Scorer
+from spi_align.core.records import Cost, Prompt
 from spi_align.scoring import make_scorer
 from spi_align.scoring.callable import CallableScorer
 from spi_align.scoring.reward_model import SPEC_FILE, RewardModel, RewardModelScorer

@@ -6,7 +6,7 @@ import torch
 
 from conftest import make_policy
 from mocks.scorers import CountScorer
-from spi_align.interfaces import Cost, Prompt
+from spi_align.core.records import Cost, Prompt
 from spi_align.search import BestOfN
 from spi_align.search.beam import ChunkBeamSearch
 from spi_align.search.selection import diversity_first, softmax_sample, top_w

@@ -21,8 +21,8 @@ import openai
 import pytest
 
 from spi_align.config import GenerationConfig
-from spi_align.errors import SpiError
-from spi_align.interfaces import Cost, Prompt, SearchResult
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Cost, Prompt, SearchResult
 from spi_align.policy import HFPolicy
 from spi_align.search.beam import ChunkBeamSearch
 from spi_align.search.best_of_n import BestOfN, PlainSampling

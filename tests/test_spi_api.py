@@ -11,8 +11,8 @@ import torch
 
 from conftest import write_prompt_file
 from spi_align.cli import main
-from spi_align.errors import SpiError
-from spi_align.interfaces import Cost, Prompt
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Cost, Prompt
 from spi_align.scoring.train_reward import all_pairs
 from spi_align.spi import load
 from spi_align.values.anchored import boundary_rows, centred, decision_lengths, fit_anchored

@@ -14,10 +14,11 @@ import yaml
 
 from spi_align.cli import main
 from spi_align.config import Config, to_yaml
-from spi_align.errors import SpiError
+from spi_align.core.errors import SpiError
 from spi_align.experiment import sweep
-from spi_align.experiment.sweep import config_hash, expand, load_spec, round0_key, run_sweep, share_round0
+from spi_align.experiment.sweep import config_hash, expand, round0_key, run_sweep, share_round0
 from spi_align.experiment.sweep_report import cell_rows, render_table, win_tie_loss
+from spi_align.experiment.sweep_spec import load_spec
 
 
 def write_spec(tmp_path: Path, spec: dict[str, Any], name: str = "spec.yaml") -> Path:

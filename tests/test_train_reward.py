@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from spi_align.config import RewardTrainConfig
-from spi_align.data import heldout_prompts
-from spi_align.errors import SpiError
-from spi_align.interfaces import Prompt
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Prompt
+from spi_align.data.prompts import heldout_prompts
 from spi_align.scoring.reward_model import RewardModel
 from spi_align.scoring.train_reward import (
     bradley_terry_loss,

@@ -9,9 +9,9 @@ import torch
 
 from conftest import make_policy
 from spi_align.config import Config
-from spi_align.errors import SpiError
-from spi_align.interfaces import Cost, Prompt
-from spi_align.rundir import RunDir
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Cost, Prompt
+from spi_align.runs.rundir import RunDir
 from spi_align.search import PlainSampling, TreeSampling
 from spi_align.search.tree import branch_index
 from spi_align.spi import SuccessivePolicyIteration

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from spi_align.config import GenerationConfig
-from spi_align.interfaces import Prompt
+from spi_align.core.records import Prompt
 from spi_align.policy import HFPolicy
 from spi_align.values.baseline import partial_reward_spearman
 

@@ -14,12 +14,12 @@ from conftest import make_policy, make_tiny_backbone, make_tiny_causal_lm, tiny_
 from mocks.scorers import LengthScorer
 from spi_align.cli import main
 from spi_align.config import SPIConfig
-from spi_align.interfaces import Cost, Prompt
+from spi_align.core.records import Cost, Prompt
+from spi_align.hf.tokenizers import same_tokenizer
 from spi_align.search.beam import ChunkBeamSearch
 from spi_align.values.guide import ValueModelGuide
 from spi_align.values.model import WEIGHTS_FILE, ValueModel
 from spi_align.values.model_train import dataset_loss, eq12_batch, eq12_loss, response_values, train_value_model
-from spi_align.values.tokenizers import same_tokenizer
 from spi_align.values.train import eq12_targets
 
 PROMPTS = [
@@ -152,7 +152,7 @@ def test_save_load_round_trip(tmp_path, backbone_dir, layers):
 def test_tokenizer_comparison_is_real(smol_tokenizer, _smol_tokenizer_once):
     from transformers import AutoTokenizer
 
-    from spi_align.assets import minilm_dir
+    from spi_align.data.assets import minilm_dir
 
     assert smol_tokenizer is not _smol_tokenizer_once
     assert same_tokenizer(smol_tokenizer, _smol_tokenizer_once)  # a separate copy: same
@@ -231,7 +231,7 @@ def test_beam_search_with_a_value_model_scores_like_from_scratch(smol_tokenizer,
 def test_other_tokenizer_scores_the_re_tokenised_text(smol_tokenizer):
     from transformers import AutoTokenizer, LlamaModel
 
-    from spi_align.assets import minilm_dir
+    from spi_align.data.assets import minilm_dir
 
     bert = AutoTokenizer.from_pretrained(minilm_dir())
     config = tiny_llama_config(bert)

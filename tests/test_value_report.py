@@ -7,7 +7,7 @@ import math
 
 from spi_align.config import Config
 from spi_align.experiment.report import UNDEFINED, write_report
-from spi_align.rundir import RunDir
+from spi_align.runs.rundir import RunDir
 
 NAN = math.nan
 ANCHORED = {

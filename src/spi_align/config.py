@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from spi_align.errors import SpiError
+from spi_align.core.errors import SpiError
 
 
 class Section(BaseModel):

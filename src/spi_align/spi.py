@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from spi_align.config import Config, build_config
-from spi_align.errors import SpiError
-from spi_align.interfaces import Policy, Prompt, Scorer, Search, ValueFunction
-from spi_align.resumable import run_method
-from spi_align.rundir import RunDir
+from spi_align.core.errors import SpiError
+from spi_align.core.interfaces import Policy, Scorer, Search, ValueFunction
+from spi_align.core.records import Prompt
+from spi_align.runs.resumable import run_method
+from spi_align.runs.rundir import RunDir
 from spi_align.scoring.finite import finite_scores
 from spi_align.search.registry import MethodContext, build_method, method_names
 from spi_align.values.kinds import Rollouts, ValueKind, make_value_kind
@@ -64,7 +65,7 @@ class ImprovedPolicy:
         value = self.kind.guide(self.values[:k], weights) if k > 0 else None
         if spi.reward_guide <= 0:
             return value
-        from spi_align.search.reward_guide import partial_reward_value, weighted_sum
+        from spi_align.values.reward_guide import partial_reward_value, weighted_sum
 
         if self._partial is None:
             self._partial = partial_reward_value(self.reward, self.policy)

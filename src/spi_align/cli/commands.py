@@ -10,15 +10,15 @@ from rich.console import Console
 from rich.table import Table
 
 from spi_align.config import Config, build_config
-from spi_align.errors import SpiError
-from spi_align.files import atomic_write_jsonl
-from spi_align.rundir import RunDir
+from spi_align.core.errors import SpiError
+from spi_align.runs.files import atomic_write_jsonl
+from spi_align.runs.rundir import RunDir
 
 console = Console()
 
 
 def cmd_assets(args: argparse.Namespace) -> int:
-    from spi_align import assets
+    from spi_align.data import assets
 
     if args.fetch:
         assets.fetch_all()
@@ -33,9 +33,9 @@ def cmd_assets(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from spi_align.data import load_prompts
+    from spi_align.data.prompts import load_prompts
     from spi_align.policy import load_policy
-    from spi_align.resumable import run_method
+    from spi_align.runs.resumable import run_method
     from spi_align.scoring import make_scorer
     from spi_align.search.registry import MethodContext, build_method
 
@@ -64,8 +64,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from spi_align.data import load_responses
-    from spi_align.models import resolve_device
+    from spi_align.data.prompts import load_responses
+    from spi_align.hf.models import resolve_device
     from spi_align.scoring import make_scorer
 
     pairs = load_responses(args.file)

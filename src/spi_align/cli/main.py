@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from spi_align.errors import SpiError
+from spi_align.core.errors import SpiError
 
 EXIT_USER_ERROR = 2
 

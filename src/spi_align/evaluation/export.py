@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from spi_align.experiment.outputs import load_answers, open_run, pick_methods
-from spi_align.files import atomic_write_json
+from spi_align.runs.files import atomic_write_json
 
 
 def _datasets(run: Path) -> dict[str, str]:
@@ -23,8 +23,8 @@ def _datasets(run: Path) -> dict[str, str]:
     saved = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
     if not isinstance(saved, dict) or (saved.get("data") or {}).get("prompts") != "default":
         return {}
-    from spi_align.assets import default_prompts_file
-    from spi_align.errors import SpiError
+    from spi_align.core.errors import SpiError
+    from spi_align.data.assets import default_prompts_file
 
     try:
         path = default_prompts_file()

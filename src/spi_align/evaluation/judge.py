@@ -15,7 +15,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from spi_align.errors import SpiError
+from spi_align.core.errors import SpiError
 from spi_align.evaluation.judge_client import ChatClient, Endpoint, JudgeConfig, resolve_endpoint
 
 __all__ = [

@@ -20,7 +20,7 @@ import openai
 from pydantic import Field
 
 from spi_align.config import Section
-from spi_align.errors import SpiError
+from spi_align.core.errors import SpiError
 
 ENV_BASE_URL = "SPI_JUDGE_BASE_URL"
 ENV_MODEL = "SPI_JUDGE_MODEL"

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from spi_align.errors import SpiError
+from spi_align.core.errors import SpiError
 from spi_align.evaluation.judge import (
     ChatClient,
     JudgeConfig,
@@ -24,8 +24,8 @@ from spi_align.evaluation.judge import (
 )
 from spi_align.experiment.outputs import load_answers, open_run, pick_methods
 from spi_align.experiment.report import markdown_table
-from spi_align.files import atomic_write_json, atomic_write_text
-from spi_align.rundir import slug
+from spi_align.runs.files import atomic_write_json, atomic_write_text
+from spi_align.runs.rundir import slug
 
 
 def default_baseline(methods: list[str]) -> str:

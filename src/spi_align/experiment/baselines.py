@@ -23,10 +23,10 @@ from typing import Any
 import torch
 
 from spi_align.config import Config, PolicyConfig
-from spi_align.errors import SpiError
-from spi_align.interfaces import Scorer, Search
+from spi_align.core.errors import SpiError
+from spi_align.core.interfaces import Scorer, Search
 from spi_align.policy import HFPolicy, load_policy
-from spi_align.rundir import RunDir
+from spi_align.runs.rundir import RunDir
 from spi_align.scoring.implicit import ImplicitReward
 from spi_align.search import BestOfN, PlainSampling
 from spi_align.search.registry import MethodContext, register
@@ -56,7 +56,7 @@ class Baselines:
     def _load(self, source: str | Path) -> Any:
         from transformers import AutoModelForCausalLM
 
-        from spi_align.models import resolve_model_source
+        from spi_align.hf.models import resolve_model_source
 
         try:
             model = AutoModelForCausalLM.from_pretrained(
@@ -107,7 +107,7 @@ class Baselines:
         """The implicit reward of the configured pair (default: DPO-tuned policy against the frozen policy)."""
         from transformers import AutoTokenizer
 
-        from spi_align.models import resolve_model_source
+        from spi_align.hf.models import resolve_model_source
 
         if self._implicit is not None:
             return self._implicit

@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from spi_align.errors import SpiError
-from spi_align.files import read_appended_jsonl
+from spi_align.core.errors import SpiError
+from spi_align.runs.files import read_appended_jsonl
 
 EVAL_PREFIX = "eval-"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from spi_align.interfaces import Prompt, Scorer
+from spi_align.core.interfaces import Scorer
+from spi_align.core.records import Prompt
 from spi_align.scoring.finite import finite_scores
 
 

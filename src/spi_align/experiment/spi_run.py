@@ -21,14 +21,15 @@ from typing import Any
 import torch
 
 from spi_align.config import Config, DataConfig
-from spi_align.data import load_prompts
+from spi_align.core.interfaces import Scorer
+from spi_align.core.records import Cost, Prompt
+from spi_align.data.prompts import load_prompts
 from spi_align.experiment.baselines import Baselines
 from spi_align.experiment.pipeline import evaluate
 from spi_align.experiment.report import write_report
-from spi_align.interfaces import Cost, Prompt, Scorer
 from spi_align.policy import load_policy
-from spi_align.resumable import run_method
-from spi_align.rundir import RunDir
+from spi_align.runs.resumable import run_method
+from spi_align.runs.rundir import RunDir
 from spi_align.scoring import make_scorer
 from spi_align.scoring.finite import finite_scores
 from spi_align.scoring.train_reward import preference_pairs, train_reward_head_on_states

@@ -32,15 +32,16 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from spi_align.config import Config, build_config, merge_trees, read_yaml, set_dotted
-from spi_align.errors import SpiError
+from spi_align.core.errors import SpiError
+from spi_align.experiment.sweep_report import write_sweep_report
+from spi_align.experiment.sweep_spec import Cell, SweepSpec, load_spec
 
 SEARCH_ONLY = (
     "spi.rounds",
@@ -72,59 +73,6 @@ VALUE_SETTINGS = (
 reward model or the sample / best-of-N evaluations."""
 RUN_PLACE = ("name", "run_dir")
 """Where a run lives: left out of every hash."""
-
-
-class SweepSpec(BaseModel):
-    """A sweep: base config, a grid of settings, optional variants."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    name: str | None = None
-    """Sweep name, its folder under `dir` (default: the spec file's stem)."""
-    dir: str = "runs/sweeps"
-    """Folder holding sweeps."""
-    cells: str | None = None
-    """Folder of the cells' run directories (default: <dir>/<name>/cells); sweeps naming the same one share cells."""
-    base: str | None = None
-    """A YAML config the cells start from, relative to the spec file (None: the built-in defaults)."""
-    config: dict[str, Any] = {}
-    """Inline config over the base (nested, as in a config file)."""
-    grid: dict[str, list[Any]] = {}
-    """Dotted config key → values; the sweep runs every combination."""
-    variants: list[dict[str, Any]] = Field(default_factory=list)
-    """Settings that go together (dotted key → value), each combined with every grid cell."""
-    baseline: str | None = None
-    """Method the tables compare against (default: the cells' best-of-(W·K))."""
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One point of the sweep: the settings that vary, and the resolved config with its hash."""
-
-    settings: dict[str, Any]
-    config: Config
-    key: str
-
-    @property
-    def path(self) -> Path:
-        return Path(self.config.run_dir) / self.key
-
-
-def load_spec(path: str | Path) -> tuple[SweepSpec, Path]:
-    """The spec, validated, and the sweep's folder (tables and plots)."""
-    path = Path(path)
-    try:
-        spec = SweepSpec.model_validate(read_yaml(path))
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise SpiError(f"sweep spec {path}: {where}: {first['msg']}") from None
-    if spec.base is not None:
-        spec.base = str((path.parent / spec.base).resolve())
-    for key, values in spec.grid.items():
-        if not values:
-            raise SpiError(f"sweep spec {path}: grid key '{key}' has no values")
-    return spec, Path(spec.dir) / (spec.name or path.stem)
 
 
 def _dump(config: Config, leave_out: tuple[str, ...]) -> dict[str, Any]:
@@ -226,7 +174,7 @@ SHARED_GROUPS: tuple[tuple[tuple[str, ...], Callable[[Config], list[str]]], ...]
 
 def _link_or_copy(source: str, target: str) -> None:
     """A hard link where the filesystem allows, else a copy: artefacts are replaced atomically, and a method file
-    that is appended to is first copied (`files.append_jsonl`), so a link is never edited through."""
+    that is appended to is first copied (`runs/files.py:append_jsonl`), so a link is never edited through."""
     try:
         os.link(source, target)
     except OSError:
@@ -295,8 +243,6 @@ def run_sweep(
 ) -> tuple[list[Cell], Path]:
     """Run every cell that has no results yet (unless dry_run; at most `max_cells` of them), then write the sweep's
     tables and plots."""
-    from spi_align.experiment.sweep_report import write_sweep_report
-
     spec, folder = load_spec(spec_path)
     cells = expand(spec, folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -321,7 +267,7 @@ def run_sweep(
 
 
 def _write_manifest(spec: SweepSpec, folder: Path, cells: list[Cell]) -> None:
-    from spi_align.files import atomic_write_json
+    from spi_align.runs.files import atomic_write_json
 
     atomic_write_json(
         folder / "cells.json",

@@ -12,15 +12,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from spi_align.experiment.report import bootstrap_ci, markdown_table, win_tie_loss
-from spi_align.files import atomic_write_json, atomic_write_text
-
-if TYPE_CHECKING:
-    from spi_align.experiment.sweep import Cell, SweepSpec
+from spi_align.experiment.sweep_spec import Cell, SweepSpec
+from spi_align.runs.files import atomic_write_json, atomic_write_text
 
 
 def _judge_rate(cell_dir: Path, method: str, baseline: str) -> float | None:

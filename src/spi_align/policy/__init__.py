@@ -6,6 +6,5 @@ Two backends implement `interfaces.Policy`: `HFPolicy` (transformers, hidden sta
 
 from spi_align.policy.hf import HFPolicy
 from spi_align.policy.load import load_policy
-from spi_align.policy.rows import Rows
 
-__all__ = ["HFPolicy", "Rows", "load_policy"]
+__all__ = ["HFPolicy", "load_policy"]

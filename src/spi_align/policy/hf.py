@@ -17,13 +17,13 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
 
-from spi_align.backbone import BackboneRunner, pad_batch
 from spi_align.config import GenerationConfig, PolicyConfig
-from spi_align.errors import SpiError
-from spi_align.interfaces import Cost, Prompt, billed
-from spi_align.models import resolve_device, resolve_model_source
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Cost, Prompt, billed
+from spi_align.core.rows import Rows
+from spi_align.hf.batches import BackboneRunner, pad_batch
+from spi_align.hf.models import resolve_device, resolve_model_source
 from spi_align.policy.prompts import ChatPrompts, end_tokens
-from spi_align.policy.rows import Rows
 from spi_align.policy.sampling import TokenSampler, token_logprob
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from spi_align.config import GenerationConfig, PolicyConfig
-from spi_align.interfaces import Policy
+from spi_align.core.interfaces import Policy
 
 
 def load_policy(cfg: PolicyConfig, gen: GenerationConfig, seed: int = 0) -> Policy:

@@ -23,8 +23,8 @@ from typing import Any
 from jinja2 import TemplateError
 
 from spi_align.config import GenerationConfig
-from spi_align.errors import SpiError
-from spi_align.interfaces import Prompt
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Prompt
 
 log = logging.getLogger(__name__)
 

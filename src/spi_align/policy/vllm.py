@@ -31,11 +31,11 @@ from transformers import AutoTokenizer
 from transformers import GenerationConfig as HFGenerationConfig
 
 from spi_align.config import GenerationConfig, PolicyConfig
-from spi_align.errors import SpiError
-from spi_align.interfaces import Cost, Prompt
-from spi_align.models import resolve_device, resolve_model_source
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Cost, Prompt
+from spi_align.core.rows import Rows
+from spi_align.hf.models import resolve_device, resolve_model_source
 from spi_align.policy.prompts import ChatPrompts, end_tokens
-from spi_align.policy.rows import Rows
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spi_align.errors import SpiError
-from spi_align.interfaces import Policy, Scorer
-from spi_align.models import looks_like_hub_id
+from spi_align.core.errors import SpiError
+from spi_align.core.interfaces import Policy, Scorer
+from spi_align.hf.models import looks_like_hub_id
 
 CHOICES = (
     "'similarity', 'sentiment', 'polarity', a reward model (a sequence classifier's folder or hub id 'org/name', "

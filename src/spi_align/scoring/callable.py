@@ -2,7 +2,7 @@
 
 The function takes `(prompts: list[Prompt], responses: list[str])` and returns one number per response. Whatever it
 runs is not counted in a search's forward tokens (it counts 0, like a lexicon), unless it bills them itself to
-`spi_align.interfaces.billed()`.
+`spi_align.core.records.billed()`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from spi_align.errors import SpiError
-from spi_align.interfaces import Prompt
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Prompt
 from spi_align.scoring.finite import finite_scores
 
 

@@ -36,13 +36,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from spi_align.backbone import pad_batch
-from spi_align.errors import SpiError
-from spi_align.interfaces import Cost, Policy, Prompt, billed
-from spi_align.models import first_line, load_model_config
+from spi_align.core.errors import SpiError
+from spi_align.core.interfaces import Policy
+from spi_align.core.records import Cost, Prompt, billed
+from spi_align.hf.batches import pad_batch
+from spi_align.hf.models import first_line, load_model_config
 
 if TYPE_CHECKING:
-    from spi_align.policy.rows import Rows
+    from spi_align.core.rows import Rows
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class ClassifierReward:
     def attach(self, policy: Policy) -> bool:
         """Score `policy`'s finished rows from their token ids (`score_rows`) when the reward model reads them as
         they are; True when it does, else rows are scored as text."""
-        from spi_align.values.tokenizers import same_tokenizer
+        from spi_align.hf.tokenizers import same_tokenizer
 
         self.policy, self.tail = policy, None
         if not same_tokenizer(self.tokenizer, policy.tokenizer):

@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from spi_align.errors import SpiError
+from spi_align.core.errors import SpiError
 
 
 def scorer_name(scorer: Any) -> str:

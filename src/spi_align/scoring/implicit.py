@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from spi_align.backbone import BackboneRunner, pad_batch, pad_token_id
-from spi_align.errors import SpiError
-from spi_align.interfaces import Prompt
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Prompt
+from spi_align.hf.batches import BackboneRunner, pad_batch, pad_token_id
 
 Pair = tuple[Sequence[int], Sequence[int]]
 """(context token ids, target token ids): the log-probability of the targets given the context is summed."""
@@ -182,7 +182,7 @@ def load_implicit_reward(
     """An implicit reward from two model directories (or hub ids); the tokenizer is the tuned model's."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from spi_align.models import resolve_model_source
+    from spi_align.hf.models import resolve_model_source
 
     try:
         tok = AutoTokenizer.from_pretrained(resolve_model_source(tuned))

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from spi_align.backbone import BackboneRunner
-from spi_align.errors import SpiError
-from spi_align.interfaces import Prompt
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Prompt
+from spi_align.hf.batches import BackboneRunner
 
 SPEC_FILE = "spi_reward.json"
 HEAD_FILE = "head.safetensors"
@@ -55,7 +55,7 @@ class RewardModel(nn.Module):
         """A fresh head on a pretrained backbone: 'default' (SmolLM2), a local directory or a hub id."""
         from transformers import AutoModel, AutoTokenizer
 
-        from spi_align.assets import default_policy_dir
+        from spi_align.data.assets import default_policy_dir
 
         path = default_policy_dir() if str(source) == "default" else source
         backbone = AutoModel.from_pretrained(path, dtype=_DTYPES[dtype]).to(device)
@@ -140,7 +140,7 @@ class RewardModel(nn.Module):
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 
-        from spi_align.assets import default_policy_dir
+        from spi_align.data.assets import default_policy_dir
 
         path = Path(directory)
         try:

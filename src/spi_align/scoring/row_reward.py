@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 import torch
 
-from spi_align.interfaces import Cost, Prompt
-from spi_align.policy import HFPolicy, Rows
+from spi_align.core.records import Cost, Prompt
+from spi_align.core.rows import Rows
+from spi_align.policy import HFPolicy
 from spi_align.scoring.reward_model import RewardModel, RewardModelScorer
 
 PROBE = (Prompt("probe", "Name a colour."), "Blue, like the sky.")

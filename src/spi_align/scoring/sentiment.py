@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from spi_align.interfaces import Prompt
+from spi_align.core.records import Prompt
 
 
 class Sentiment:

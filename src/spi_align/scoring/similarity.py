@@ -1,7 +1,7 @@
 """Reference similarity: cosine similarity of all-MiniLM-L6-v2 embeddings of a response and its reference.
 
 The encoder is a transformer: inside a search its forward tokens (every text it encodes, padding-free, after
-its truncation) are billed to the search's cost as "reward" (`interfaces.billed`)."""
+its truncation) are billed to the search's cost as "reward" (`core/records.py:billed`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from spi_align.assets import minilm_dir
-from spi_align.errors import SpiError
-from spi_align.interfaces import Prompt, billed
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Prompt, billed
+from spi_align.data.assets import minilm_dir
 
 if TYPE_CHECKING:
     import torch

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from spi_align.config import RewardTrainConfig
-from spi_align.data import prompt_split
-from spi_align.errors import SpiError
-from spi_align.interfaces import Prompt
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Prompt
+from spi_align.data.prompts import prompt_split
 from spi_align.scoring.reward_model import RewardModel
 
 
@@ -102,7 +102,7 @@ def _fit_head(
     """Fit `head` on all pairs with a weight decay chosen without the held-out prompts; returns the metrics and the
     probe: the same fit on the training prompts' pairs only, or None when either side has no pair.
 
-    `split`: the (fit, choice, held-out) prompts (`data.prompt_split`). Each candidate decay is fitted on the fit
+    `split`: the (fit, choice, held-out) prompts (`prompts.prompt_split`). Each candidate decay is fitted on the fit
     prompts' pairs and scored on the choice prompts' (`choice_accuracy_by_weight_decay`); the best one is refitted
     on every training pair (fit and choice) and read on the held-out pairs (`heldout_accuracy`); the head itself is
     fitted on all pairs."""
@@ -139,7 +139,7 @@ def train_reward_head(
     """Fit `model.head` by Bradley–Terry on frozen-backbone features of (prompt, chosen, rejected) texts.
 
     The weight decay is chosen among `cfg.weight_decay` candidates by accuracy on pairs of choice prompts (a split
-    of the training prompts); a head fitted with it without the held-out prompts (`data.prompt_split`) is read on
+    of the training prompts); a head fitted with it without the held-out prompts (`prompts.prompt_split`) is read on
     their pairs; the head itself is then fitted on all pairs. Returns the choice, held-out and training accuracies.
     """
     if not pairs:
@@ -166,9 +166,9 @@ def train_reward_head_on_states(
 
     Besides the pair accuracies, reports the held-out within-prompt Spearman of the probe's reward with the labels
     (`heldout_spearman_with_labeller`): the probe whose pair accuracy `heldout_accuracy` is, on the same held-out
-    prompts (`data.prompt_split` of every sample's prompt, so a prompt without pairs moves no other), averaged over
+    prompts (`prompts.prompt_split` of every sample's prompt, so a prompt without pairs moves no other), averaged over
     `heldout_ranked_prompts` prompts, of which `heldout_constant_prompts` got one reward for every sample (as 0)."""
-    from spi_align.values.train import prompt_spearman
+    from spi_align.scoring.ranking import prompt_spearman
 
     pairs = list(pairs) if pairs is not None else preference_pairs(groups, labels, cfg.pairs_per_prompt)
     if not pairs:

@@ -19,8 +19,9 @@ from typing import Literal
 import torch
 
 from spi_align.config import SPIConfig
-from spi_align.interfaces import Candidate, Cost, Policy, Prompt, Scorer, SearchResult
-from spi_align.policy import Rows
+from spi_align.core.interfaces import Policy, Scorer
+from spi_align.core.records import Candidate, Cost, Prompt, SearchResult
+from spi_align.core.rows import Rows
 from spi_align.search.candidates import pick_best, rows_to_candidates, score_candidates, score_from_rows
 from spi_align.search.selection import diversity_first, softmax_sample, top_w
 

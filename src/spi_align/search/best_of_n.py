@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from spi_align.interfaces import Cost, Policy, Prompt, Scorer, SearchResult
+from spi_align.core.interfaces import Policy, Scorer
+from spi_align.core.records import Cost, Prompt, SearchResult
 from spi_align.search.candidates import pick_best, rows_to_candidates, score_candidates, score_from_rows
 
 

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 import torch
 
-from spi_align.interfaces import Candidate, Cost, Policy, Prompt, Scorer, SearchResult
-from spi_align.policy import Rows
+from spi_align.core.interfaces import Policy, Scorer
+from spi_align.core.records import Candidate, Cost, Prompt, SearchResult
+from spi_align.core.rows import Rows
 from spi_align.scoring.finite import finite_scores
 
 

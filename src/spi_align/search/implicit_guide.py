@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from spi_align.backbone import SideCache, row_state
-from spi_align.errors import SpiError
-from spi_align.policy import Rows
+from spi_align.core.errors import SpiError
+from spi_align.core.rows import Rows
+from spi_align.hf.side_cache import SideCache, row_state
 from spi_align.scoring.implicit import CausalLM, ImplicitReward
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spi_align.config import SPIConfig
-from spi_align.errors import SpiError
-from spi_align.interfaces import Policy, Scorer, Search, ValueFunction
+from spi_align.core.errors import SpiError
+from spi_align.core.interfaces import Policy, Scorer, Search, ValueFunction
 
 
 @dataclass

@@ -22,8 +22,9 @@ from collections.abc import Sequence
 
 import torch
 
-from spi_align.errors import SpiError
-from spi_align.interfaces import Cost, Policy, Prompt, SearchResult
+from spi_align.core.errors import SpiError
+from spi_align.core.interfaces import Policy
+from spi_align.core.records import Cost, Prompt, SearchResult
 from spi_align.search.candidates import pick_best, rows_to_candidates
 
 

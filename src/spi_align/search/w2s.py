@@ -16,13 +16,14 @@ from collections.abc import Sequence
 
 import torch
 
-from spi_align.interfaces import Cost, Prompt, SearchResult
-from spi_align.policy import HFPolicy, Rows
+from spi_align.core.records import Cost, Prompt, SearchResult
+from spi_align.core.rows import Rows
+from spi_align.hf.tokenizers import same_tokenizer
+from spi_align.policy import HFPolicy
 from spi_align.scoring.implicit import ImplicitReward
 from spi_align.search.beam import ChunkBeamSearch, Selection, ValueFn
 from spi_align.search.best_of_n import BestOfN
 from spi_align.search.implicit_guide import CachedImplicitGuide
-from spi_align.values.tokenizers import same_tokenizer
 
 
 class TextImplicitGuide:

@@ -28,8 +28,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from spi_align.errors import SpiError
-from spi_align.interfaces import Prompt
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Prompt
 from spi_align.serve.batcher import Answer, Batcher, BatchKey, Job, QueueFull
 from spi_align.serve.config import ServeConfig
 from spi_align.serve.metrics import Metrics

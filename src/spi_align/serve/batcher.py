@@ -25,7 +25,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from spi_align.interfaces import Cost, Prompt, Search, SearchResult
+from spi_align.core.interfaces import Search
+from spi_align.core.records import Cost, Prompt, SearchResult
 from spi_align.serve.config import ServeConfig
 from spi_align.serve.metrics import Metrics
 from spi_align.serve.servable import Servable

@@ -10,7 +10,7 @@ import ipaddress
 from pydantic import Field
 
 from spi_align.config import Section
-from spi_align.errors import SpiError
+from spi_align.core.errors import SpiError
 
 ENV_API_KEY = "SPI_API_KEY"
 

@@ -32,8 +32,8 @@ from typing import Any
 import httpx
 import openai
 
-from spi_align.errors import SpiError
-from spi_align.files import atomic_write_text
+from spi_align.core.errors import SpiError
+from spi_align.runs.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 

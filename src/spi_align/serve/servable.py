@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from spi_align.interfaces import Policy, Search
+from spi_align.core.interfaces import Policy, Search
 
 
 @runtime_checkable

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from spi_align.errors import SpiError
-from spi_align.interfaces import Prompt
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Prompt
 from spi_align.scoring.implicit import ImplicitReward
 
 PreferencePair = tuple[Prompt, str, str]

@@ -17,7 +17,7 @@ the pairwise logistic loss Σ_{i,j: r_i > r_j} log(1 + exp(−(V_i − V_j)/σ))
 length (σ: the standard deviation of the centred residual), since the search only ever compares such rows.
 
 The learned part must earn its place, and is measured on prompts no choice saw. The prompts are split three ways
-by id (`data.prompt_split`): the held-out fifth, and the rest into fit prompts and about a fifth of choice prompts.
+by id (`prompts.prompt_split`): the held-out fifth, and the rest into fit prompts and about a fifth of choice prompts.
 The ridge penalty, λ and α ∈ {0, ½, 1} are chosen on the choice prompts, for heads fitted on the fit prompts, by
 within-prompt Spearman with the target averaged over the prefix lengths the search ranks at (multiples of the chunk
 length L); with `per_depth` α is chosen at each length on its own (the partial reward ranks better the longer the
@@ -44,10 +44,11 @@ from typing import Any
 
 import torch
 
-from spi_align.data import prompt_split
+from spi_align.data.prompts import prompt_split
+from spi_align.scoring.ranking import PromptSpearman, prompt_spearman
 from spi_align.values.heads import ValueHead
 from spi_align.values.prefix_states import PrefixStates
-from spi_align.values.train import PromptSpearman, TokenDataset, fit_head, prompt_spearman
+from spi_align.values.train import TokenDataset, fit_head
 
 ALPHAS = (0.0, 0.5, 1.0)
 RIDGE_FACTORS = (1.0, 10.0, 100.0)

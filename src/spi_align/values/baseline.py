@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from spi_align.interfaces import Prompt, Scorer
+from spi_align.core.interfaces import Scorer
+from spi_align.core.records import Prompt
+from spi_align.scoring.ranking import PromptSpearman, prompt_spearman
 from spi_align.scoring.row_reward import PolicyHeadReward
-from spi_align.values.train import PromptSpearman, prompt_spearman
 
 
 def partial_reward_spearman(

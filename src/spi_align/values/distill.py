@@ -12,8 +12,9 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
+from spi_align.scoring.ranking import within_prompt_spearman
 from spi_align.values.heads import HeadKind, HeadStack, ValueHead
-from spi_align.values.train import regress, within_prompt_spearman
+from spi_align.values.train import regress
 
 
 def fused_linear_head(stack: HeadStack) -> ValueHead:

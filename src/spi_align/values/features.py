@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from spi_align.backbone import pad_batch
-from spi_align.interfaces import Prompt
+from spi_align.core.records import Prompt
+from spi_align.hf.batches import pad_batch
 from spi_align.policy import HFPolicy
 
 

@@ -1,7 +1,7 @@
 """Separate value models as search guidance: Σ_i weight_i · V_i(x, y_partial), weight_i = γ/β_i.
 
 A value model whose tokenizer is the policy's (`same_tokenizer`, compared for real) reads the policy's token ids
-and keeps its own KV cache over the same rows: a `SideCache` (`spi_align.backbone`) in `rows.extras` that
+and keeps its own KV cache over the same rows: a `SideCache` (`spi_align.hf.side_cache`) in `rows.extras` that
 `Rows.select` reorders with the rows. The first call prefills each prompt of the batch once (from
 `rows.prompt_tokens`) and fans it out to the rows; every call then feeds only the response tokens sampled since the
 previous one, so the cost of a search grows with the tokens generated, not with prefix length × steps. Rows that
@@ -21,11 +21,12 @@ from typing import Any
 
 import torch
 
-from spi_align.backbone import SideCache, pad_batch, row_state
-from spi_align.errors import SpiError
-from spi_align.policy import Rows
+from spi_align.core.errors import SpiError
+from spi_align.core.rows import Rows
+from spi_align.hf.batches import pad_batch
+from spi_align.hf.side_cache import SideCache, row_state
+from spi_align.hf.tokenizers import same_tokenizer
 from spi_align.values.model import ValueModel
-from spi_align.values.tokenizers import same_tokenizer
 
 
 class ValueModelGuide:

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from spi_align.config import SPIConfig
-from spi_align.errors import SpiError
-from spi_align.interfaces import Policy, Prompt, ValueFunction
+from spi_align.core.errors import SpiError
+from spi_align.core.interfaces import Policy, ValueFunction
+from spi_align.core.records import Prompt
 
 
 @dataclass
@@ -224,8 +225,8 @@ class AnchoredValues(ValueKind):
         return AnchoredValue.load(folder)
 
     def guide(self, values: Sequence[Any], weights: Sequence[float]) -> ValueFunction:
-        from spi_align.search.reward_guide import TextPartialReward
         from spi_align.values.anchored import AnchoredGuide
+        from spi_align.values.reward_guide import TextPartialReward
 
         head = self.reward_head()
         anchor = head if head is not None else TextPartialReward(self.reward, self.policy)

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from spi_align.backbone import BackboneRunner, pad_token_id
-from spi_align.errors import SpiError
+from spi_align.core.errors import SpiError
+from spi_align.hf.batches import BackboneRunner, pad_token_id
 
 SPEC_FILE = "value_model.json"
 WEIGHTS_FILE = "value_model.safetensors"
@@ -61,7 +61,7 @@ class ValueModel(nn.Module):
         """
         from transformers import AutoModel, AutoTokenizer
 
-        from spi_align.models import load_model_config, resolve_model_source
+        from spi_align.hf.models import load_model_config, resolve_model_source
         from spi_align.scoring.classifier import is_classifier, load_classifier, score_head
 
         if source != "default" and is_classifier(load_model_config(source, what="value backbone")[1]):
@@ -195,7 +195,7 @@ class ValueModel(nn.Module):
         from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        from spi_align.models import resolve_model_source
+        from spi_align.hf.models import resolve_model_source
 
         path = Path(directory)
         try:

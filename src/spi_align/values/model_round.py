@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from spi_align.config import SPIConfig
-from spi_align.interfaces import Prompt
+from spi_align.core.records import Prompt
+from spi_align.hf.tokenizers import same_tokenizer
 from spi_align.policy import HFPolicy
 from spi_align.values.model import ValueModel
 from spi_align.values.model_train import response_values, train_value_model
 from spi_align.values.round import heldout_metrics
-from spi_align.values.tokenizers import same_tokenizer
 
 POLICY = "policy"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from spi_align.backbone import pad_batch
+from spi_align.hf.batches import pad_batch
 from spi_align.values.model import ValueModel
 from spi_align.values.train import eq12_targets
 

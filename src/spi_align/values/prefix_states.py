@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from spi_align.backbone import pad_batch
-from spi_align.interfaces import Prompt
+from spi_align.core.records import Prompt
+from spi_align.hf.batches import pad_batch
 
 
 @dataclass

@@ -6,12 +6,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from spi_align.config import SPIConfig
-from spi_align.data import heldout_prompts
-from spi_align.interfaces import Prompt
+from spi_align.core.records import Prompt
+from spi_align.data.prompts import heldout_prompts
 from spi_align.policy import HFPolicy
+from spi_align.scoring.ranking import prompt_spearman
 from spi_align.values.features import response_hidden_states
 from spi_align.values.heads import ValueHead
-from spi_align.values.train import fit_head, prefix_values, prompt_spearman, token_dataset
+from spi_align.values.train import fit_head, prefix_values, token_dataset
 
 PREFIXES: tuple[int | None, ...] = (8, 16, 32, None)
 """Prefix lengths (tokens) at which ranking quality is reported; None = the whole response."""

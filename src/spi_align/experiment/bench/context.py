@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spi_align.config import BenchConfig
-from spi_align.data import load_prompts
+from spi_align.core.interfaces import Policy, Scorer
+from spi_align.core.records import Prompt
+from spi_align.data.prompts import load_prompts
 from spi_align.experiment.bench.methods import backend_methods, build_methods
 from spi_align.experiment.bench.timing import Runner
 from spi_align.experiment.bench.value_model import KEY, load_guide, spi_with_value_model
-from spi_align.interfaces import Policy, Prompt, Scorer
 from spi_align.policy import load_policy
 from spi_align.scoring import make_scorer
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spi_align.errors import SpiError
+from spi_align.core.errors import SpiError
 
 
 def status_mb(field: str) -> float:

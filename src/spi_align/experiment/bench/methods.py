@@ -13,12 +13,13 @@ from collections.abc import Sequence
 import torch
 
 from spi_align.config import BenchConfig
+from spi_align.core.interfaces import Policy, Scorer
+from spi_align.core.records import Cost, Prompt
 from spi_align.experiment.bench.timing import Runner
-from spi_align.interfaces import Cost, Policy, Prompt, Scorer
 from spi_align.search import BestOfN
 from spi_align.search.beam import ChunkBeamSearch
-from spi_align.search.reward_guide import TextPartialReward
 from spi_align.values import HeadStack, ValueHead
+from spi_align.values.reward_guide import TextPartialReward
 
 TEXT_GUIDED = "spi-text"
 """SPI guided by the reward on partial text: reads no hidden states, so every backend runs it."""

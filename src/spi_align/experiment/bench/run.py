@@ -38,7 +38,7 @@ from spi_align.experiment.bench.targets import (
 )
 from spi_align.experiment.bench.timing import Trial, paired_ratio, run_once, summarise, time_methods
 from spi_align.experiment.bench.value_model import p3_seconds, p3_summary
-from spi_align.rundir import RunDir
+from spi_align.runs.rundir import RunDir
 
 console = Console()
 

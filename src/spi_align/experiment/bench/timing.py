@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from spi_align.interfaces import Cost, Prompt
+from spi_align.core.records import Cost, Prompt
 
 Runner = Callable[[Sequence[Prompt], Cost], object]
 """One method over one batch of prompts, spending into `cost`."""

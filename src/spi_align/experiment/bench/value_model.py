@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from spi_align.config import BenchConfig
+from spi_align.core.interfaces import Scorer
+from spi_align.core.records import Cost, Prompt
 from spi_align.experiment.bench.timing import Runner
-from spi_align.interfaces import Cost, Prompt, Scorer
 from spi_align.policy import HFPolicy
 from spi_align.search.beam import ChunkBeamSearch
 

@@ -15,9 +15,10 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from spi_align.files import read_appended_jsonl
-from spi_align.interfaces import Cost, Prompt, Search
-from spi_align.rundir import RunDir
+from spi_align.runs.files import read_appended_jsonl
+from spi_align.core.records import Cost, Prompt
+from spi_align.core.interfaces import Search
+from spi_align.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ValidationError
 
 from spi_align.config import to_yaml
-from spi_align.errors import SpiError
-from spi_align.files import (
+from spi_align.core.errors import SpiError
+from spi_align.runs.files import (
     append_jsonl,
     atomic_write_json,
     atomic_write_jsonl,

@@ -14,11 +14,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from spi_align.assets import default_prompts_file
 from spi_align.config import DataConfig
-from spi_align.errors import SpiError
-from spi_align.files import read_jsonl
-from spi_align.interfaces import Prompt
+from spi_align.core.errors import SpiError
+from spi_align.core.records import Prompt
+from spi_align.data.assets import default_prompts_file
+from spi_align.runs.files import read_jsonl
 
 PROMPT_COLUMNS = ("prompt", "instruction", "text", "question")
 REFERENCE_COLUMNS = ("reference", "output", "reference_output", "answer")

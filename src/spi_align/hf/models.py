@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from spi_align.errors import SpiError
+from spi_align.core.errors import SpiError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -19,7 +19,7 @@ def resolve_model_source(spec: str) -> str:
     A spec that looks like a path but does not exist is an error here, not a hub lookup.
     """
     if spec == "default":
-        from spi_align.assets import default_policy_dir
+        from spi_align.data.assets import default_policy_dir
 
         return str(default_policy_dir())
     path = Path(spec).expanduser()

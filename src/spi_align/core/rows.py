@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import torch
 from transformers import Cache
 
-from spi_align.interfaces import Prompt
+from spi_align.core.records import Prompt
 
 
 class RowState(Protocol):

@@ -28,8 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from spi_align.errors import SpiError
-from spi_align.files import staged_folder
+from spi_align.core.errors import SpiError
+from spi_align.runs.files import staged_folder
 
 CACHE_ENV = "SPI_ALIGN_CACHE"
 

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from spi_align.errors import SpiError
+from spi_align.core.errors import SpiError
 
 log = logging.getLogger(__name__)
 

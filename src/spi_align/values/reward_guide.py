@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 import torch
 
-from spi_align.errors import SpiError
-from spi_align.interfaces import Policy, Scorer, ValueFunction
-from spi_align.policy.rows import Rows
+from spi_align.core.errors import SpiError
+from spi_align.core.interfaces import Policy, Scorer, ValueFunction
+from spi_align.core.rows import Rows
 from spi_align.scoring.finite import finite_scores
 from spi_align.scoring.row_reward import PolicyHeadReward
 

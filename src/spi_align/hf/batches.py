@@ -1,0 +1,95 @@
+"""Running transformers backbones on padded batches: the one home for what the policy and every model that reads
+beside it share (value models, the implicit-reward pair, reward models, teacher-forced features).
+
+- `pad_batch`: token-id lists → (ids, attention mask), padded on the left (prompts, so every row's last token is
+  in the last column) or on the right (training batches), with `pad_token_id`;
+- `positions_from_mask`: position ids that follow the attention mask, so left padding and the gaps of rows that
+  received fewer new tokens do not shift positions;
+- `BackboneRunner`: the backbone's forward on new tokens, with positions from the mask and the KV cache under
+  whichever argument name this transformers version takes (`past_key_values`, later `cache`): probed once; a
+  runner given a cost component bills the real new tokens of each forward to the cost being timed (`billed()`).
+  Its caches are `hf/kv_cache.py`'s growing ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from transformers import DynamicCache
+
+from spi_align.core.records import billed
+from spi_align.hf.kv_cache import growing_cache
+
+
+def pad_batch(
+    seqs: Sequence[Sequence[int]],
+    pad_id: int,
+    side: Literal["left", "right"] = "left",
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists as one (B, T) batch: ids (`pad_id` where padded) and attention mask (1 on real tokens)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if seq:
+            cols = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+            ids[row, cols] = torch.tensor(list(seq), dtype=torch.long)
+            mask[row, cols] = 1
+    return (ids, mask) if device is None else (ids.to(device), mask.to(device))
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The id to pad a model's batches with: its tokenizer's pad token, else its end-of-sequence token, else 0.
+    Padded positions are masked out, so any id in the vocabulary does."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return int(pad) if pad is not None else 0
+
+
+def positions_from_mask(attention_mask: torch.Tensor, new_tokens: int | None = None) -> torch.Tensor:
+    """Position ids (B, T) counting only the tokens the mask keeps (padding gets 0); with `new_tokens`, those of
+    the last `new_tokens` columns (the ones being fed on top of a cache)."""
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return positions if new_tokens is None else positions[:, -new_tokens:]
+
+
+class BackboneRunner:
+    """A transformers backbone (no LM head) fed new tokens on top of an optional KV cache."""
+
+    def __init__(self, module: torch.nn.Module, component: str | None = None) -> None:
+        self.module = module
+        self.component = component
+        """The `Cost.forward_tokens` component its forwards are billed to (None: the caller counts them itself)."""
+        params = set(inspect.signature(module.forward).parameters)
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        """The forward's KV-cache argument: transformers renamed `past_key_values` to `cache`."""
+        self.takes_positions = "position_ids" in params
+        self.takes_use_cache = "use_cache" in params
+
+    def new_cache(self) -> DynamicCache:
+        """An empty KV cache for this backbone; its full-attention layers are `GrowingLayer`s (sliding-window and
+        other special layers stay as transformers builds them)."""
+        return growing_cache(DynamicCache(config=self.module.config))
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any | None = None) -> torch.Tensor:
+        """Last-layer hidden states (B, T, H) of the new tokens `input_ids`.
+
+        `attention_mask` covers the cached tokens and the new ones (zeros anywhere: padding, gaps); positions follow
+        it. Without `cache` nothing is cached. Never requests every layer's hidden states. The new tokens the mask
+        keeps are billed to `component` of the cost being timed, if any.
+        """
+        cost = billed() if self.component is not None else None
+        if cost is not None:
+            cost.count_forward(self.component, int(attention_mask[:, -input_ids.shape[1] :].sum()))
+        extra: dict[str, Any] = {}
+        if self.takes_positions:
+            extra["position_ids"] = positions_from_mask(attention_mask, input_ids.shape[1])
+        if cache is not None:
+            extra[self.cache_arg] = cache
+        if self.takes_use_cache:
+            extra["use_cache"] = cache is not None
+        out = self.module(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        return out.last_hidden_state
