@@ -67,7 +67,7 @@ def reward_model(smol_tokenizer) -> RewardModel:
 
 
 def test_reward_model_forward_is_one_fp32_reward_per_row_and_trainable(reward_model):
-    batch = reward_model.tokenize([reward_model.format(p.text, r) for p, r in zip(PROMPTS, RESPONSES, strict=True)])
+    batch = reward_model.tokenize([reward_model.format(p, r) for p, r in zip(PROMPTS, RESPONSES, strict=True)])
     rewards = reward_model(batch["input_ids"], batch["attention_mask"])
     assert rewards.shape == (3,) and rewards.dtype == torch.float32
     (rewards[0] - rewards[1]).sigmoid().log().neg().backward()  # a Bradley–Terry loss
@@ -76,7 +76,7 @@ def test_reward_model_forward_is_one_fp32_reward_per_row_and_trainable(reward_mo
 
 
 def test_reward_model_formats_with_the_chat_template(reward_model):
-    text = reward_model.format("Say hi.", "Hi!")
+    text = reward_model.format(Prompt("p", "Say hi."), "Hi!")
     assert text.startswith("<|im_start|>") and "<|im_start|>assistant\nHi!<|im_end|>" in text
 
 

@@ -45,7 +45,8 @@ def test_head_learns_to_prefer_the_labellers_choice(tiny_backbone, smol_tokenize
     assert metrics["train_accuracy"] == 1.0
     assert metrics["weight_decay"] in RewardTrainConfig().weight_decay
     with torch.no_grad():
-        r = model(**model.tokenize([model.format("Something new?", "yes " * 14), model.format("Something new?", "no")]))
+        question = Prompt("q", "Something new?")
+        r = model(**model.tokenize([model.format(question, "yes " * 14), model.format(question, "no")]))
     assert r[0] > r[1]
 
 

@@ -127,7 +127,7 @@ def backbone_dir(tmp_path, smol_tokenizer) -> Path:
 def test_save_load_round_trip(tmp_path, backbone_dir, layers):
     model = ValueModel.from_source(str(backbone_dir), train_layers=layers)
     tok = model.tokenizer
-    p_ids = [model.prompt_ids("Name a colour."), model.prompt_ids("Say hi")]
+    p_ids = [model.prompt_ids(Prompt("a", "Name a colour.")), model.prompt_ids(Prompt("b", "Say hi"))]
     r_ids = [model.response_ids("Blue, and green."), model.response_ids("Hello!")]
     train_value_model(model, p_ids, r_ids, [1.0, 0.0], ["a", "b"], centered=False, epochs=2, lr=1e-3)
     expected = response_values(model, p_ids, r_ids)
@@ -250,11 +250,11 @@ def test_other_tokenizer_scores_the_re_tokenised_text(smol_tokenizer):
         texts = policy.texts(rows)
         expected = []
         for p, text in zip(rows.prompt_index.tolist(), texts, strict=True):
-            ids = model.prompt_ids(PROMPTS[p].text) + model.response_ids(text)
+            ids = model.prompt_ids(PROMPTS[p]) + model.response_ids(text)
             with torch.no_grad():
                 expected.append(2.0 * model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[0, -1])
         torch.testing.assert_close(guide(rows), torch.stack(expected), atol=1e-4, rtol=0)
-    assert model.prompt_ids("Hi")[0] == bert.cls_token_id  # its own format, not the policy's chat template
+    assert model.prompt_ids(Prompt("p", "Hi"))[0] == bert.cls_token_id  # its own format, not the policy's chat template
 
 
 # --- `spi run` with value=model --------------------------------------------------------------------------------

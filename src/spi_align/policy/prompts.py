@@ -25,6 +25,7 @@ from jinja2 import TemplateError
 from spi_align.config import GenerationConfig
 from spi_align.core.errors import SpiError
 from spi_align.core.records import Prompt
+from spi_align.hf.chat import render
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +93,9 @@ class ChatPrompts:
     """Where a user sets the context, named in the error (e.g. 'policy.vllm.max_model_len')."""
 
     def format_prompt(self, prompt: Prompt) -> str:
-        """The prompt as the model reads it (chat template applied when the policy uses one)."""
-        if self.chat_template:
-            return self.tokenizer.apply_chat_template(prompt.messages(), tokenize=False, add_generation_prompt=True)
-        return prompt.text
+        """The prompt as the model reads it (`hf.chat.render`: the chat template when the policy uses one, else the
+        turns' contents joined by blank lines)."""
+        return render(self.tokenizer, prompt, templated=self.chat_template)
 
     def prompt_ids(self, prompts: Sequence[Prompt], tokenizer: Any | None = None) -> list[list[int]]:
         """Token ids of each prompt as the policy reads it (`format_prompt`; the tokenizer's special tokens only

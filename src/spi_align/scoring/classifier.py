@@ -40,6 +40,7 @@ from spi_align.core.errors import SpiError
 from spi_align.core.interfaces import Policy
 from spi_align.core.records import Cost, Prompt, billed
 from spi_align.hf.batches import pad_batch
+from spi_align.hf.chat import render
 from spi_align.hf.models import first_line, load_model_config
 
 if TYPE_CHECKING:
@@ -171,10 +172,7 @@ class ClassifierReward:
     # --- text --------------------------------------------------------------------------------------------------
     def render(self, prompt: Prompt, response: str) -> str:
         """The conversation as the reward model reads it (see the module docstring)."""
-        if self.templated:
-            messages = [*prompt.messages(), {"role": "assistant", "content": response}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        return "\n\n".join([*(content for _, content in prompt.history), prompt.text, response])
+        return render(self.tokenizer, prompt, response, templated=self.templated)
 
     def encode(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[list[int]]:
         """Token ids of each rendered conversation (a chat template writes its own special tokens)."""

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 from spi_align.core.errors import SpiError
 from spi_align.core.records import Prompt
 from spi_align.hf.batches import BackboneRunner, pad_batch, pad_token_id
+from spi_align.hf.chat import render
 
 Pair = tuple[Sequence[int], Sequence[int]]
 """(context token ids, target token ids): the log-probability of the targets given the context is summed."""
@@ -123,17 +124,13 @@ class ImplicitReward:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def prompt_text(self, prompt: Prompt) -> str:
-        """The prompt as the pair reads it: chat template with the generation prompt, or the raw text."""
-        if self.chat_template:
-            messages = [{"role": "user", "content": prompt.text}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return prompt.text
+        """The prompt as the pair reads it (`hf.chat.render`, earlier turns included): chat template with the
+        generation prompt, or the turns' texts."""
+        return render(self.tokenizer, prompt, templated=self.chat_template)
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         """Token ids of `prompt_text` (without a chat template, the tokenizer's special tokens are added)."""
-        if self.chat_template:
-            return self._ids(self.prompt_text(prompt))
-        return list(self.tokenizer(prompt.text)["input_ids"])
+        return list(self.tokenizer(self.prompt_text(prompt), add_special_tokens=not self.chat_template)["input_ids"])
 
     def completion_text(self, prompt: Prompt, response: str) -> str:
         """What follows the prompt for a finished response: the template's assistant turn (with its end-of-turn)
@@ -141,8 +138,7 @@ class ImplicitReward:
         if not self.chat_template:
             return response + (self.tokenizer.eos_token or "")
         head = self.prompt_text(prompt)
-        messages = [{"role": "user", "content": prompt.text}, {"role": "assistant", "content": response}]
-        full = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        full = render(self.tokenizer, prompt, response, templated=True)
         if not full.startswith(head):
             raise SpiError("implicit reward: the chat template does not render the prompt as a prefix of the dialogue")
         return full[len(head) :]

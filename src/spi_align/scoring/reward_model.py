@@ -23,6 +23,7 @@ from torch import nn
 from spi_align.core.errors import SpiError
 from spi_align.core.records import Prompt
 from spi_align.hf.batches import BackboneRunner
+from spi_align.hf.chat import render
 
 SPEC_FILE = "spi_reward.json"
 HEAD_FILE = "head.safetensors"
@@ -79,13 +80,13 @@ class RewardModel(nn.Module):
         picked = self.features(input_ids, attention_mask)
         return self.head(picked.to(self.head.weight.dtype)).squeeze(-1)
 
-    def format(self, prompt: str, response: str) -> str:
-        """The text scored: the tokenizer's chat template (user, assistant) when it has one, read at the turn's
-        end token (trailing newlines dropped), which is where a policy's own row ends when it stops itself."""
+    def format(self, prompt: Prompt, response: str) -> str:
+        """The text scored (`hf.chat.render`, earlier turns included): the tokenizer's chat template when it has
+        one, read at the turn's end token (trailing newlines dropped), which is where a policy's own row ends when
+        it stops itself; without a template the turns and the response one per line."""
         if self._templated:
-            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False).rstrip("\n")
-        return f"{prompt}\n{response}"
+            return render(self.tokenizer, prompt, response, templated=True).rstrip("\n")
+        return render(self.tokenizer, prompt, response, templated=False, separator="\n")
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Padded `input_ids` and `attention_mask` on the model's device, cut to `max_length`."""
@@ -177,7 +178,7 @@ class RewardModelScorer:
         """One reward per (prompt, response)."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        texts = [self.model.format(p.text, r) for p, r in zip(prompts, responses, strict=True)]
+        texts = [self.model.format(p, r) for p, r in zip(prompts, responses, strict=True)]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         rewards = [0.0] * len(texts)
         with torch.no_grad():

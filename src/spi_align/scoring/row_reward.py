@@ -23,7 +23,7 @@ PROBE = (Prompt("probe", "Name a colour."), "Blue, like the sky.")
 def same_token_layout(model: RewardModel, policy: HFPolicy) -> bool:
     """True when format(prompt, response) tokenises to the policy's prompt tokens + response tokens + end token."""
     prompt, response = PROBE
-    as_text = model.tokenize([model.format(prompt.text, response)])["input_ids"][0].tolist()
+    as_text = model.tokenize([model.format(prompt, response)])["input_ids"][0].tolist()
     prompt_ids = policy.prompt_ids([prompt])[0]
     response_ids = policy.tokenizer(response, add_special_tokens=False)["input_ids"]
     return as_text == [*prompt_ids, *response_ids, policy.end_id]

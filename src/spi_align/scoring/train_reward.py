@@ -144,8 +144,8 @@ def train_reward_head(
     """
     if not pairs:
         raise SpiError("no preference pairs: the labeller gave every sample of each prompt the same score")
-    chosen = _features(model, [model.format(p.text, c) for p, c, _ in pairs])
-    rejected = _features(model, [model.format(p.text, r) for p, _, r in pairs])
+    chosen = _features(model, [model.format(p, c) for p, c, _ in pairs])
+    rejected = _features(model, [model.format(p, r) for p, _, r in pairs])
     prompt_ids = [p.id for p, _, _ in pairs]
     metrics, _ = _fit_head(model.head, chosen, rejected, prompt_ids, cfg, seed, prompt_split(prompt_ids, seed))
     return metrics

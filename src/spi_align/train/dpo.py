@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 
 from spi_align.core.errors import SpiError
 from spi_align.core.records import Prompt
+from spi_align.hf.chat import messages, render
 from spi_align.scoring.implicit import ImplicitReward
 
 PreferencePair = tuple[Prompt, str, str]
@@ -31,20 +32,21 @@ PreferencePair = tuple[Prompt, str, str]
 
 
 def preference_dataset(pairs: Sequence[PreferencePair], chat: bool) -> Any:
-    """A `datasets.Dataset` in TRL's preference format: conversational (chat template) or plain text."""
+    """A `datasets.Dataset` in TRL's preference format: conversational (chat template; the prompt's earlier turns
+    included, `hf.chat.messages`) or plain text (the turns joined, `hf.chat.render`)."""
     from datasets import Dataset
 
     if chat:
         rows = [
             {
-                "prompt": [{"role": "user", "content": p.text}],
+                "prompt": messages(p),
                 "chosen": [{"role": "assistant", "content": c}],
                 "rejected": [{"role": "assistant", "content": r}],
             }
             for p, c, r in pairs
         ]
     else:
-        rows = [{"prompt": p.text, "chosen": c, "rejected": r} for p, c, r in pairs]
+        rows = [{"prompt": render(None, p, templated=False), "chosen": c, "rejected": r} for p, c, r in pairs]
     return Dataset.from_list(rows)
 
 

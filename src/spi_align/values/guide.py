@@ -85,7 +85,7 @@ class ValueModelGuide:
             raise SpiError("rows carry no prompt texts: a value model with another tokenizer cannot read them")
         texts = self.policy_tokenizer.batch_decode(rows.token_lists(), skip_special_tokens=True)
         prompt_index = rows.prompt_index.tolist()
-        prompt_ids = {p: model.prompt_ids(rows.prompts[p].text) for p in set(prompt_index)}
+        prompt_ids = {p: model.prompt_ids(rows.prompts[p]) for p in set(prompt_index)}
         seqs = [prompt_ids[p] + model.response_ids(t) for p, t in zip(prompt_index, texts, strict=True)]
         out = []
         for start in range(0, len(seqs), self.batch_size):

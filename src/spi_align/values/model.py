@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from spi_align.core.errors import SpiError
+from spi_align.core.records import Prompt
 from spi_align.hf.batches import BackboneRunner, pad_token_id
+from spi_align.hf.chat import render
 
 SPEC_FILE = "value_model.json"
 WEIGHTS_FILE = "value_model.safetensors"
@@ -122,13 +124,11 @@ class ValueModel(nn.Module):
         return [n for n, p in self.backbone.named_parameters() if id(p) in ids]
 
     # --- text ---------------------------------------------------------------------------------------------------
-    def prompt_ids(self, text: str) -> list[int]:
-        """The prompt as this model reads it: its own chat template (user turn + generation prompt) when it has one."""
-        if self.chat_template:
-            messages = [{"role": "user", "content": text}]
-            formatted = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return list(self.tokenizer(formatted, add_special_tokens=False)["input_ids"])
-        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """The prompt as this model reads it (`hf.chat.render`, earlier turns included): its own chat template (the
+        generation prompt added) when it has one, else the text with the tokenizer's special tokens."""
+        text = render(self.tokenizer, prompt, templated=self.chat_template)
+        return list(self.tokenizer(text, add_special_tokens=not self.chat_template)["input_ids"])
 
     def response_ids(self, text: str) -> list[int]:
         """A (partial) response's tokens, appended after `prompt_ids`."""

@@ -66,7 +66,7 @@ def rollout_ids(
         encoded = dict(zip([p.id for p in unique], policy.prompt_ids(unique), strict=True))
         return [list(encoded[p.id]) for p in prompts], [list(t) for t in tokens]
     texts = policy.tokenizer.batch_decode([list(t) for t in tokens], skip_special_tokens=True)
-    encoded = {p.id: model.prompt_ids(p.text) for p in prompts}
+    encoded = {p.id: model.prompt_ids(p) for p in prompts}
     return [list(encoded[p.id]) for p in prompts], [model.response_ids(t) for t in texts]
 
 
