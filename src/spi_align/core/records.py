@@ -22,7 +22,8 @@ class Prompt:
     reference: str | None = None
     history: tuple[tuple[str, str], ...] = ()
     """Earlier turns of a conversation, (role, content) each, before `text` (its last user message); empty for a
-    single instruction. Policies with a chat template read the whole conversation (`messages`); scorers read `text`."""
+    single instruction. Every model that reads a prompt (policies, value and reward models, DPO's data) reads the
+    whole conversation, rendered by `hf.chat.render`."""
 
     def messages(self) -> list[dict[str, str]]:
         """The conversation in chat-template form: the earlier turns, then `text` as the user's message."""
