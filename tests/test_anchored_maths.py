@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from spi_align.data.prompts import heldout_prompts
+from spi_align.scoring.ranking import centred
 from spi_align.values.anchored import (
     AnchoredGuide,
     AnchoredValue,
     _fit,
     boundary_rows,
-    centred,
     choose_alphas,
     fit_anchored,
     ranking_loss,

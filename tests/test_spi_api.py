@@ -13,9 +13,10 @@ from conftest import write_prompt_file
 from spi_align.cli import main
 from spi_align.core.errors import SpiError
 from spi_align.core.records import Cost, Prompt
+from spi_align.scoring.ranking import centred, differing_pairs, group_rows
 from spi_align.scoring.train_reward import all_pairs
 from spi_align.spi import load
-from spi_align.values.anchored import boundary_rows, centred, decision_lengths, fit_anchored
+from spi_align.values.anchored import boundary_rows, decision_lengths, fit_anchored, ranking_pairs
 from spi_align.values.prefix_states import PrefixStates
 
 SCORER = str(Path(__file__).parent / "mocks" / "scorers.py") + ":vowel_share"
@@ -78,6 +79,20 @@ def test_all_pairs_orients_every_differing_pair_within_a_prompt():
     labels = [0.1, 0.5, 0.5, 2.0, 1.0]
     # a: 1>0, 2>0 (1 and 2 tie: no pair); b: 3>4; never across prompts
     assert sorted(all_pairs(groups, labels)) == [(1, 0), (2, 0), (3, 4)]
+
+
+def test_differing_pairs_keep_row_order_and_both_pair_lists_read_them():
+    keys = ["a", "b", "a", "a", "b"]
+    labels = [0.5, 1.0, 2.0, 0.5, 3.0]
+    assert group_rows(keys) == {"a": [0, 2, 3], "b": [1, 4]}
+    # a: rows (0, 2) → 2 over 0; (0, 3) tie; (2, 3) → 2 over 3; b: (1, 4) → 4 over 1
+    assert differing_pairs(keys, labels) == [[(2, 0), (2, 3)], [(4, 1)]]
+    assert all_pairs(keys, labels) == [(2, 0), (2, 3), (4, 1)]
+    better, worse = ranking_pairs(torch.tensor(labels), keys)
+    assert (better.tolist(), worse.tolist()) == ([2, 2, 4], [0, 3, 1])
+    # all_pairs orders a prompt's pairs by the chosen sample, ranking_pairs by the rows' order
+    assert all_pairs(["p"] * 3, [1.0, 3.0, 2.0]) == [(1, 0), (1, 2), (2, 0)]
+    assert ranking_pairs([1.0, 3.0, 2.0], ["p"] * 3)[0].tolist() == [1, 2, 1]
 
 
 def test_decision_lengths_are_the_chunk_boundaries_before_the_end():

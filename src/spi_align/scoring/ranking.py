@@ -1,7 +1,11 @@
-"""How well a predictor ranks each prompt's responses: the within-prompt Spearman correlation with their rewards.
+"""Within one prompt: how a predictor ranks each prompt's responses, and the per-prompt pieces the learners share.
 
 Only differences between the candidates of one prompt matter to a search, so a value function, a partial reward or
-a reward model is judged by how it orders each prompt's candidates, averaged over prompts (`prompt_spearman`).
+a reward model is judged by how it orders each prompt's candidates, averaged over prompts (`prompt_spearman`); and
+the learners work within a group too (a group: one prompt's rows, or one prompt's rows at one prefix length):
+`group_rows` (each group's row indices), `centred` (each row minus its group's mean) and `differing_pairs` (every
+two rows of a group whose targets differ, better first), used by the reward model's preference pairs and by the
+anchored value's residual and ranking loss.
 """
 
 from __future__ import annotations
@@ -11,6 +15,39 @@ from dataclasses import dataclass
 
 import torch
 from scipy.stats import rankdata
+
+
+def group_rows(keys: Sequence[Hashable]) -> dict[Hashable, list[int]]:
+    """The row indices of each key, ascending; keys in the order they first appear."""
+    rows: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(keys):
+        rows.setdefault(key, []).append(i)
+    return rows
+
+
+def centred(values: torch.Tensor, keys: Sequence[Hashable]) -> torch.Tensor:
+    """`values` (n,) or (n, d) minus the mean of its key's members."""
+    ids = {k: j for j, k in enumerate(dict.fromkeys(keys))}
+    gid = torch.tensor([ids[k] for k in keys])
+    sums = torch.zeros(len(ids), *values.shape[1:]).index_add_(0, gid, values)
+    counts = torch.zeros(len(ids)).index_add_(0, gid, torch.ones(len(values)))
+    return values - (sums / counts.reshape(-1, *[1] * (values.dim() - 1)))[gid]
+
+
+def differing_pairs(keys: Sequence[Hashable], values: Sequence[float]) -> list[list[tuple[int, int]]]:
+    """For each key (`group_rows` order), its pairs of rows i < j whose values differ, by i then j, each written
+    (better, worse); equal values (or NaN) make no pair."""
+    out = []
+    for members in group_rows(keys).values():
+        pairs = []
+        for a, i in enumerate(members):
+            for j in members[a + 1 :]:
+                if values[i] > values[j]:
+                    pairs.append((i, j))
+                elif values[j] > values[i]:
+                    pairs.append((j, i))
+        out.append(pairs)
+    return out
 
 
 @dataclass(frozen=True)
@@ -35,12 +72,9 @@ def prompt_spearman(
     rewards are all equal carries no ranking to recover and is left out; a prompt whose predictions are all equal
     (while its rewards differ) ranks nothing and counts as 0, so a predictor that cannot tell a prompt's candidates
     apart is not averaged over fewer, easier prompts than another."""
-    by_group: dict[Hashable, list[int]] = {}
-    for i, g in enumerate(groups):
-        by_group.setdefault(g, []).append(i)
     p, r = torch.tensor(predicted, dtype=torch.float64), torch.tensor(rewards, dtype=torch.float64)
     corrs, constant = [], 0
-    for members in by_group.values():
+    for members in group_rows(groups).values():
         if len(members) < min_size:
             continue
         b = torch.from_numpy(rankdata(r[members].numpy()))

@@ -18,6 +18,7 @@ from spi_align.config import RewardTrainConfig
 from spi_align.core.errors import SpiError
 from spi_align.core.records import Prompt
 from spi_align.data.prompts import prompt_split
+from spi_align.scoring.ranking import differing_pairs, group_rows
 from spi_align.scoring.reward_model import RewardModel
 
 
@@ -62,11 +63,9 @@ def _accuracy(lin: torch.nn.Linear, chosen: torch.Tensor, rejected: torch.Tensor
 
 
 def all_pairs(groups: Sequence[str], labels: Sequence[float]) -> list[tuple[int, int]]:
-    """(chosen, rejected) index pairs: every two samples of one prompt whose labels differ, better first."""
-    by_group: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        by_group.setdefault(g, []).append(i)
-    return [(a, b) for members in by_group.values() for a in members for b in members if labels[a] > labels[b]]
+    """(chosen, rejected) index pairs: every two samples of one prompt whose labels differ, better first; prompt by
+    prompt, by the chosen sample's index, then the rejected one's."""
+    return [pair for pairs in differing_pairs(groups, labels) for pair in sorted(pairs)]
 
 
 def preference_pairs(
@@ -77,11 +76,8 @@ def preference_pairs(
     `per_prompt` (ties in the ranking keep sample order). What both the reward model and DPO are trained on."""
     if per_prompt is None:
         return all_pairs(groups, labels)
-    by_group: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        by_group.setdefault(g, []).append(i)
     pairs = []
-    for members in by_group.values():
+    for members in group_rows(groups).values():
         ranked = sorted(members, key=lambda i: -labels[i])
         for i in range(min(per_prompt, len(ranked) // 2)):
             best, worst = ranked[i], ranked[-1 - i]

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from spi_align.data.prompts import prompt_split
-from spi_align.scoring.ranking import PromptSpearman, prompt_spearman
+from spi_align.scoring.ranking import PromptSpearman, centred, differing_pairs, prompt_spearman
 from spi_align.values.heads import ValueHead
 from spi_align.values.prefix_states import PrefixStates
 from spi_align.values.train import TokenDataset, fit_head
@@ -94,15 +94,6 @@ def boundary_rows(
     return feats, targets, [r[3] for r in found], [r[4] for r in found]
 
 
-def centred(values: torch.Tensor, keys: Sequence[Hashable]) -> torch.Tensor:
-    """`values` (n,) or (n, d) minus the mean of its key's members."""
-    ids = {k: j for j, k in enumerate(dict.fromkeys(keys))}
-    gid = torch.tensor([ids[k] for k in keys])
-    sums = torch.zeros(len(ids), *values.shape[1:]).index_add_(0, gid, values)
-    counts = torch.zeros(len(ids)).index_add_(0, gid, torch.ones(len(values)))
-    return values - (sums / counts.reshape(-1, *[1] * (values.dim() - 1)))[gid]
-
-
 Anchor = Callable[[torch.Tensor, Sequence[int], Sequence[tuple[Hashable, int]]], torch.Tensor]
 """R_t of boundary rows: (closed states (n, H), rollout index, (group, length) keys) → (n,) partial rewards."""
 
@@ -136,20 +127,11 @@ class TextAnchor:
 def ranking_pairs(
     targets: torch.Tensor | Sequence[float], keys: Sequence[Hashable]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(better, worse) row indices of every pair of rows with one key whose targets differ, better first."""
-    by_key: dict[Hashable, list[int]] = {}
-    for j, k in enumerate(keys):
-        by_key.setdefault(k, []).append(j)
+    """(better, worse) row indices of every pair of rows with one key whose targets differ, better first
+    (`differing_pairs`)."""
     values = targets.tolist() if isinstance(targets, torch.Tensor) else list(targets)
-    better, worse = [], []
-    for members in by_key.values():
-        for a in range(len(members)):
-            for b in range(a + 1, len(members)):
-                i, j = members[a], members[b]
-                if values[i] != values[j]:
-                    hi, lo = (i, j) if values[i] > values[j] else (j, i)
-                    better.append(hi)
-                    worse.append(lo)
+    pairs = [pair for group in differing_pairs(keys, values) for pair in group]
+    better, worse = [b for b, _ in pairs], [w for _, w in pairs]
     return torch.tensor(better, dtype=torch.long), torch.tensor(worse, dtype=torch.long)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from spi_align.scoring.ranking import centred
 from spi_align.values.heads import HeadKind, ValueHead
 
 
@@ -29,11 +30,7 @@ def eq12_targets(rewards: Sequence[float], groups: Sequence[Hashable], centered:
     r = torch.tensor(rewards, dtype=torch.float32)
     if not centered:
         return r
-    keys = {g: i for i, g in enumerate(dict.fromkeys(groups))}
-    gid = torch.tensor([keys[g] for g in groups])
-    sums = torch.zeros(len(keys)).index_add_(0, gid, r)
-    counts = torch.zeros(len(keys)).index_add_(0, gid, torch.ones_like(r))
-    return r - (sums / counts)[gid]
+    return centred(r, groups)
 
 
 def token_dataset(
