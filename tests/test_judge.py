@@ -6,6 +6,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,7 +28,8 @@ from spi_align.evaluation.judge import (
 )
 from spi_align.evaluation.judge_run import judge_run
 
-Answer = tuple[int, bytes]
+Answer = tuple[int, bytes] | tuple[int, bytes, dict[str, str]]
+"""(status, body) or (status, body, extra response headers)."""
 
 
 def chat(content: str) -> Answer:
@@ -60,15 +62,20 @@ class StandIn:
         self.answer = answer
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.times: list[float] = []
+        """When each request arrived (time.monotonic)."""
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stand_in.times.append(time.monotonic())
                 stand_in.requests.append({"path": self.path, **body})
                 stand_in.headers.append({k.lower(): v for k, v in self.headers.items()})  # names are case-blind
-                status, payload = stand_in.answer(body)
+                status, payload, *extra = stand_in.answer(body)
                 self.send_response(status)
+                for name, value in (extra[0] if extra else {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
@@ -242,6 +249,15 @@ def test_server_errors_are_retried_a_bounded_number_of_times(stand_in):
     with pytest.raises(SpiError, match="unreachable after 3 attempts .*HTTP 503"):
         make_judge(server, retries=2).judge_pair(Pair("0", "q", "GOOD", "meh"))
     assert len(server.requests) == 3
+
+
+def test_rate_limit_waits_as_long_as_retry_after_asks(stand_in):
+    answers = iter([(429, b'{"error": "slow down"}', {"Retry-After": "1"})])
+    server = stand_in(lambda body: next(answers, None) or fair(body))
+    judgement = make_judge(server, retries=1).judge_pair(Pair("0", "q", "GOOD", "meh"))  # backoff=0 of its own
+    assert judgement.outcome == "win" and judgement.malformed_answers == 0
+    assert len(server.requests) == 3  # the 429, its retry, the other order
+    assert server.times[1] - server.times[0] >= 0.95  # the retry came a second later, as the server asked
 
 
 def test_timeout_counts_as_unreachable(stand_in):

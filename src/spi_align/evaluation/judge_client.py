@@ -1,10 +1,12 @@
 """The judge's chat-completions client, on the `openai` package: endpoint from config and environment, timeouts,
 bounded retries, and errors a user can act on.
 
-Transport failures (refused connection, timeout, HTTP 429/5xx) are retried and, when the last attempt fails too,
-become one `SpiError` line; HTTP 401/403/404 end at once (a wrong key, base URL or model). A malformed answer (a
-body that is not JSON, no choices, a verdict the caller cannot read) is retried, then reported to the caller. The
-`openai` client's own retries are off: these are counted here, so malformed answers and failures are reported.
+Transport failures (refused connection, timeout, HTTP 408/409/429/5xx) are retried by the `openai` client itself
+(`max_retries`): it waits what the server's Retry-After asks (up to two minutes), else an exponential backoff from
+0.5 s (jittered, at most 8 s); when its last attempt fails too, the failure becomes one `SpiError` line. HTTP
+401/403/404 end at once (a wrong key, base URL or model). A malformed answer (a body that is not JSON, no choices, a
+verdict the caller cannot read, another 4xx) is retried here, `backoff` apart, then reported to the caller, so
+malformed answers are counted.
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ class JudgeConfig(Section):
     timeout: float = Field(60.0, gt=0)
     """Seconds to wait for one answer."""
     retries: int = Field(2, ge=0)
-    """Extra attempts per request after a transport failure or a malformed answer."""
+    """Extra attempts per request after a transport failure (made by the `openai` client, which honours the
+    server's Retry-After) and, separately, after a malformed answer."""
     backoff: float = Field(1.0, ge=0)
-    """Seconds before the first retry; doubled at each further one."""
+    """Seconds before the first retry of a malformed answer; doubled at each further one (transport failures wait
+    as the `openai` client does: Retry-After, else exponential backoff from 0.5 s)."""
     max_tokens: int = Field(256, gt=0)
     """Longest judge answer, in tokens."""
     temperature: float = Field(0.0, ge=0)
@@ -87,7 +91,8 @@ class _Malformed(Exception):
 
 
 class ChatClient:
-    """A chat-completions client (the `openai` package) with timeouts and bounded retries of its own."""
+    """A chat-completions client (the `openai` package) with timeouts, the client's transport retries and bounded
+    retries of malformed answers."""
 
     def __init__(self, endpoint: Endpoint, cfg: JudgeConfig) -> None:
         self.endpoint = endpoint
@@ -99,7 +104,7 @@ class ChatClient:
         return openai.OpenAI(
             base_url=self.endpoint.base_url,
             api_key=self.endpoint.api_key or "unused",
-            max_retries=0,
+            max_retries=self.cfg.retries,
             timeout=self.cfg.timeout,
         )
 
@@ -136,9 +141,8 @@ class ChatClient:
         Returns (None, malformed) when every attempt answered something unusable; raises SpiError when the last
         attempt could not reach the endpoint at all, or the endpoint refuses the key, model or path.
         """
-        malformed, attempts = 0, self.cfg.retries + 1
-        failure: str | None = None
-        for attempt in range(attempts):
+        malformed = 0
+        for attempt in range(self.cfg.retries + 1):
             if attempt:
                 time.sleep(self.cfg.backoff * 2 ** (attempt - 1))
             try:
@@ -149,23 +153,26 @@ class ChatClient:
                 return verdict, malformed
             except _Malformed:
                 malformed += 1
-                failure = None
             except openai.APIStatusError as exc:
                 failure = self._http_failure(exc)
-                if failure is None:  # a 4xx other than auth/not-found: this request's answer is unusable
-                    malformed += 1
+                if failure is not None:
+                    raise self._unreachable(failure) from None
+                malformed += 1  # a 4xx other than auth/not-found: this request's answer is unusable
             except openai.APIConnectionError as exc:  # refused, reset, timed out (APITimeoutError)
                 reason = exc.__cause__ or exc
-                failure = f"{type(reason).__name__}: {reason}".rstrip(": ")
-        if failure is not None:
-            raise SpiError(
-                f"judge endpoint {self.endpoint.url} unreachable after {attempts} attempts ({failure}); "
-                "judgements so far are saved, rerun to resume"
-            )
+                raise self._unreachable(f"{type(reason).__name__}: {reason}".rstrip(": ")) from None
         return None, malformed
 
+    def _unreachable(self, failure: str) -> SpiError:
+        """The error once the `openai` client's own retries of a transport failure are spent."""
+        return SpiError(
+            f"judge endpoint {self.endpoint.url} unreachable after {self.cfg.retries + 1} attempts ({failure}); "
+            "judgements so far are saved, rerun to resume"
+        )
+
     def _http_failure(self, exc: openai.APIStatusError) -> str | None:
-        """A transport failure to retry (429, 5xx), None for an unusable answer, or SpiError for a fatal one."""
+        """A transport failure (408, 409, 429, 5xx: the `openai` client retried it), None for an unusable answer,
+        or SpiError for a fatal one."""
         try:
             detail = exc.response.text.strip().splitlines()
         except Exception:  # noqa: BLE001 (a body that cannot be read adds no detail)
@@ -179,6 +186,6 @@ class ChatClient:
                 f"judge endpoint {self.endpoint.url} answered HTTP 404 (wrong base_url or model "
                 f"'{self.endpoint.model}'{hint})"
             )
-        if code == 429 or code >= 500:
+        if code in (408, 409, 429) or code >= 500:
             return f"HTTP {code}"
         return None
