@@ -92,3 +92,33 @@ def test_prompt_longer_than_context_is_one_clear_error(tiny_causal_lm, smol_toke
     policy.max_context = 40
     with pytest.raises(SpiError, match="exceeds the model's context"):
         policy.start([Prompt("long", "word " * 100)], Cost())
+
+
+def test_two_searches_on_one_policy_keep_their_own_settings(tiny_causal_lm, smol_tokenizer):
+    """Settings travel with the rows a search starts, never through the shared policy: two searches interleaved on
+    one policy (greedy 4 tokens; the default sampling, 24) each sample with their own, and the policy's default is
+    untouched."""
+    from spi_align.config import GenerationConfig
+    from spi_align.search.best_of_n import PlainSampling
+
+    policy = make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=24)
+    default = policy.gen
+    greedy = GenerationConfig(max_new_tokens=4, do_sample=False)
+    reference = make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=4, do_sample=False)
+    want = run_chunks(reference, chunk=4)
+
+    cost = Cost()
+    short = policy.start(PROMPTS, cost, greedy)
+    long = policy.start(PROMPTS, cost)
+    assert (short.max_new_tokens, long.max_new_tokens) == (4, 24)
+    policy.extend(long, 2, cost)
+    policy.extend(short, 24, cost)
+    policy.extend(long, 24, cost)
+    assert short.token_lists() == want  # greedy, at most 4 tokens, though the other search samples 24
+    assert max(long.length.tolist()) > 4 and policy.gen is default
+
+    results = PlainSampling(policy).run(PROMPTS, Cost(), greedy)
+    assert [r.chosen.token_ids for r in results] == want
+    assert policy.gen is default
+    again = PlainSampling(policy).run(PROMPTS, Cost())
+    assert max(r.chosen.num_tokens for r in again) > 4

@@ -53,10 +53,10 @@ class Gated:
         self.gate = threading.Event()
         self.waiting = threading.Event()
 
-    def run(self, prompts: Sequence[Prompt], cost: Cost) -> list[SearchResult]:
+    def run(self, prompts: Sequence[Prompt], cost: Cost, gen: GenerationConfig | None = None) -> list[SearchResult]:
         self.waiting.set()
         assert self.gate.wait(30), "the test never opened the gate"
-        return self.inner.run(prompts, cost)
+        return self.inner.run(prompts, cost, gen)
 
 
 class TinyServable:

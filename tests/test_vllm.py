@@ -19,6 +19,7 @@ import torch
 
 from spi_align.config import Config, GenerationConfig, PolicyConfig, SPIConfig, VLLMConfig
 from spi_align.core.errors import SpiError
+from spi_align.core.interfaces import HiddenStatePolicy, hidden_state_policy
 from spi_align.core.records import Cost, Prompt
 from spi_align.policy import HFPolicy, load_policy
 from spi_align.runs.resumable import run_method
@@ -295,10 +296,11 @@ def test_hidden_state_guidance_refuses_in_one_line(vllm_policy: Any) -> None:
     with pytest.raises(SpiError, match="spi.value=model") as err:
         make_value_kind(vllm_policy, SPIConfig(value="heads"), "tiny", 0)
     assert "\n" not in str(err.value)
+    assert not isinstance(vllm_policy, HiddenStatePolicy)
     with pytest.raises(SpiError, match="reward on partial text"):
-        vllm_policy.peek_end_hidden(vllm_policy.start(PROMPTS, Cost()))
+        hidden_state_policy(vllm_policy, "the reward head on partial responses' states")
     with pytest.raises(SpiError, match="policy.backend=hf"):
-        _ = vllm_policy.backbone
+        hidden_state_policy(vllm_policy, "a model on the policy's own backbone")
     assert make_value_kind(vllm_policy, SPIConfig(value="model"), "tiny", 0).name == "model"
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from spi_align.config import Config, build_config
 from spi_align.core.errors import SpiError
-from spi_align.core.interfaces import Policy, Scorer, Search, ValueFunction
+from spi_align.core.interfaces import Policy, Scorer, Search, ValueFunction, hidden_state_policy
 from spi_align.core.records import Prompt
 from spi_align.runs.resumable import run_method
 from spi_align.runs.rundir import RunDir
@@ -142,8 +142,9 @@ def load_reward(cfg: Config, folder: Path, policy: Policy) -> Scorer:
     reward_dir = folder / REWARD_DIR
     if not (reward_dir / SPEC_FILE).is_file():
         raise SpiError(f"{folder} was run with reward: train but holds no trained reward model ({REWARD_DIR}/)")
-    model = RewardModel.load(reward_dir, device=str(policy.device), backbone=policy.backbone)  # type: ignore[attr-defined]
-    return PolicyHeadReward(model, policy)  # type: ignore[arg-type]
+    states = hidden_state_policy(policy, "reward: train (a reward head on the policy's own backbone)")
+    model = RewardModel.load(reward_dir, device=str(policy.device), backbone=states.backbone)
+    return PolicyHeadReward(model, states)
 
 
 class SuccessivePolicyIteration:

@@ -1,4 +1,5 @@
-"""`Rows`: a batch of partial responses that share one KV cache, one row per candidate."""
+"""`Rows`: a batch of partial responses that share one KV cache, one row per candidate, and the generation settings
+(`GenerationSettings`) they are sampled with."""
 
 from __future__ import annotations
 
@@ -10,6 +11,26 @@ import torch
 from transformers import Cache
 
 from spi_align.core.records import Prompt
+
+
+class GenerationSettings(Protocol):
+    """How a policy samples tokens (what `config.GenerationConfig` holds): a search hands its settings to
+    `Policy.start` / `Policy.sample`, the rows carry them, and every `extend` of those rows samples with them."""
+
+    @property
+    def max_new_tokens(self) -> int: ...
+
+    @property
+    def temperature(self) -> float: ...
+
+    @property
+    def top_k(self) -> int: ...
+
+    @property
+    def top_p(self) -> float: ...
+
+    @property
+    def do_sample(self) -> bool: ...
 
 
 class RowState(Protocol):
@@ -54,6 +75,8 @@ class Rows:
     """The batch's prompts (`prompt_index` indexes them): what models with another tokenizer re-read as text."""
     extras: dict[str, RowState] = field(default_factory=dict)
     """States other models keep per row; `select` reorders them with the rows."""
+    gen: GenerationSettings | None = None
+    """The settings these rows are sampled with (set by the policy's `start`; None: the policy's default)."""
 
     @classmethod
     def begin(
@@ -63,10 +86,11 @@ class Rows:
         max_new_tokens: int,
         pad_id: int,
         device: torch.device,
+        gen: GenerationSettings | None = None,
         **state: Any,
     ) -> Rows:
-        """One row per prompt with no response yet; `state` sets the backend's own fields (cache, attention_mask,
-        next_logits, hidden), None otherwise."""
+        """One row per prompt with no response yet, sampled with `gen`; `state` sets the backend's own fields
+        (cache, attention_mask, next_logits, hidden), None otherwise."""
         rows = len(prompts)
         fields = dict(cache=None, attention_mask=None, next_logits=None, hidden=None) | state
         return cls(
@@ -77,12 +101,18 @@ class Rows:
             logprob=torch.zeros(rows, device=device),
             prompt_tokens=prompt_tokens,
             prompts=list(prompts),
+            gen=gen,
             **fields,
         )
 
     @property
     def size(self) -> int:
         return int(self.prompt_index.shape[0])
+
+    @property
+    def max_new_tokens(self) -> int:
+        """The longest response these rows may reach (the width of `response`)."""
+        return int(self.response.shape[1])
 
     def select(self, index: torch.Tensor) -> Rows:
         """Rows `index` (repeats allowed), in that order. Reorders the KV cache in place: `self` is consumed."""
@@ -102,6 +132,7 @@ class Rows:
             prompt_tokens=self.prompt_tokens,
             prompts=self.prompts,
             extras={name: state.select(index) for name, state in self.extras.items()},
+            gen=self.gen,
         )
 
     def token_lists(self, index: torch.Tensor | None = None) -> list[list[int]]:

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreT
 from spi_align.config import GenerationConfig, PolicyConfig
 from spi_align.core.errors import SpiError
 from spi_align.core.records import Cost, Prompt, billed
-from spi_align.core.rows import Rows
+from spi_align.core.rows import GenerationSettings, Rows
 from spi_align.hf.batches import BackboneRunner, pad_batch
 from spi_align.hf.models import resolve_device, resolve_model_source
 from spi_align.policy.prompts import ChatPrompts, end_tokens
@@ -69,13 +69,17 @@ class HFPolicy(ChatPrompts):
 
     @property
     def gen(self) -> GenerationConfig:
-        """Sampling settings; assigning new ones takes effect at the next token (e.g. per request batch)."""
+        """The default sampling settings (rows started without settings of their own sample with these)."""
         return self._gen
 
     @gen.setter
     def gen(self, gen: GenerationConfig) -> None:
         self._gen = gen
         self.sampler = TokenSampler(gen)
+
+    def _sampler(self, gen: GenerationSettings | None) -> TokenSampler:
+        """The token sampler for rows sampled with `gen` (None or the default settings: the default sampler)."""
+        return self.sampler if gen is None or gen is self._gen else TokenSampler(gen)
 
     @property
     def max_new_tokens(self) -> int:
@@ -102,9 +106,11 @@ class HFPolicy(ChatPrompts):
         return self.runner.hidden(input_ids, attention_mask, cache)[:, -1]
 
     @torch.no_grad()
-    def start(self, prompts: Sequence[Prompt], cost: Cost) -> Rows:
-        """Encode the prompts (left-padded, one row each) and compute their next-token logits."""
-        encoded = self.checked_prompt_ids(prompts)
+    def start(self, prompts: Sequence[Prompt], cost: Cost, gen: GenerationSettings | None = None) -> Rows:
+        """Encode the prompts (left-padded, one row each) and compute their next-token logits; the rows are sampled
+        with `gen` (default: `self.gen`)."""
+        gen = self.gen if gen is None else gen
+        encoded = self.checked_prompt_ids(prompts, gen.max_new_tokens)
         ids, mask = pad_batch(encoded, self.pad_id, device=self.device)
         cache = self.runner.new_cache()
         with cost.timer("prefill"):
@@ -115,9 +121,10 @@ class HFPolicy(ChatPrompts):
         return Rows.begin(
             prompts,
             encoded,
-            self.gen.max_new_tokens,
+            gen.max_new_tokens,
             self.pad_id,
             self.device,
+            gen,
             cache=cache,
             attention_mask=mask,
             next_logits=logits,
@@ -128,10 +135,12 @@ class HFPolicy(ChatPrompts):
     def extend(self, rows: Rows, max_tokens: int, cost: Cost) -> Rows:
         """Sample up to `max_tokens` more tokens for every unfinished row, in place; returns `rows`.
 
-        A row stops at an end-of-turn token or at `max_new_tokens`. After the call, `hidden` and
-        `next_logits` describe each row's last token, so the next chunk starts without re-encoding.
+        Tokens are drawn with the rows' settings (`rows.gen`). A row stops at an end-of-turn token or at
+        `max_new_tokens`. After the call, `hidden` and `next_logits` describe each row's last token, so the next
+        chunk starts without re-encoding.
         """
-        limit = self.gen.max_new_tokens
+        limit = rows.max_new_tokens
+        sampler = self._sampler(rows.gen)
         active = ~rows.done & (rows.length < limit)
         arange = torch.arange(rows.size, device=self.device)
         before = rows.length.clone() if cost.tokens_by_prompt is not None else None
@@ -140,7 +149,7 @@ class HFPolicy(ChatPrompts):
                 if not bool(active.any()):
                     break
                 everyone = bool(active.all())  # then the (R, V) masking below is skipped
-                token = self.sampler(rows.next_logits, self.generator)
+                token = sampler(rows.next_logits, self.generator)
                 token = token if everyone else torch.where(active, token, self.pad_id)
                 step_logprob = token_logprob(rows.next_logits, token)
                 rows.logprob += step_logprob if everyone else torch.where(active, step_logprob, 0.0)
@@ -213,11 +222,12 @@ class HFPolicy(ChatPrompts):
         """Decode the responses of rows `index` (default: all), special tokens dropped."""
         return self.tokenizer.batch_decode(rows.token_lists(index), skip_special_tokens=True)
 
-    def sample(self, prompts: Sequence[Prompt], n: int, cost: Cost) -> Rows:
-        """`n` complete samples per prompt, rows grouped by prompt; the prompts are encoded once."""
-        rows = self.start(prompts, cost)
+    def sample(self, prompts: Sequence[Prompt], n: int, cost: Cost, gen: GenerationSettings | None = None) -> Rows:
+        """`n` complete samples per prompt, rows grouped by prompt, with `gen` (default: `self.gen`); the prompts are
+        encoded once."""
+        rows = self.start(prompts, cost, gen)
         rows = rows.select(torch.arange(len(prompts), device=self.device).repeat_interleave(n))
-        return self.extend(rows, self.gen.max_new_tokens, cost)
+        return self.extend(rows, rows.max_new_tokens, cost)
 
 
 def load_hf_policy(cfg: PolicyConfig, gen: GenerationConfig, seed: int = 0) -> HFPolicy:

@@ -109,10 +109,11 @@ class ChatPrompts:
         """New tokens that still fit after a prompt of `prompt_tokens` tokens (None: no known limit)."""
         return None if self.max_context is None else self.max_context - prompt_tokens
 
-    def checked_prompt_ids(self, prompts: Sequence[Prompt]) -> list[list[int]]:
-        """`prompt_ids`, refusing a prompt that leaves less than `max_new_tokens` of the context."""
+    def checked_prompt_ids(self, prompts: Sequence[Prompt], limit: int | None = None) -> list[list[int]]:
+        """`prompt_ids`, refusing a prompt that leaves less than `limit` new tokens (default: the policy's
+        `max_new_tokens`) of the context."""
         encoded = self.prompt_ids(prompts)
-        limit = self.gen.max_new_tokens
+        limit = self.gen.max_new_tokens if limit is None else limit
         for prompt, ids in zip(prompts, encoded, strict=True):
             left = self.context_left(len(ids))
             if left is not None and left < limit:

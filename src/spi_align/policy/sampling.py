@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from spi_align.config import GenerationConfig
+from spi_align.core.rows import GenerationSettings
 
 
 class TokenSampler:
@@ -23,7 +23,7 @@ class TokenSampler:
     whole vocabulary); both paths are deterministic for a given generator state.
     """
 
-    def __init__(self, gen: GenerationConfig, fast: bool = True) -> None:
+    def __init__(self, gen: GenerationSettings, fast: bool = True) -> None:
         self.do_sample = gen.do_sample
         self.temperature = gen.temperature
         self.top_k = gen.top_k

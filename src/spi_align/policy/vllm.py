@@ -6,8 +6,9 @@ row: a token-id prompt per row, `max_tokens = L`, stops on the end-of-turn ids, 
 its prefix (every whole block of prompt + earlier chunks) instead of re-encoding it; `prefix_cache` counts prompt
 tokens read from the cache against those computed.
 
-What this backend does not expose: hidden states (`has_hidden_states = False`). Guidance that reads the policy's
-own states (value heads, the reward head on the policy) refuses with one line naming what works here: text
+What this backend does not expose: hidden states (`has_hidden_states = False`; it is no
+`core.interfaces.HiddenStatePolicy`). Guidance that reads the policy's own states (value heads, the reward head on
+the policy) refuses through `core.interfaces.hidden_state_policy`, with one line naming what works here: text
 scorers, the reward on partial text, a separate value model (`spi.value: model` on its own backbone), the
 implicit-reward pair. vLLM's pooling runner could return last-token states, but only from a second engine that
 re-encodes every prefix: not wired.
@@ -24,7 +25,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from transformers import AutoTokenizer
@@ -33,19 +34,11 @@ from transformers import GenerationConfig as HFGenerationConfig
 from spi_align.config import GenerationConfig, PolicyConfig
 from spi_align.core.errors import SpiError
 from spi_align.core.records import Cost, Prompt
-from spi_align.core.rows import Rows
+from spi_align.core.rows import GenerationSettings, Rows
 from spi_align.hf.models import resolve_device, resolve_model_source
 from spi_align.policy.prompts import ChatPrompts, end_tokens
 
 log = logging.getLogger(__name__)
-
-NO_HIDDEN_STATES = (
-    "policy.backend=vllm exposes no hidden states, so {what} cannot run on it; on vLLM use text scorers, "
-    "the reward on partial text (spi.reward_guide with a text or reward-model-directory reward), a separate value "
-    "model (spi.value=model with spi.value_backbone set to a model), or the implicit-reward pair; or "
-    "policy.backend=hf"
-)
-"""The one-line refusal of anything that needs the policy's hidden states."""
 
 
 @dataclass
@@ -130,12 +123,12 @@ class VLLMPolicy(ChatPrompts):
                 "(VLLM_ENABLE_V1_MULTIPROCESSING=0)"
             ) from None
 
-    def sampling_params(self, max_tokens: int, n: int = 1) -> Any:
-        """vLLM's sampling parameters for `self.gen`: stop only on the end-of-turn ids, raw log-prob of the sampled
-        token, no detokenisation (responses are decoded here)."""
+    def sampling_params(self, max_tokens: int, n: int = 1, gen: GenerationSettings | None = None) -> Any:
+        """vLLM's sampling parameters for `gen` (default: `self.gen`): stop only on the end-of-turn ids, raw log-prob
+        of the sampled token, no detokenisation (responses are decoded here)."""
         from vllm import SamplingParams
 
-        gen = self.gen
+        gen = self.gen if gen is None else gen
         sampling = dict(temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p) if gen.do_sample else {}
         return SamplingParams(
             n=n,
@@ -149,16 +142,20 @@ class VLLMPolicy(ChatPrompts):
             detokenize=False,
         )
 
-    def start(self, prompts: Sequence[Prompt], cost: Cost) -> Rows:
-        """One empty row per prompt (token ids only: the engine encodes prefixes when it extends them)."""
-        return Rows.begin(prompts, self.checked_prompt_ids(prompts), self.gen.max_new_tokens, self.pad_id, self.device)
+    def start(self, prompts: Sequence[Prompt], cost: Cost, gen: GenerationSettings | None = None) -> Rows:
+        """One empty row per prompt, to be sampled with `gen` (default: `self.gen`); token ids only: the engine
+        encodes prefixes when it extends them."""
+        gen = self.gen if gen is None else gen
+        ids = self.checked_prompt_ids(prompts, gen.max_new_tokens)
+        return Rows.begin(prompts, ids, gen.max_new_tokens, self.pad_id, self.device, gen)
 
     def extend(self, rows: Rows, max_tokens: int, cost: Cost) -> Rows:
         """Sample up to `max_tokens` more tokens for every unfinished row, in place, in one `generate`; returns
-        `rows`. A row stops at an end-of-turn token or at `max_new_tokens`."""
+        `rows`, with the rows' settings. A row stops at an end-of-turn token or at `max_new_tokens`."""
         from vllm.inputs import TokensPrompt
 
-        limit = self.gen.max_new_tokens
+        gen = self.gen if rows.gen is None else rows.gen
+        limit = rows.max_new_tokens
         live = (~rows.done & (rows.length < limit)).nonzero().squeeze(1).tolist()
         if not live:
             return rows
@@ -170,7 +167,7 @@ class VLLMPolicy(ChatPrompts):
             requests.append(TokensPrompt(prompt_token_ids=prefix))
             budget = min(max_tokens, limit - length[r])
             if budget not in by_budget:
-                by_budget[budget] = self.sampling_params(budget)
+                by_budget[budget] = self.sampling_params(budget, gen=gen)
             params.append(by_budget[budget])
         with cost.timer("decode"):
             outputs = self.llm.generate(requests, params, use_tqdm=False)
@@ -178,15 +175,17 @@ class VLLMPolicy(ChatPrompts):
         self._append(rows, [(r, out.outputs[0]) for r, out in zip(live, outputs, strict=True)], cost)
         return rows
 
-    def sample(self, prompts: Sequence[Prompt], n: int, cost: Cost) -> Rows:
-        """`n` complete samples per prompt, rows grouped by prompt: one request per prompt with `n` samples."""
+    def sample(self, prompts: Sequence[Prompt], n: int, cost: Cost, gen: GenerationSettings | None = None) -> Rows:
+        """`n` complete samples per prompt, rows grouped by prompt, with `gen` (default: `self.gen`): one request per
+        prompt with `n` samples."""
         from vllm.inputs import TokensPrompt
 
-        rows = self.start(prompts, cost)
+        gen = self.gen if gen is None else gen
+        rows = self.start(prompts, cost, gen)
         rows = rows.select(torch.arange(len(prompts), device=self.device).repeat_interleave(n))
         requests = [TokensPrompt(prompt_token_ids=ids) for ids in rows.prompt_tokens]
         with cost.timer("decode"):
-            outputs = self.llm.generate(requests, self.sampling_params(self.gen.max_new_tokens, n), use_tqdm=False)
+            outputs = self.llm.generate(requests, self.sampling_params(gen.max_new_tokens, n, gen), use_tqdm=False)
         self._count(outputs, cost)
         completions = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index)]
         self._append(rows, list(enumerate(completions)), cost)
@@ -228,22 +227,6 @@ class VLLMPolicy(ChatPrompts):
     def texts(self, rows: Rows, index: torch.Tensor | None = None) -> list[str]:
         """Decode the responses of rows `index` (default: all), special tokens dropped."""
         return self.tokenizer.batch_decode(rows.token_lists(index), skip_special_tokens=True)
-
-    # What needs hidden states refuses here, with the one line that says what works.
-
-    @property
-    def backbone(self) -> NoReturn:
-        raise SpiError(NO_HIDDEN_STATES.format(what="a model on the policy's own backbone (reward: train, heads)"))
-
-    @property
-    def hidden_size(self) -> NoReturn:
-        raise SpiError(NO_HIDDEN_STATES.format(what="value heads on the policy's hidden states"))
-
-    def end_hidden(self, rows: Rows, index: torch.Tensor, cost: Cost) -> NoReturn:
-        raise SpiError(NO_HIDDEN_STATES.format(what="the reward head on the policy's states"))
-
-    def peek_end_hidden(self, rows: Rows) -> NoReturn:
-        raise SpiError(NO_HIDDEN_STATES.format(what="the reward head on partial responses' states"))
 
 
 def _logprob(completion: Any) -> float:

@@ -12,15 +12,15 @@ from collections.abc import Sequence
 
 import torch
 
+from spi_align.core.interfaces import HiddenStatePolicy
 from spi_align.core.records import Cost, Prompt
 from spi_align.core.rows import Rows
-from spi_align.policy import HFPolicy
 from spi_align.scoring.reward_model import RewardModel, RewardModelScorer
 
 PROBE = (Prompt("probe", "Name a colour."), "Blue, like the sky.")
 
 
-def same_token_layout(model: RewardModel, policy: HFPolicy) -> bool:
+def same_token_layout(model: RewardModel, policy: HiddenStatePolicy) -> bool:
     """True when format(prompt, response) tokenises to the policy's prompt tokens + response tokens + end token."""
     prompt, response = PROBE
     as_text = model.tokenize([model.format(prompt, response)])["input_ids"][0].tolist()
@@ -32,7 +32,7 @@ def same_token_layout(model: RewardModel, policy: HFPolicy) -> bool:
 class PolicyHeadReward:
     """`Scorer` by text like `RewardModelScorer`, plus `score_rows` that reads the policy's rows for free."""
 
-    def __init__(self, model: RewardModel, policy: HFPolicy, name: str = "reward_model") -> None:
+    def __init__(self, model: RewardModel, policy: HiddenStatePolicy, name: str = "reward_model") -> None:
         self.name = name
         self.model = model
         self.policy = policy

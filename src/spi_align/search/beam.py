@@ -21,7 +21,7 @@ import torch
 from spi_align.config import SPIConfig
 from spi_align.core.interfaces import Policy, Scorer
 from spi_align.core.records import Candidate, Cost, Prompt, SearchResult
-from spi_align.core.rows import Rows
+from spi_align.core.rows import GenerationSettings, Rows
 from spi_align.search.candidates import pick_best, rows_to_candidates, score_candidates, score_from_rows
 from spi_align.search.selection import diversity_first, softmax_sample, top_w
 
@@ -87,16 +87,16 @@ class ChunkBeamSearch:
             return top_w(values, self.width)
         return softmax_sample(values, self.width, self.temperature, self.policy.choice_generator)  # values on CPU
 
-    def run(self, prompts: Sequence[Prompt], cost: Cost) -> list[SearchResult]:
+    def run(self, prompts: Sequence[Prompt], cost: Cost, gen: GenerationSettings | None = None) -> list[SearchResult]:
         policy = self.policy
-        rows = policy.start(prompts, cost)
+        rows = policy.start(prompts, cost, gen)
         first = torch.arange(len(prompts), device=policy.device).repeat_interleave(self.width * self.successors)
         rows = policy.extend(rows.select(first), self.chunk, cost)
         parent = torch.zeros(rows.size, dtype=torch.long)  # the slot of each row's parent (first step: the prompt)
         pool: list[tuple[int, Candidate]] = []
         unscored: list[tuple[int, Candidate]] = []
         while True:
-            ended = rows.done | (rows.length >= policy.max_new_tokens)
+            ended = rows.done | (rows.length >= rows.max_new_tokens)
             if bool(ended.any()):
                 part = rows_to_candidates(policy, rows, ended)
                 if not score_from_rows(self.reward, rows, ended, part, cost):

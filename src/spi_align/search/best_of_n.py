@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from spi_align.core.interfaces import Policy, Scorer
 from spi_align.core.records import Cost, Prompt, SearchResult
+from spi_align.core.rows import GenerationSettings
 from spi_align.search.candidates import pick_best, rows_to_candidates, score_candidates, score_from_rows
 
 
@@ -18,8 +19,8 @@ class PlainSampling:
         self.n = n
         self.name = "sample" if n == 1 else f"sample-{n}"
 
-    def run(self, prompts: Sequence[Prompt], cost: Cost) -> list[SearchResult]:
-        rows = self.policy.sample(prompts, self.n, cost)
+    def run(self, prompts: Sequence[Prompt], cost: Cost, gen: GenerationSettings | None = None) -> list[SearchResult]:
+        rows = self.policy.sample(prompts, self.n, cost, gen)
         return pick_best(prompts, rows_to_candidates(self.policy, rows))
 
 
@@ -32,8 +33,8 @@ class BestOfN:
         self.n = n
         self.name = name or f"bon-{n}"
 
-    def run(self, prompts: Sequence[Prompt], cost: Cost) -> list[SearchResult]:
-        rows = self.policy.sample(prompts, self.n, cost)
+    def run(self, prompts: Sequence[Prompt], cost: Cost, gen: GenerationSettings | None = None) -> list[SearchResult]:
+        rows = self.policy.sample(prompts, self.n, cost, gen)
         pool = rows_to_candidates(self.policy, rows)
         if not score_from_rows(self.reward, rows, None, pool, cost):
             score_candidates(self.reward, prompts, pool, cost)

@@ -25,6 +25,7 @@ import torch
 from spi_align.core.errors import SpiError
 from spi_align.core.interfaces import Policy
 from spi_align.core.records import Cost, Prompt, SearchResult
+from spi_align.core.rows import GenerationSettings
 from spi_align.search.candidates import pick_best, rows_to_candidates
 
 
@@ -58,12 +59,12 @@ class TreeSampling:
         """Most leaves per prompt (fewer when rows end before the last branching)."""
         return math.prod(self.branches)
 
-    def run(self, prompts: Sequence[Prompt], cost: Cost) -> list[SearchResult]:
+    def run(self, prompts: Sequence[Prompt], cost: Cost, gen: GenerationSettings | None = None) -> list[SearchResult]:
         policy = self.policy
-        rows = policy.start(prompts, cost)
+        rows = policy.start(prompts, cost, gen)
         last = len(self.branches) - 1
         for j, b in enumerate(self.branches):
-            ended = rows.done | (rows.length >= policy.max_new_tokens)
+            ended = rows.done | (rows.length >= rows.max_new_tokens)
             rows = rows.select(branch_index(ended, b))
-            rows = policy.extend(rows, self.chunk if j < last else policy.max_new_tokens, cost)
+            rows = policy.extend(rows, self.chunk if j < last else rows.max_new_tokens, cost)
         return pick_best(prompts, rows_to_candidates(policy, rows))

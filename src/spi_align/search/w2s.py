@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from spi_align.core.records import Cost, Prompt, SearchResult
-from spi_align.core.rows import Rows
+from spi_align.core.rows import GenerationSettings, Rows
 from spi_align.hf.tokenizers import same_tokenizer
 from spi_align.policy import HFPolicy
 from spi_align.scoring.implicit import ImplicitReward
@@ -64,8 +64,8 @@ class WeakToStrongSearch:
             policy, self.guide, reward, width, successors, chunk, selection, temperature, name=self.name
         )
 
-    def run(self, prompts: Sequence[Prompt], cost: Cost) -> list[SearchResult]:
-        return self.beam.run(prompts, cost)
+    def run(self, prompts: Sequence[Prompt], cost: Cost, gen: GenerationSettings | None = None) -> list[SearchResult]:
+        return self.beam.run(prompts, cost, gen)
 
 
 def implicit_best_of_n(policy: HFPolicy, reward: ImplicitReward, n: int) -> BestOfN:

@@ -64,7 +64,7 @@ class Server:
         self.batcher = Batcher(servable, cfg, self.metrics)
         # the worker thread pads with the policy's tokenizer; counting prompt tokens here uses a copy of it
         self.tokenizer = copy.deepcopy(self.policy.tokenizer)
-        gen = self.policy.gen  # type: ignore[attr-defined]
+        gen = self.policy.gen
         self.default_max_tokens = min(gen.max_new_tokens, cfg.max_tokens)
         self.default_temperature = gen.temperature if gen.do_sample else 0.0
         self.default_top_p = gen.top_p

@@ -3,8 +3,9 @@
 Requests wait in one bounded FIFO queue. A single worker thread owns the model (torch state is not shared across
 concurrent searches): it takes the oldest request, gathers the queued requests with the same `BatchKey` (method,
 W, K, L, max_tokens, temperature, top_p) until `max_batch` prompts or until the oldest has waited `max_wait_ms`,
-and runs `search.run(prompts, cost)` once for all of them. The batch's generation settings are set on
-`policy.gen` for that call and restored after. A request with a `seed` runs alone (its answer then does not
+and runs `search.run(prompts, cost, gen)` once for all of them, `gen` the batch's generation settings (the policy's
+defaults with the request's max_tokens, temperature and top_p); nothing is assigned on the shared policy. A request
+with a `seed` runs alone (its answer then does not
 depend on what else was queued), after `policy.reseed(seed)`.
 
 A request that was cancelled (its client went away, or its time limit passed) before its batch starts is left out
@@ -25,6 +26,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from spi_align.config import GenerationConfig
 from spi_align.core.interfaces import Search
 from spi_align.core.records import Cost, Prompt, SearchResult
 from spi_align.serve.config import ServeConfig
@@ -213,18 +215,21 @@ class Batcher:
         """One search call over `prompts` with the key's settings; one Answer per prompt."""
         search = self.method(key)
         policy = self.servable.policy
-        base = policy.gen  # type: ignore[attr-defined]
-        settings = {"max_new_tokens": key.max_tokens, "do_sample": key.temperature > 0, "top_p": key.top_p}
-        if key.temperature > 0:
-            settings["temperature"] = key.temperature
-        policy.gen = base.model_validate({**base.model_dump(), **settings})  # type: ignore[attr-defined]
+        base = policy.gen
+        sampled = key.temperature > 0
+        gen = GenerationConfig(
+            max_new_tokens=key.max_tokens,
+            temperature=key.temperature if sampled else base.temperature,
+            top_k=base.top_k,
+            top_p=key.top_p,
+            do_sample=sampled,
+        )
         if key.seed is not None:
             policy.reseed(key.seed)
         cost = Cost(tokens_by_prompt=[0] * len(prompts))
         try:
-            results = search.run(prompts, cost)
+            results = search.run(prompts, cost, gen)
         finally:
-            policy.gen = base  # type: ignore[attr-defined]
             if key.seed is not None:  # later unseeded batches must not replay this seed's stream
                 policy.reseed(secrets.randbits(63))
         counts = per_prompt_tokens(cost, results)

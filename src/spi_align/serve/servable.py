@@ -13,9 +13,9 @@ from spi_align.core.interfaces import Policy, Search
 
 @runtime_checkable
 class Servable(Protocol):
-    """A policy plus named methods. The server reads `policy.tokenizer`, `policy.prompt_ids`, `policy.gen`
-    (a `GenerationConfig`, swapped per batch for the request's max_tokens / temperature / top_p and restored) and
-    `policy.reseed` (a request's `seed`)."""
+    """A policy plus named methods. The server reads `policy.tokenizer`, `policy.prompt_ids`, `policy.gen` (the
+    default settings; a batch's search runs with them, the request's max_tokens / temperature / top_p applied, handed
+    to `Search.run`) and `policy.reseed` (a request's `seed`)."""
 
     policy: Policy
 

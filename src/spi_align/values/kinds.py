@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from spi_align.config import SPIConfig
 from spi_align.core.errors import SpiError
-from spi_align.core.interfaces import Policy, ValueFunction
+from spi_align.core.interfaces import Policy, ValueFunction, hidden_state_policy
 from spi_align.core.records import Prompt
 
 
@@ -50,11 +50,8 @@ class ValueKind(ABC):
     """Whether guidance reads the policy's own hidden states (backends without them cannot use this kind)."""
 
     def __init__(self, policy: Policy, spi: SPIConfig, policy_spec: str, seed: int) -> None:
-        if self.needs_hidden_states and not policy.has_hidden_states:
-            raise SpiError(
-                f"spi.value={self.name} reads the policy's hidden states, which this policy backend does not expose; "
-                "use spi.value=model or spi.reward_guide (reward on partial text)"
-            )
+        if self.needs_hidden_states:
+            hidden_state_policy(policy, f"spi.value={self.name} (it reads the policy's hidden states)")
         self.policy, self.spi, self.policy_spec, self.seed = policy, spi, policy_spec, seed
         self.reward: Any = None
         """The reward of the run (set by Algorithm 1 before fitting); kinds anchored on it read it."""
