@@ -259,3 +259,17 @@ def test_run_files_and_checkpoints_get_the_modes_the_umask_gives(tmp_path, umask
     os.umask(0o077)  # an owner-only umask is respected too
     run.write_json("private.json", {})
     assert mode(run.file("private.json")) == 0o600
+
+
+def test_checkpoint_files_written_owner_only_by_a_library_follow_the_umask(tmp_path, umask_022):
+    """safetensors writes its files 0600 whatever the umask; a checkpoint folder still ends up readable by a group."""
+    import torch
+    from safetensors.torch import save_file
+
+    run = RunDir(tmp_path, "r")
+    run.start(Config())
+    with run.folder("values/round-0") as tmp:
+        save_file({"w": torch.zeros(2)}, tmp / "value_head.safetensors")
+        (tmp / "sub").mkdir(mode=0o700)
+    assert mode(run.file("values/round-0/value_head.safetensors")) == 0o644
+    assert mode(run.file("values/round-0/sub")) == 0o755

@@ -133,17 +133,18 @@ def staged_folder(final: Path, replace: bool = True, shared_modes: bool = False)
     """Yield an empty temporary folder next to `final`; when the block succeeds, rename it to `final`.
 
     `replace`: an existing `final` is removed first (a checkpoint rewritten); otherwise an existing one wins
-    (a concurrent writer got there first, e.g. two fetches of the same asset). The folder gets the modes the umask
-    gives; `shared_modes` opens it and everything in it to other users whatever the umask (cached assets).
+    (a concurrent writer got there first, e.g. two fetches of the same asset). The folder and everything in it get
+    the modes the umask gives, whatever wrote them (safetensors writes its files owner-only); `shared_modes` opens
+    them to other users whatever the umask (cached assets).
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
         tmp.chmod(0o777 & ~_umask())
         yield tmp
-        if shared_modes:
-            for path in [tmp, *tmp.rglob("*")]:
-                path.chmod(0o755 if path.is_dir() else 0o644)
+        umask = 0o022 if shared_modes else _umask()
+        for path in [tmp, *tmp.rglob("*")]:
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
         if replace and final.exists():
             shutil.rmtree(final)
         try:
