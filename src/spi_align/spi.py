@@ -193,8 +193,10 @@ class SuccessivePolicyIteration:
             if self.reward is None:
                 raise SpiError("successive policy iteration needs a reward to score rollouts")
             texts = self.policy.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-            scores = finite_scores(self.reward, self.reward.score(flat_prompts, texts), texts)
-        return Rollouts(flat_prompts, [list(t) for t in tokens], [float(s) for s in scores])  # type: ignore[arg-type]
+            rewards = finite_scores(self.reward, self.reward.score(flat_prompts, texts), texts)
+        else:
+            rewards = [float(s) for s in scores if s is not None]
+        return Rollouts(flat_prompts, [list(t) for t in tokens], rewards)
 
     def fit_round(
         self, k: int, records: Sequence[dict[str, Any]], prompts: Sequence[Prompt], data: Rollouts | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from transformers import Cache
@@ -118,7 +118,7 @@ class Rows:
         """Rows `index` (repeats allowed), in that order. Reorders the KV cache in place: `self` is consumed."""
         index = index.to(self.length.device)
         if self.cache is not None:
-            self.cache.reorder_cache(index)
+            self.cache.reorder_cache(cast(torch.LongTensor, index))  # transformers annotates LongTensor
         return Rows(
             prompt_index=self.prompt_index[index],
             cache=self.cache,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import torch
 from transformers import DynamicCache
@@ -74,7 +74,7 @@ class SideCache:
         prompt_index: torch.Tensor,
         pad_id: int,
         device: torch.device,
-    ) -> SideCache:
+    ) -> Self:
         """Encode each prompt of the batch once (left-padded), then fan the caches out to the rows:
         row r continues prompt `prompt_index[r]`."""
         ids, mask = pad_batch(prompt_ids, pad_id, device=device)
@@ -86,7 +86,7 @@ class SideCache:
         fed = torch.zeros(len(prompt_ids), dtype=torch.long, device=device)
         return cls(encoders, caches, mask, fed, last).select(prompt_index)
 
-    def select(self, index: torch.Tensor) -> SideCache:
+    def select(self, index: torch.Tensor) -> Self:
         """Rows `index` (repeats allowed); reorders the caches in place and returns self."""
         index = index.to(self.attention_mask.device)
         for cache in self.caches:

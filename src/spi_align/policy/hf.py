@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, Cache, PreTrainedModel
 
 from spi_align.config import GenerationConfig, PolicyConfig
 from spi_align.core.errors import SpiError
@@ -101,7 +101,7 @@ class HFPolicy(ChatPrompts):
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
-    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Cache) -> torch.Tensor:
         """Run the backbone on new tokens; returns the last position's hidden state (R, H)."""
         return self.runner.hidden(input_ids, attention_mask, cache)[:, -1]
 
@@ -149,18 +149,19 @@ class HFPolicy(ChatPrompts):
                 if not bool(active.any()):
                     break
                 everyone = bool(active.all())  # then the (R, V) masking below is skipped
-                token = sampler(rows.next_logits, self.generator)
+                cache, mask, next_logits, last_hidden = _held(rows)
+                token = sampler(next_logits, self.generator)
                 token = token if everyone else torch.where(active, token, self.pad_id)
-                step_logprob = token_logprob(rows.next_logits, token)
+                step_logprob = token_logprob(next_logits, token)
                 rows.logprob += step_logprob if everyone else torch.where(active, step_logprob, 0.0)
                 column = rows.length.clamp(max=limit - 1)
                 rows.response[arange, column] = torch.where(active, token, rows.response[arange, column])
                 rows.length += active.long()
-                rows.attention_mask = torch.cat([rows.attention_mask, active.long()[:, None]], dim=1)
-                hidden = self._forward(token[:, None], rows.attention_mask, rows.cache)
+                rows.attention_mask = mask = torch.cat([mask, active.long()[:, None]], dim=1)
+                hidden = self._forward(token[:, None], mask, cache)
                 logits = self._logits(hidden)
-                rows.hidden = hidden if everyone else torch.where(active[:, None], hidden, rows.hidden)
-                rows.next_logits = logits if everyone else torch.where(active[:, None], logits, rows.next_logits)
+                rows.hidden = hidden if everyone else torch.where(active[:, None], hidden, last_hidden)
+                rows.next_logits = logits if everyone else torch.where(active[:, None], logits, next_logits)
                 fed = int(active.sum())  # the rows that sampled a token feed it back (the others a masked pad)
                 cost.tokens_generated += fed
                 cost.count_forward("policy_decode", fed)
@@ -186,7 +187,7 @@ class HFPolicy(ChatPrompts):
             cost.count_forward("peek", int(need.sum()))
             rows.done |= need
             cost.policy_forwards += 1
-        return rows.hidden[index]
+        return _held(rows)[3][index]
 
     @torch.no_grad()
     def peek_end_hidden(self, rows: Rows) -> torch.Tensor:
@@ -198,13 +199,14 @@ class HFPolicy(ChatPrompts):
         both read these states in one chunk) returns the first peek's states without a forward: the rows are the
         same while `rows` and its `hidden` are the same objects (extending or ending rows replaces `hidden`)."""
         need = ~rows.done
+        cache, _, _, last_hidden = _held(rows)
         if not bool(need.any()):
-            return rows.hidden
+            return last_hidden
         if self._peeked is not None and self._peeked[0]() is rows and self._peeked[1]() is rows.hidden:
             return self._peeked[2]
         hidden, _ = self._feed_end(rows, need)
-        rows.cache.crop(-1)
-        self._peeked = (weakref.ref(rows), weakref.ref(rows.hidden), hidden)
+        cache.crop(-1)
+        self._peeked = (weakref.ref(rows), weakref.ref(last_hidden), hidden)
         cost = billed()  # no cost is handed in: bill the search that is timing its guidance
         if cost is not None:
             cost.count_forward("peek", int(need.sum()))
@@ -213,10 +215,11 @@ class HFPolicy(ChatPrompts):
     def _feed_end(self, rows: Rows, need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Feed the end-of-turn token to rows `need` (the others a masked pad) through the cache; returns the
         hidden states (rows not fed keep theirs) and the attention mask with the new column."""
+        cache, mask, _, last_hidden = _held(rows)
         token = torch.where(need, self.end_id, self.pad_id)
-        mask = torch.cat([rows.attention_mask, need.long()[:, None]], dim=1)
-        hidden = self._forward(token[:, None], mask, rows.cache)
-        return torch.where(need[:, None], hidden, rows.hidden), mask
+        mask = torch.cat([mask, need.long()[:, None]], dim=1)
+        hidden = self._forward(token[:, None], mask, cache)
+        return torch.where(need[:, None], hidden, last_hidden), mask
 
     def texts(self, rows: Rows, index: torch.Tensor | None = None) -> list[str]:
         """Decode the responses of rows `index` (default: all), special tokens dropped."""
@@ -230,6 +233,13 @@ class HFPolicy(ChatPrompts):
         return self.extend(rows, rows.max_new_tokens, cost)
 
 
+def _held(rows: Rows) -> tuple[Cache, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What this backend keeps in the rows it starts: KV cache, attention mask, next-token logits, last hidden."""
+    if rows.cache is None or rows.attention_mask is None or rows.next_logits is None or rows.hidden is None:
+        raise SpiError("these rows carry no KV cache (another backend started them): the transformers policy cannot")
+    return rows.cache, rows.attention_mask, rows.next_logits, rows.hidden
+
+
 def load_hf_policy(cfg: PolicyConfig, gen: GenerationConfig, seed: int = 0) -> HFPolicy:
     """Load the frozen policy named by `cfg.model` ('default', a local directory, or a hub id) on transformers."""
     source = resolve_model_source(cfg.model)
@@ -237,7 +247,8 @@ def load_hf_policy(cfg: PolicyConfig, gen: GenerationConfig, seed: int = 0) -> H
     dtype = getattr(torch, cfg.dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        model = torch.nn.Module.to(model, device)  # transformers types `PreTrainedModel.to`'s wrapper wrongly
     except (OSError, ValueError) as exc:
         raise SpiError(f"could not load policy '{cfg.model}': {str(exc).splitlines()[0]}") from None
     return HFPolicy(model, tokenizer, gen, chat_template=cfg.chat_template, seed=seed)

@@ -10,6 +10,8 @@ token, this path keeps k of them.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
@@ -43,7 +45,8 @@ class TokenSampler:
             return logits.argmax(dim=-1)
         if self.fast:
             return self._sample_top_k(logits, generator)
-        scores = self.warpers(None, logits.float())
+        # transformers annotates (LongTensor, FloatTensor); the warpers read no input ids
+        scores = self.warpers(cast(torch.LongTensor, None), cast(torch.FloatTensor, logits.float()))
         probs = torch.softmax(scores, dim=-1)
         return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 

@@ -129,13 +129,13 @@ class VLLMPolicy(ChatPrompts):
         from vllm import SamplingParams
 
         gen = self.gen if gen is None else gen
-        sampling = dict(temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p) if gen.do_sample else {}
+        sampled = gen.do_sample  # greedy: temperature 0, no top-k / top-p
         return SamplingParams(
             n=n,
             max_tokens=max_tokens,
-            temperature=sampling.get("temperature", 0.0),
-            top_k=sampling.get("top_k", 0),
-            top_p=sampling.get("top_p", 1.0),
+            temperature=gen.temperature if sampled else 0.0,
+            top_k=gen.top_k if sampled else 0,
+            top_p=gen.top_p if sampled else 1.0,
             stop_token_ids=self.eos_list,
             ignore_eos=True,  # the tokenizer's eos may not end a turn; the end-of-turn ids above do
             logprobs=0,

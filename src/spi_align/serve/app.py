@@ -227,10 +227,9 @@ class Server:
         """The job's answers; ClientGone when `request`'s client disconnects first; ApiError when it fails."""
         remaining = max(job.deadline - time.monotonic(), 0.0)
         watch = asyncio.ensure_future(disconnected(request)) if request is not None else None
+        waiting: set[asyncio.Future[Any]] = {future} if watch is None else {future, watch}
         try:
-            done, _ = await asyncio.wait(
-                {future, *([watch] if watch else [])}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if watch is not None:
                 watch.cancel()

@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from spi_align.core.errors import SpiError
 from spi_align.runs.files import atomic_write_text
@@ -158,7 +159,9 @@ async def load_phase(
         while sent < requests and time.monotonic() - start < spec.time_limit_s:
             i = sent
             sent += 1
-            messages = [{"role": "user", "content": spec.prompts[i % len(spec.prompts)]}]
+            messages: list[ChatCompletionMessageParam] = [
+                {"role": "user", "content": spec.prompts[i % len(spec.prompts)]}
+            ]
             t0 = time.monotonic()
             if started is not None:
                 started.set()
@@ -166,7 +169,7 @@ async def load_phase(
                 out = await client.chat.completions.create(
                     model=model,
                     messages=messages,
-                    max_tokens=spec.max_tokens,  # type: ignore[arg-type]
+                    max_tokens=spec.max_tokens,
                 )
             except openai.APIError as exc:
                 errors[classify(exc)] += 1
