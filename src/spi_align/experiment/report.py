@@ -1,25 +1,86 @@
-"""Comparing methods: mean scores with bootstrap intervals, per-prompt win+½tie rates, markdown tables."""
+"""Comparing methods: mean scores with bootstrap intervals, per-prompt win+½tie rates, markdown tables.
+
+Intervals are `scipy.stats.bootstrap`'s percentile intervals (95%, 2000 resamples, seeded): of one method's mean
+(`bootstrap_ci`), and of a statistic of two methods' scores on the same prompts, resampled together prompt by prompt
+(`paired_bootstrap_ci`: the mean difference, the win+½tie rate).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import bootstrap
 
 
 def bootstrap_ci(
     values: Sequence[float], level: float = 0.95, resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean."""
-    data = np.asarray(values, dtype=float)
-    if data.size == 0:
+    """Percentile bootstrap interval of the mean (NaN for no values; one value is its own interval)."""
+    return _interval((np.asarray(values, dtype=float),), _mean_along, level, resamples, seed)
+
+
+def paired_bootstrap_ci(
+    ours: Sequence[float],
+    theirs: Sequence[float],
+    statistic: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic(ours, theirs)` (vectorised over the last axis), the two score
+    lists resampled together, prompt by prompt."""
+    a, b = np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores differ in length ({a.size} vs {b.size})")
+
+    def paired(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+        return statistic(np.moveaxis(x, axis, -1), np.moveaxis(y, axis, -1))
+
+    return _interval((a, b), paired, level, resamples, seed)
+
+
+def mean_difference(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """Mean over the last axis of ours − theirs (a `paired_bootstrap_ci` statistic)."""
+    return (ours - theirs).mean(axis=-1)
+
+
+def win_tie_share(ours: np.ndarray, theirs: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    """Win+½tie rate over the last axis (`win_tie_loss`, vectorised: a `paired_bootstrap_ci` statistic)."""
+    return _outcomes(ours, theirs, tol).mean(axis=-1)
+
+
+def _outcomes(ours: np.ndarray, theirs: np.ndarray, tol: float) -> np.ndarray:
+    """1 for a win, 0.5 for a tie (within `tol`), 0 for a loss, elementwise."""
+    return np.where(np.abs(ours - theirs) <= tol, 0.5, np.where(ours > theirs, 1.0, 0.0))
+
+
+def _mean_along(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return x.mean(axis=axis)
+
+
+def _interval(
+    data: tuple[np.ndarray, ...], statistic: Callable[..., np.ndarray], level: float, resamples: int, seed: int
+) -> tuple[float, float]:
+    """`scipy.stats.bootstrap`'s percentile interval; an empty sample gives NaN, a single prompt its own value."""
+    if data[0].size == 0:
         return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
-    tail = (1 - level) / 2
-    return (float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail)))
+    if data[0].size == 1:
+        value = float(statistic(*data))
+        return (value, value)
+    res = bootstrap(
+        data,
+        statistic,
+        paired=len(data) > 1,
+        vectorized=True,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
 def win_tie_loss(ours: Sequence[float], theirs: Sequence[float], tol: float = 1e-6) -> list[float]:
@@ -27,7 +88,7 @@ def win_tie_loss(ours: Sequence[float], theirs: Sequence[float], tol: float = 1e
     a, b = np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float)
     if a.shape != b.shape or a.size == 0:
         raise ValueError("win rates need two equally long, non-empty score lists")
-    return np.where(np.abs(a - b) <= tol, 0.5, np.where(a > b, 1.0, 0.0)).tolist()
+    return _outcomes(a, b, tol).tolist()
 
 
 def win_tie_rate(ours: Sequence[float], theirs: Sequence[float], tol: float = 1e-6) -> float:
@@ -69,12 +130,11 @@ def results_table(results: dict[str, dict[str, Any]], baseline: str) -> tuple[li
         lo, hi = bootstrap_ci(ev)
         delta = win = "—"
         if base is not None and name != baseline:
-            diffs = (np.asarray(ev, dtype=float) - np.asarray(base, dtype=float)).tolist()
-            d_lo, d_hi = bootstrap_ci(diffs)
-            delta = f"{_mean(diffs):+.4f} [{d_lo:+.4f}, {d_hi:+.4f}]"
-            wins = win_tie_loss(ev, base)
-            w_lo, w_hi = bootstrap_ci(wins)
-            win = f"{_mean(wins):.1%} [{w_lo:.1%}, {w_hi:.1%}]"
+            diff = float(mean_difference(np.asarray(ev, dtype=float), np.asarray(base, dtype=float)))
+            d_lo, d_hi = paired_bootstrap_ci(ev, base, mean_difference)
+            delta = f"{diff:+.4f} [{d_lo:+.4f}, {d_hi:+.4f}]"
+            w_lo, w_hi = paired_bootstrap_ci(ev, base, win_tie_share)
+            win = f"{win_tie_rate(ev, base):.1%} [{w_lo:.1%}, {w_hi:.1%}]"
         rows.append(
             [
                 name,

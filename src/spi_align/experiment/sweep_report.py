@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from spi_align.experiment.report import bootstrap_ci, markdown_table, win_tie_loss
+from spi_align.experiment.report import markdown_table, paired_bootstrap_ci, win_tie_loss, win_tie_share
 from spi_align.experiment.sweep_spec import Cell, SweepSpec
 from spi_align.runs.files import atomic_write_json, atomic_write_text
 
@@ -47,7 +47,7 @@ def cell_rows(
     for method in spi_methods(results):
         res = results[method]
         outcome = win_tie_loss(res["evaluator"], base["evaluator"])
-        lo, hi = bootstrap_ci(outcome)
+        lo, hi = paired_bootstrap_ci(res["evaluator"], base["evaluator"], win_tie_share)
         tokens, base_tokens = res["cost"]["tokens_generated"], base["cost"]["tokens_generated"]
         forward, base_forward = res["cost"].get("total_forward_tokens"), base["cost"].get("total_forward_tokens")
         rows.append(
