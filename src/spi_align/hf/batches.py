@@ -2,7 +2,8 @@
 beside it share (value models, the implicit-reward pair, reward models, teacher-forced features).
 
 - `pad_batch`: token-id lists → (ids, attention mask), padded on the left (prompts, so every row's last token is
-  in the last column) or on the right (training batches), with `pad_token_id`;
+  in the last column) or on the right (training batches), with `pad_token_id` (torch's `pad_sequence`: callers
+  hold token ids and a pad id, not always the tokenizer that `tokenizer.pad` would need);
 - `positions_from_mask`: position ids that follow the attention mask, so left padding and the gaps of rows that
   received fewer new tokens do not shift positions;
 - `BackboneRunner`: the backbone's forward on new tokens, with positions from the mask and the KV cache under
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from transformers import DynamicCache
 
 from spi_align.core.records import billed
@@ -31,14 +33,9 @@ def pad_batch(
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-id lists as one (B, T) batch: ids (`pad_id` where padded) and attention mask (1 on real tokens)."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        if seq:
-            cols = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
-            ids[row, cols] = torch.tensor(list(seq), dtype=torch.long)
-            mask[row, cols] = 1
+    rows = [torch.tensor(list(seq), dtype=torch.long) for seq in seqs]
+    ids = pad_sequence(rows, batch_first=True, padding_value=pad_id, padding_side=side)
+    mask = pad_sequence([torch.ones_like(r) for r in rows], batch_first=True, padding_value=0, padding_side=side)
     return (ids, mask) if device is None else (ids.to(device), mask.to(device))
 
 

@@ -21,6 +21,11 @@ HeadKind = Literal["linear", "mlp"]
 class ValueHead(nn.Module):
     """Standardise the features, then a linear map or a one-hidden-layer MLP to a scalar."""
 
+    mean: torch.Tensor
+    """(H,) feature means subtracted first (a buffer)."""
+    scale: torch.Tensor
+    """(H,) feature scales divided by then (a buffer)."""
+
     def __init__(self, hidden_size: int, kind: HeadKind = "linear", mlp_width: int = 256) -> None:
         super().__init__()
         self.kind = kind
@@ -36,10 +41,18 @@ class ValueHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.net((hidden.float() - self.mean) / self.scale).squeeze(-1)
 
+    @property
+    def output(self) -> nn.Linear:
+        """The layer that gives the value: the whole net of a linear head, the MLP's last layer."""
+        layer = self.net if self.kind == "linear" else list(self.net.children())[-1]
+        if not isinstance(layer, nn.Linear):
+            raise TypeError(f"a {self.kind} value head ends in {type(layer).__name__}, not a Linear layer")
+        return layer
+
     def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """For a linear head: (w, b) with V(h) = h·w + b on raw features."""
         assert self.kind == "linear"
-        lin: nn.Linear = self.net  # type: ignore[assignment]
+        lin = self.output
         w = lin.weight[0] / self.scale
         return w, lin.bias[0] - (self.mean * w).sum()
 
