@@ -12,6 +12,7 @@ from spi_align.core.records import Prompt
 from spi_align.scoring.ranking import PromptSpearman, prompt_spearman, within_prompt_spearman
 from spi_align.values import HeadStack, ValueHead
 from spi_align.values.features import response_hidden_states
+from spi_align.values.heads import guidance_weights, weighted_total
 from spi_align.values.round import heldout_metrics, heldout_split
 from spi_align.values.train import eq12_targets, fit_head, prefix_values, token_dataset
 
@@ -74,6 +75,16 @@ def test_mlp_heads_are_summed_like_linear_ones():
     assert stack.fused is None
     expected = 2.0 * heads[0](h) + 0.25 * heads[1](h)
     torch.testing.assert_close(stack(h), expected.detach())
+
+
+def test_weighted_total_adds_weighted_terms_in_fp32_and_weights_match_values():
+    start = torch.tensor([1.0, 0.0])
+    terms = [(2.0, torch.tensor([1.0, 2.0], dtype=torch.float64)), (0.5, torch.tensor([4.0, -2.0]))]
+    total = weighted_total(iter(terms), start)
+    assert total.tolist() == [5.0, 3.0] and total.dtype == torch.float32
+    assert guidance_weights(["v0", "v1"], [1, 0.5]) == [1.0, 0.5]
+    with pytest.raises(ValueError, match="one weight per value"):
+        HeadStack([_linear_head([1.0], 0.0)], [1.0, 2.0])
 
 
 def test_linear_fit_recovers_a_linear_value_and_round_trips(tmp_path):

@@ -46,7 +46,7 @@ import torch
 
 from spi_align.data.prompts import prompt_split
 from spi_align.scoring.ranking import PromptSpearman, centred, differing_pairs, prompt_spearman
-from spi_align.values.heads import ValueHead
+from spi_align.values.heads import ValueHead, guidance_weights, weighted_total
 from spi_align.values.prefix_states import PrefixStates
 from spi_align.values.train import TokenDataset, fit_head
 
@@ -357,12 +357,10 @@ class AnchoredGuide:
         values: Sequence[AnchoredValue | ValueHead],
         weights: Sequence[float],
     ) -> None:
-        if len(values) != len(weights):
-            raise ValueError("one weight per value")
         self.policy, self.anchor = policy, anchor
         self.values = [v if isinstance(v, AnchoredValue) else AnchoredValue(v, [0], [1.0]) for v in values]
         """Each round's value; a bare `ValueHead` is u with α = 1 at every length."""
-        self.weights = [float(w) for w in weights]
+        self.weights = guidance_weights(self.values, weights)
         self.total_weight = float(sum(weights))
         self.learned = any(w != 0 and v.learned for v, w in zip(self.values, self.weights, strict=True))
         """False when every round kept α = 0: V is the partial reward alone, and a text anchor needs no peek."""
@@ -376,8 +374,9 @@ class AnchoredGuide:
             anchor = self.anchor(closed.to(self.anchor.weight.dtype)).squeeze(-1).float()
         else:
             anchor = self.anchor(rows).to(closed.device).float()
-        total = self.total_weight * anchor
-        for value, weight in zip(self.values, self.weights, strict=True):
-            if weight != 0 and value.learned:
-                total = total + weight * value(closed, rows.length)
-        return total
+        terms = (
+            (weight, value(closed, rows.length))
+            for value, weight in zip(self.values, self.weights, strict=True)
+            if weight != 0 and value.learned
+        )
+        return weighted_total(terms, self.total_weight * anchor)

@@ -26,6 +26,7 @@ from spi_align.core.rows import Rows
 from spi_align.hf.batches import pad_batch
 from spi_align.hf.side_cache import SideCache, row_state
 from spi_align.hf.tokenizers import same_tokenizer
+from spi_align.values.heads import guidance_weights, weighted_total
 from spi_align.values.model import ValueModel
 
 
@@ -39,10 +40,8 @@ class ValueModelGuide:
         policy_tokenizer: Any,
         batch_size: int = 64,
     ) -> None:
-        if len(models) != len(weights):
-            raise ValueError("one weight per value model")
+        self.weights = guidance_weights(models, weights)
         self.models = [m.eval() for m in models]
-        self.weights = [float(w) for w in weights]
         self.policy_tokenizer = policy_tokenizer
         self.batch_size = batch_size
         # one entry per distinct backbone: (the model whose backbone runs, indices of the models reading it)
@@ -61,8 +60,7 @@ class ValueModelGuide:
         total = torch.zeros(rows.size, device=rows.length.device)
         for (lead, members), incremental in zip(self.groups, self.incremental, strict=True):
             hidden = self._incremental(lead, rows) if incremental else self._reencoded(lead, rows)
-            for i in members:
-                total += self.weights[i] * self.models[i].value(hidden).to(total.device)
+            total = weighted_total(((self.weights[i], self.models[i].value(hidden)) for i in members), total)
         return total
 
     # --- same tokenizer: own KV cache -----------------------------------------------------------------------

@@ -2,12 +2,16 @@
 
 A head maps a hidden state (..., H) to a scalar value. `HeadStack` holds the heads of all rounds with their
 weights γ/β_i and returns Σ_i γ V_i/β_i; when every head is linear the sum collapses into one mat-vec.
+
+Every guide that sums weighted values (`HeadStack`, the value models' `ValueModelGuide`, the anchored
+`AnchoredGuide`, the reward guide's `WeightedSum`) checks its weights with `guidance_weights` and adds the terms
+with `weighted_total`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -72,15 +76,28 @@ class ValueHead(nn.Module):
         return head.eval()
 
 
+def guidance_weights(values: Sequence[object], weights: Sequence[float]) -> list[float]:
+    """`weights` as floats, one per value (ValueError otherwise)."""
+    if len(values) != len(weights):
+        raise ValueError(f"one weight per value: {len(values)} values, {len(weights)} weights")
+    return [float(w) for w in weights]
+
+
+def weighted_total(terms: Iterable[tuple[float, torch.Tensor]], total: torch.Tensor) -> torch.Tensor:
+    """`total` + Σ_j w_j · x_j over `terms` (w_j, x_j), each x_j moved to `total`'s device and to fp32, added in
+    order."""
+    for weight, values in terms:
+        total = total + weight * values.to(total.device).float()
+    return total
+
+
 class HeadStack(nn.Module):
     """Σ_i weight_i · V_i(h) with weight_i = γ/β_i: the guidance of eq. 13 in one call."""
 
     def __init__(self, heads: Sequence[ValueHead], weights: Sequence[float]) -> None:
         super().__init__()
-        if len(heads) != len(weights):
-            raise ValueError("one weight per head")
         self.heads = nn.ModuleList(heads)
-        self.weights = [float(w) for w in weights]
+        self.weights = guidance_weights(heads, weights)
         self.fused: tuple[torch.Tensor, torch.Tensor] | None = None
         """(w, b) with Σ_i weight_i V_i(h) = h·w + b, when every head is linear (one mat-vec per call); else None."""
         if heads and all(h.kind == "linear" for h in heads):
@@ -98,7 +115,7 @@ class HeadStack(nn.Module):
         if self.fused is not None:
             w, b = self.fused
             return hidden.float() @ w.to(hidden.device) + b.to(hidden.device)
-        total = torch.zeros(hidden.shape[:-1], device=hidden.device)
-        for weight, head in zip(self.weights, self.heads, strict=True):
-            total += weight * head.to(hidden.device)(hidden)
-        return total
+        terms = (
+            (weight, head.to(hidden.device)(hidden)) for weight, head in zip(self.weights, self.heads, strict=True)
+        )
+        return weighted_total(terms, torch.zeros(hidden.shape[:-1], device=hidden.device))

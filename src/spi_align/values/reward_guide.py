@@ -20,6 +20,7 @@ from spi_align.core.interfaces import Policy, Scorer, ValueFunction
 from spi_align.core.rows import Rows
 from spi_align.scoring.finite import finite_scores
 from spi_align.scoring.row_reward import PolicyHeadReward
+from spi_align.values.heads import weighted_total
 
 
 class RowPartialReward:
@@ -66,10 +67,8 @@ class WeightedSum:
         self.parts = [(float(w), f) for w, f in parts if f is not None and w != 0]
 
     def __call__(self, rows: Rows) -> torch.Tensor:
-        total = torch.zeros(rows.size, device=rows.length.device)
-        for weight, value in self.parts:
-            total = total + weight * value(rows).to(total.device).float()
-        return total
+        terms = ((weight, value(rows)) for weight, value in self.parts)
+        return weighted_total(terms, torch.zeros(rows.size, device=rows.length.device))
 
 
 def weighted_sum(parts: Sequence[tuple[float, ValueFunction | None]]) -> ValueFunction:
