@@ -9,6 +9,7 @@ import torch
 from spi_align.config import Config, build_config
 from spi_align.core.errors import SpiError
 from spi_align.core.records import Cost
+from spi_align.scoring.reward_model import head_values
 from spi_align.search.beam import ChunkBeamSearch
 from spi_align.spi import ImprovedPolicy
 from spi_align.values import ValueHead
@@ -16,6 +17,17 @@ from spi_align.values.anchored import AnchoredValue
 from spi_align.values.kinds import make_value_kind
 from spi_align.values.reward_guide import RowPartialReward, TextPartialReward, partial_reward_value, weighted_sum
 from test_row_reward import PROMPTS, exact_rewards, setup
+
+
+def test_head_values_reads_any_dtype_into_fp32_values():
+    head = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[2.0, -1.0]]))
+        head.bias.fill_(0.5)
+    hidden = torch.tensor([[1.0, 1.0], [0.0, 3.0]], dtype=torch.bfloat16)
+    values = head_values(head, hidden)
+    assert values.dtype == torch.float32 and values.tolist() == [1.5, -2.5]
+    assert head_values(head, hidden[0]).shape == ()
 
 
 def test_partial_responses_score_as_if_closed_with_the_end_token(tiny_causal_lm, smol_tokenizer):

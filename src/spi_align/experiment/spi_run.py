@@ -32,6 +32,7 @@ from spi_align.runs.resumable import run_method
 from spi_align.runs.rundir import RunDir
 from spi_align.scoring import make_scorer
 from spi_align.scoring.finite import finite_scores
+from spi_align.scoring.reward_model import head_values
 from spi_align.scoring.train_reward import preference_pairs, train_reward_head_on_states
 from spi_align.search.registry import build_method, method_names
 from spi_align.spi import REWARD_DIR, SuccessivePolicyIteration, load_reward, round_folder
@@ -106,7 +107,7 @@ class SPIRun:
         reward = load_reward(self.cfg, self.run.path, self.policy)
         head = reward.model.head  # type: ignore[attr-defined]
         with torch.no_grad():
-            rewards = head(ends.to(head.weight)).squeeze(-1).tolist()
+            rewards = head_values(head, ends).tolist()
         return reward, Rollouts(prompts, tokens, rewards, states)
 
     def round0_preferences(

@@ -31,6 +31,13 @@ FORMAT_VERSION = 1
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def head_values(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
+    """A scalar head (`Linear(H, 1)`) on states (..., H) → values (...) in fp32, the states moved to the head's
+    device and dtype: how a reward head reads the end-token states the policy peeks at (and a value model's head,
+    its own states)."""
+    return head(hidden.to(head.weight)).squeeze(-1).float()
+
+
 class RewardModel(nn.Module):
     """Backbone (e.g. `LlamaModel`) + `Linear(hidden, 1)` in fp32; reward = head(last real token's state)."""
 
@@ -78,7 +85,7 @@ class RewardModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Rewards (B,) in fp32 for a padded batch (left or right padding)."""
         picked = self.features(input_ids, attention_mask)
-        return self.head(picked.to(self.head.weight.dtype)).squeeze(-1)
+        return head_values(self.head, picked)
 
     def format(self, prompt: Prompt, response: str) -> str:
         """The text scored (`hf.chat.render`, earlier turns included): the tokenizer's chat template when it has

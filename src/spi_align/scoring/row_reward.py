@@ -15,7 +15,7 @@ import torch
 from spi_align.core.interfaces import HiddenStatePolicy
 from spi_align.core.records import Cost, Prompt
 from spi_align.core.rows import Rows
-from spi_align.scoring.reward_model import RewardModel, RewardModelScorer
+from spi_align.scoring.reward_model import RewardModel, RewardModelScorer, head_values
 
 PROBE = (Prompt("probe", "Name a colour."), "Blue, like the sky.")
 
@@ -48,4 +48,4 @@ class PolicyHeadReward:
         if not self.from_rows:
             return None
         hidden = self.policy.end_hidden(rows, index, cost)
-        return self.model.head(hidden.to(self.model.head.weight.dtype)).squeeze(-1).tolist()
+        return head_values(self.model.head, hidden).tolist()

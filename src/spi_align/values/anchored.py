@@ -46,6 +46,7 @@ import torch
 
 from spi_align.data.prompts import prompt_split
 from spi_align.scoring.ranking import PromptSpearman, centred, differing_pairs, prompt_spearman
+from spi_align.scoring.reward_model import head_values
 from spi_align.values.heads import ValueHead, guidance_weights, weighted_total
 from spi_align.values.prefix_states import PrefixStates
 from spi_align.values.train import TokenDataset, fit_head
@@ -106,7 +107,7 @@ class HeadAnchor:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, index: Sequence[int], keys: Sequence[tuple[Hashable, int]]) -> torch.Tensor:
-        return self.head(x.to(self.head.weight)).squeeze(-1).float().cpu()
+        return head_values(self.head, x).cpu()
 
 
 class TextAnchor:
@@ -371,7 +372,7 @@ class AnchoredGuide:
             return self.total_weight * self.anchor(rows).float()
         closed = self.policy.peek_end_hidden(rows)
         if isinstance(self.anchor, torch.nn.Linear):
-            anchor = self.anchor(closed.to(self.anchor.weight.dtype)).squeeze(-1).float()
+            anchor = head_values(self.anchor, closed)
         else:
             anchor = self.anchor(rows).to(closed.device).float()
         terms = (

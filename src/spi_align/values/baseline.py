@@ -18,6 +18,7 @@ import torch
 from spi_align.core.interfaces import Scorer
 from spi_align.core.records import Prompt
 from spi_align.scoring.ranking import PromptSpearman, prompt_spearman
+from spi_align.scoring.reward_model import head_values
 from spi_align.scoring.row_reward import PolicyHeadReward
 
 
@@ -46,7 +47,7 @@ def partial_reward_spearman(
             for s in states:
                 k = len(s.lengths) - 1 if t is None else max(i for i, n in enumerate(s.lengths) if n <= t)
                 with torch.no_grad():
-                    values.append(float(head(s.closed[k].to(head.weight)).squeeze(-1)))
+                    values.append(float(head_values(head, s.closed[k])))
             out.update(_entries(t, prompt_spearman(values, rewards, groups)))
         return out
     for t in prefixes:

@@ -23,6 +23,7 @@ from spi_align.core.errors import SpiError
 from spi_align.core.records import Prompt
 from spi_align.hf.batches import BackboneRunner, pad_token_id
 from spi_align.hf.chat import render
+from spi_align.scoring.reward_model import head_values
 
 SPEC_FILE = "value_model.json"
 WEIGHTS_FILE = "value_model.safetensors"
@@ -145,7 +146,7 @@ class ValueModel(nn.Module):
 
     def value(self, hidden: torch.Tensor) -> torch.Tensor:
         """The head on hidden states (..., H) → values (...) in fp32."""
-        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
+        return head_values(self.head, hidden)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """V at every position (B, T), fp32; padding may sit on either side."""

@@ -19,6 +19,7 @@ from spi_align.core.errors import SpiError
 from spi_align.core.interfaces import Policy, Scorer, ValueFunction
 from spi_align.core.rows import Rows
 from spi_align.scoring.finite import finite_scores
+from spi_align.scoring.reward_model import head_values
 from spi_align.scoring.row_reward import PolicyHeadReward
 from spi_align.values.heads import weighted_total
 
@@ -34,8 +35,7 @@ class RowPartialReward:
     @torch.no_grad()
     def __call__(self, rows: Rows) -> torch.Tensor:
         hidden = self.reward.policy.peek_end_hidden(rows)
-        head = self.reward.model.head
-        return head(hidden.to(head.weight.dtype)).squeeze(-1).float()
+        return head_values(self.reward.model.head, hidden)
 
 
 class TextPartialReward:
