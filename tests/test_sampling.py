@@ -3,6 +3,8 @@ same seed gives the same tokens."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -85,3 +87,27 @@ def test_token_logprob_equals_log_softmax_gather():
     tokens = torch.randint(0, VOCAB, (16,), generator=torch.Generator().manual_seed(6))
     expected = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1)
     torch.testing.assert_close(token_logprob(logits, tokens), expected, atol=1e-5, rtol=1e-6)
+
+
+def test_output_logits_are_soft_capped_as_the_config_asks_and_feed_token_logprob():
+    from types import SimpleNamespace
+
+    from spi_align.hf.batches import pad_token_id
+    from spi_align.policy.sampling import final_logit_softcap, output_logits
+
+    head = torch.nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[4.0], [-2.0]]))
+    hidden = torch.tensor([[1.0]])
+    assert output_logits(head, hidden, None).tolist() == [[4.0, -2.0]]
+    capped = output_logits(head, hidden, 2.0)
+    assert capped[0].tolist() == pytest.approx([2 * math.tanh(2.0), 2 * math.tanh(-1.0)])
+    expected = capped[0, 1] - torch.logsumexp(capped[0], dim=0)
+    assert token_logprob(capped, torch.tensor([1])).tolist() == pytest.approx([float(expected)])
+    text = SimpleNamespace(final_logit_softcapping=30.0)
+    assert final_logit_softcap(SimpleNamespace(config=SimpleNamespace(get_text_config=lambda: text))) == 30.0
+    # the pad id: the tokenizer's pad token, else the caller's fallback (a policy's end-of-turn), else EOS, else 0
+    tok = SimpleNamespace(pad_token_id=None, eos_token_id=7)
+    assert pad_token_id(tok) == 7 and pad_token_id(tok, 3) == 3
+    assert pad_token_id(SimpleNamespace(pad_token_id=5, eos_token_id=7), 3) == 5
+    assert pad_token_id(SimpleNamespace(pad_token_id=None, eos_token_id=None)) == 0

@@ -39,11 +39,14 @@ def pad_batch(
     return (ids, mask) if device is None else (ids.to(device), mask.to(device))
 
 
-def pad_token_id(tokenizer: Any) -> int:
-    """The id to pad a model's batches with: its tokenizer's pad token, else its end-of-sequence token, else 0.
-    Padded positions are masked out, so any id in the vocabulary does."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return int(pad) if pad is not None else 0
+def pad_token_id(tokenizer: Any, fallback: int | None = None) -> int:
+    """The id to pad a model's batches with: its tokenizer's pad token, else `fallback` (a policy passes its
+    end-of-turn id), else its end-of-sequence token, else 0. Padded positions are masked out, so any id in the
+    vocabulary does."""
+    for pad in (tokenizer.pad_token_id, fallback, tokenizer.eos_token_id):
+        if pad is not None:
+            return int(pad)
+    return 0
 
 
 def positions_from_mask(attention_mask: torch.Tensor, new_tokens: int | None = None) -> torch.Tensor:

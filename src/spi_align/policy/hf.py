@@ -21,10 +21,10 @@ from spi_align.config import GenerationConfig, PolicyConfig
 from spi_align.core.errors import SpiError
 from spi_align.core.records import Cost, Prompt, billed
 from spi_align.core.rows import GenerationSettings, Rows
-from spi_align.hf.batches import BackboneRunner, pad_batch
+from spi_align.hf.batches import BackboneRunner, pad_batch, pad_token_id
 from spi_align.hf.models import resolve_device, resolve_model_source
 from spi_align.policy.prompts import ChatPrompts, end_tokens
-from spi_align.policy.sampling import TokenSampler, token_logprob
+from spi_align.policy.sampling import TokenSampler, final_logit_softcap, output_logits, token_logprob
 
 
 class HFPolicy(ChatPrompts):
@@ -46,12 +46,12 @@ class HFPolicy(ChatPrompts):
         self.backbone = model.base_model
         self.runner = BackboneRunner(self.backbone)
         self.lm_head = model.get_output_embeddings()
-        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.softcap = final_logit_softcap(model)
         ends = end_tokens(tokenizer, model.generation_config, self.chat_template)
         self.end_id = ends.turn
         self.eos_ids = torch.tensor(ends.stop, device=self.device)
         """Every id that ends a row (`end_id` and the generation config's)."""
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_id
+        self.pad_id = pad_token_id(tokenizer, self.end_id)
         # Prompts are padded on the left; models that share this tokenizer (the reward head trained on the
         # policy's backbone) pad their text batches the same way.
         self.tokenizer.padding_side = "left"
@@ -96,10 +96,7 @@ class HFPolicy(ChatPrompts):
         self.choice_generator.manual_seed(seed)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(hidden).float()
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+        return output_logits(self.lm_head, hidden, self.softcap)
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Cache) -> torch.Tensor:
         """Run the backbone on new tokens; returns the last position's hidden state (R, H)."""

@@ -10,7 +10,7 @@ token, this path keeps k of them.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
@@ -68,6 +68,20 @@ def top_p_mask(sorted_desc: torch.Tensor, top_p: float) -> torch.Tensor:
     remove = ascending.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
     remove[..., -1] = False
     return remove.flip(-1)
+
+
+def final_logit_softcap(model: Any) -> float | None:
+    """A causal LM's final-logit soft cap (`final_logit_softcapping` of its text config, e.g. Gemma 2's), or None."""
+    return getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+
+
+def output_logits(lm_head: torch.nn.Module, hidden: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """The LM head's logits of hidden states in fp32, soft-capped to cap · tanh(logits / cap) when `softcap` is
+    set: what the policy samples from and what the implicit reward's log-probabilities (`token_logprob`) read."""
+    logits = lm_head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
 
 
 def token_logprob(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ from spi_align.config import GenerationConfig, PolicyConfig
 from spi_align.core.errors import SpiError
 from spi_align.core.records import Cost, Prompt
 from spi_align.core.rows import GenerationSettings, Rows
+from spi_align.hf.batches import pad_token_id
 from spi_align.hf.models import resolve_device, resolve_model_source
 from spi_align.policy.prompts import ChatPrompts, end_tokens
 
@@ -99,7 +100,7 @@ class VLLMPolicy(ChatPrompts):
         self.eos_list = list(ends.stop)
         """Every id that ends a row (`end_id` and the model's generation config's)."""
         self.eos_ids = torch.tensor(self.eos_list, device=self.device)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_id
+        self.pad_id = pad_token_id(tokenizer, self.end_id)
         self.max_context = int(llm.llm_engine.model_config.max_model_len)
         self.context_setting = "policy.vllm.max_model_len"
         self.choice_generator = torch.Generator(device="cpu")

@@ -23,6 +23,7 @@ from spi_align.core.errors import SpiError
 from spi_align.core.records import Prompt
 from spi_align.hf.batches import BackboneRunner, pad_batch, pad_token_id
 from spi_align.hf.chat import render
+from spi_align.policy.sampling import final_logit_softcap, output_logits, token_logprob
 
 Pair = tuple[Sequence[int], Sequence[int]]
 """(context token ids, target token ids): the log-probability of the targets given the context is summed."""
@@ -35,7 +36,7 @@ class CausalLM:
         self.model = model.eval()
         self.backbone = model.base_model
         self.lm_head = model.get_output_embeddings()
-        self.softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+        self.softcap = final_logit_softcap(model)
         self.vocab_size = int(self.lm_head.weight.shape[0])
         self.runner = BackboneRunner(self.backbone, component="reward")  # the pair bills "reward"
 
@@ -55,11 +56,8 @@ class CausalLM:
         """log p(tokens[i] | state whose last hidden state is hidden[i]) for (N, H) states and (N,) tokens, fp32."""
         out = torch.empty(tokens.shape[0], device=hidden.device, dtype=torch.float32)
         for start in range(0, tokens.shape[0], chunk):
-            logits = self.lm_head(hidden[start : start + chunk]).float()
-            if self.softcap:
-                logits = torch.tanh(logits / self.softcap) * self.softcap
-            picked = logits.gather(1, tokens[start : start + chunk, None]).squeeze(1)
-            out[start : start + chunk] = picked - torch.logsumexp(logits, dim=-1)
+            logits = output_logits(self.lm_head, hidden[start : start + chunk], self.softcap)
+            out[start : start + chunk] = token_logprob(logits, tokens[start : start + chunk])
         return out
 
 
