@@ -42,3 +42,18 @@ def test_batches_of_one_give_the_same_states(tiny_causal_lm, smol_tokenizer):
     for a, b in zip(together, alone, strict=True):
         assert a.lengths == b.lengths
         torch.testing.assert_close(a.closed, b.closed, atol=1e-4, rtol=1e-4)
+
+
+def test_without_closed_states_the_same_h_t_come_from_one_pass_and_are_the_features(tiny_causal_lm, smol_tokenizer):
+    from spi_align.values.features import response_hidden_states
+
+    policy = HFPolicy(tiny_causal_lm, smol_tokenizer, GenerationConfig(max_new_tokens=12))
+    responses = [[5, 6, 7, 8, 9], [21, 22, 2], []]
+    prompts = [*PROMPTS, PROMPTS[0]]
+    full = prefix_states(policy, prompts, responses, lengths=[1, 2, 3, 4, 5])
+    light = prefix_states(policy, prompts, responses, lengths=[1, 2, 3, 4, 5], closed=False)
+    features = response_hidden_states(policy, prompts, responses)
+    for a, b, h, r in zip(full, light, features, responses, strict=True):
+        assert a.lengths == b.lengths == list(range(1, len(r) + 1)) and b.closed.numel() == 0
+        torch.testing.assert_close(b.hidden, a.hidden, atol=1e-5, rtol=1e-5)
+        assert torch.equal(h, b.hidden) and h.shape[0] == len(r)

@@ -1,4 +1,5 @@
-"""Teacher-forced features: the policy's last hidden state after every response token of finished rollouts."""
+"""Teacher-forced features: the policy's last hidden state after every response token of finished rollouts (the
+h_t of `prefix_states` at every length, one pass per batch)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from collections.abc import Sequence
 import torch
 
 from spi_align.core.records import Prompt
-from spi_align.hf.batches import pad_batch
 from spi_align.policy import HFPolicy
+from spi_align.values.prefix_states import prefix_states
 
 
 @torch.no_grad()
@@ -19,17 +20,6 @@ def response_hidden_states(
 
     These are exactly the states the search scores, so a head trained on them scores partial responses.
     """
-    prompt_ids = policy.prompt_ids(prompts)
-    out: list[torch.Tensor] = []
-    for start in range(0, len(prompts), batch_size):
-        seqs = [
-            list(p) + list(r)
-            for p, r in zip(prompt_ids[start : start + batch_size], responses[start : start + batch_size], strict=True)
-        ]
-        ids, mask = pad_batch(seqs, policy.pad_id, device=policy.device)
-        hidden = policy.runner.hidden(ids, mask).float().cpu()
-        width = ids.shape[1]
-        for row, response in enumerate(responses[start : start + batch_size]):
-            n = len(response)
-            out.append(hidden[row, width - n :] if n else hidden[row, :0])
-    return out
+    longest = max((len(r) for r in responses), default=0)
+    states = prefix_states(policy, prompts, responses, range(1, longest + 1), batch_size, closed=False)
+    return [s.hidden for s in states]

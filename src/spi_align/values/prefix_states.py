@@ -8,7 +8,9 @@ For each rollout (x, y) and each prefix length t, two states of the frozen polic
 
 One forward encodes each rollout with its KV cache; every e_t is then one one-token forward of the end token with
 the response's columns after t masked out and position P + t (P = prompt length), the cache cropped back after.
-So all prefix lengths cost one pass plus one token each, instead of one re-encoding per prefix.
+So all prefix lengths cost one pass plus one token each, instead of one re-encoding per prefix. With
+`closed=False` only the h_t are computed (one pass, no cache): the teacher-forced features the value heads are
+trained on (`features.response_hidden_states`).
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ def prefix_states(
     responses: Sequence[Sequence[int]],
     lengths: Sequence[int],
     batch_size: int = 16,
+    closed: bool = True,
 ) -> list[PrefixStates]:
-    """States h_t and e_t of every rollout at every t in `lengths` that fits it, plus t = its full length."""
+    """States h_t and e_t of every rollout at every t in `lengths` that fits it, plus t = its full length; without
+    `closed`, only h_t (each `PrefixStates.closed` is empty)."""
     device, runner = policy.device, policy.runner
     end_id = int(policy.end_id)
     eos = {int(e) for e in policy.eos_ids.tolist()}
@@ -56,16 +60,17 @@ def prefix_states(
         seqs = [list(encoded[p.id]) + r for p, r in zip(batch_p, batch_r, strict=True)]
         ids, mask = pad_batch(seqs, policy.pad_id, "left", device)
         width = ids.shape[1]
-        cache = runner.new_cache()
+        cache = runner.new_cache() if closed else None
         hidden = runner.hidden(ids, mask, cache).float()
         per_row = [sorted({t for t in lengths if 0 < t <= len(r)} | ({len(r)} if r else set())) for r in batch_r]
-        closed: list[dict[int, torch.Tensor]] = [{} for _ in batch_r]
-        for t in sorted({t for ts in per_row for t in ts}):
+        ends: list[dict[int, torch.Tensor]] = [{} for _ in batch_r]
+        for t in sorted({t for ts in per_row for t in ts}) if cache is not None else []:
+            assert cache is not None  # for the type checker: the loop runs only with a cache
             need = []
             for row, r in enumerate(batch_r):
                 if t in per_row[row]:
                     if t == len(r) and r[-1] in eos:  # the response closed itself: its last state is e_t
-                        closed[row][t] = hidden[row, -1]
+                        ends[row][t] = hidden[row, -1]
                     else:
                         need.append(row)
             if not need:
@@ -81,11 +86,11 @@ def prefix_states(
             fed = runner.hidden(token, step_mask, cache)[:, -1].float()
             cache.crop(-1)
             for row in need:
-                closed[row][t] = fed[row]
+                ends[row][t] = fed[row]
         for row, r in enumerate(batch_r):
             ts = per_row[row]
             h = torch.stack([hidden[row, width - len(r) + t - 1] for t in ts]) if ts else hidden[row, :0]
-            e = torch.stack([closed[row][t] for t in ts]) if ts else hidden[row, :0]
+            e = torch.stack([ends[row][t] for t in ts]) if ts and cache is not None else hidden[row, :0]
             out.append(PrefixStates(ts, h.cpu(), e.cpu()))
     return out
 
