@@ -168,22 +168,3 @@ class ImplicitReward:
     def score_token_prefixes(self, prompts: Sequence[Prompt], tokens: Sequence[Sequence[int]]) -> list[float]:
         """Implicit reward of partial responses given as token ids of the pair's own tokenizer."""
         return self.log_ratio([(self.prompt_ids(p), t) for p, t in zip(prompts, tokens, strict=True)]).tolist()
-
-
-def load_implicit_reward(
-    tuned: str, reference: str, beta: float = 1.0, device: str = "cpu", dtype: str = "float32", **kwargs: Any
-) -> ImplicitReward:
-    """An implicit reward from two model directories (or hub ids); the tokenizer is the tuned model's."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from spi_align.hf.models import resolve_model_source
-
-    try:
-        tok = AutoTokenizer.from_pretrained(resolve_model_source(tuned))
-        models = [
-            AutoModelForCausalLM.from_pretrained(resolve_model_source(s), dtype=getattr(torch, dtype)).to(device)
-            for s in (tuned, reference)
-        ]
-    except (OSError, ValueError) as exc:
-        raise SpiError(f"could not load the implicit-reward pair: {str(exc).splitlines()[0]}") from None
-    return ImplicitReward(models[0], models[1], tok, beta=beta, **kwargs)
