@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_policy
 from spi_align.core.records import Prompt
-from spi_align.scoring.ranking import PromptSpearman, prompt_spearman, within_prompt_spearman
+from spi_align.scoring.ranking import PromptSpearman, prompt_spearman
 from spi_align.values import HeadStack, ValueHead
 from spi_align.values.features import response_hidden_states
 from spi_align.values.heads import guidance_weights, weighted_total
@@ -106,20 +106,20 @@ def test_within_prompt_spearman_by_hand():
     predicted = [1, 2, 3, 3, 2, 1, 0, 1]
     rewards = [10, 20, 30, 10, 20, 30, 5, 6]
     groups = ["a", "a", "a", "b", "b", "b", "c", "c"]
-    assert within_prompt_spearman(predicted, rewards, groups) == pytest.approx(0.0)
-    assert within_prompt_spearman(predicted[:3], rewards[:3], groups[:3]) == pytest.approx(1.0)
+    assert prompt_spearman(predicted, rewards, groups).mean == pytest.approx(0.0)
+    assert prompt_spearman(predicted[:3], rewards[:3], groups[:3]).mean == pytest.approx(1.0)
 
 
 def test_within_prompt_spearman_gives_ties_their_average_rank():
     # predicted 1, 1, 2, 3 -> ranks 1.5, 1.5, 3, 4; rewards in either order of the tied pair -> rho = sqrt(0.9)
-    assert within_prompt_spearman([1, 1, 2, 3], [10, 20, 30, 40], ["a"] * 4) == pytest.approx(0.9**0.5)
-    assert within_prompt_spearman([1, 1, 2, 3], [20, 10, 30, 40], ["a"] * 4) == pytest.approx(0.9**0.5)
+    assert prompt_spearman([1, 1, 2, 3], [10, 20, 30, 40], ["a"] * 4).mean == pytest.approx(0.9**0.5)
+    assert prompt_spearman([1, 1, 2, 3], [20, 10, 30, 40], ["a"] * 4).mean == pytest.approx(0.9**0.5)
 
 
 def test_a_constant_prediction_counts_as_zero_and_constant_rewards_leave_the_prompt_out():
     # a prediction that scores a prompt's rollouts all alike ranks nothing: 0 for that prompt, not skipped
-    assert within_prompt_spearman([7, 7, 7], [1, 2, 3], ["a"] * 3) == 0.0
-    assert within_prompt_spearman([7, 7, 7, 1, 2, 3], [3, 2, 1, 1, 2, 3], list("aaabbb")) == pytest.approx(0.5)
+    assert prompt_spearman([7, 7, 7], [1, 2, 3], ["a"] * 3).mean == 0.0
+    assert prompt_spearman([7, 7, 7, 1, 2, 3], [3, 2, 1, 1, 2, 3], list("aaabbb")).mean == pytest.approx(0.5)
     assert prompt_spearman([7, 7, 7, 1, 2, 3], [3, 2, 1, 1, 2, 3], list("aaabbb")) == PromptSpearman(
         pytest.approx(0.5), 2, 1
     )
@@ -132,7 +132,7 @@ def test_a_constant_prediction_counts_as_zero_and_constant_rewards_leave_the_pro
     sharp, flat = [1, 2, 3, 1, 2, 3, 1, 2, 3], [1, 2, 3, 0, 0, 0, 0, 0, 0]
     assert prompt_spearman(sharp, rewards, list("aaabbbccc")).prompts == 2
     assert prompt_spearman(flat, rewards, list("aaabbbccc")) == PromptSpearman(pytest.approx(0.5), 2, 1)
-    assert math.isnan(within_prompt_spearman([1, 2], [1, 2], ["a", "a"]))  # no prompt large enough
+    assert math.isnan(prompt_spearman([1, 2], [1, 2], ["a", "a"]).mean)  # no prompt large enough
 
 
 def test_prefix_values_read_the_state_after_the_prefix():

@@ -90,10 +90,3 @@ def prompt_spearman(
             corrs.append((a @ b).item() / (a.norm() * b.norm()).item())
     mean = float(sum(corrs) / len(corrs)) if corrs else float("nan")
     return PromptSpearman(mean, len(corrs), constant)
-
-
-def within_prompt_spearman(
-    predicted: Sequence[float], rewards: Sequence[float], groups: Sequence[Hashable], min_size: int = 3
-) -> float:
-    """`prompt_spearman`'s mean: prompts with constant rewards left out, with constant predictions counted as 0."""
-    return prompt_spearman(predicted, rewards, groups, min_size).mean
