@@ -116,7 +116,7 @@ class ChatClient:
             messages=messages,  # type: ignore[arg-type]
             temperature=self.cfg.temperature,
             max_tokens=self.cfg.max_tokens,
-            extra_headers=headers,  # type: ignore[arg-type]
+            extra_headers=headers,
         )
         return raw.http_response.content
 

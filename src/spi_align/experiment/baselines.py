@@ -24,7 +24,7 @@ import torch
 
 from spi_align.config import Config, PolicyConfig
 from spi_align.core.errors import SpiError
-from spi_align.core.interfaces import Scorer, Search
+from spi_align.core.interfaces import Policy, Scorer, Search
 from spi_align.policy import HFPolicy, load_policy
 from spi_align.runs.rundir import RunDir
 from spi_align.scoring.implicit import ImplicitReward
@@ -44,19 +44,19 @@ class Baselines:
         self,
         cfg: Config,
         run: RunDir,
-        policy: HFPolicy,
+        policy: Policy,
         reward: Scorer,
         pairs: Callable[[], Sequence[PreferencePair]],
     ) -> None:
         self.cfg, self.run, self.policy, self.reward, self.pairs = cfg, run, policy, reward, pairs
         self._dpo: Any = None
-        self._strong: HFPolicy | None = None
+        self._strong: Policy | None = None
         self._implicit: ImplicitReward | None = None
 
     def _load(self, source: str | Path) -> Any:
         from transformers import AutoModelForCausalLM
 
-        from spi_align.hf.models import resolve_model_source
+        from spi_align.hf.models import resolve_model_source, to_device
 
         try:
             model = AutoModelForCausalLM.from_pretrained(
@@ -64,7 +64,13 @@ class Baselines:
             )
         except (OSError, ValueError) as exc:
             raise SpiError(f"could not load model '{source}': {str(exc).splitlines()[0]}") from None
-        return model.to(self.policy.device).eval().requires_grad_(False)
+        return to_device(model, self.policy.device).eval().requires_grad_(False)
+
+    def _policy_model(self, what: str) -> Any:
+        """The frozen policy's transformers model (what DPO tunes a copy of, the implicit reward's reference)."""
+        if not isinstance(self.policy, HFPolicy):
+            raise SpiError(f"{what} reads the policy's transformers model: it needs policy.backend=hf")
+        return self.policy.model
 
     def dpo_model(self) -> Any:
         """The DPO-tuned copy of the policy: trained on the reward model's pairs once, then loaded from the run."""
@@ -80,7 +86,7 @@ class Baselines:
             start = time.perf_counter()
             with self.run.folder(DPO_DIR) as tmp:
                 metrics = train_dpo(
-                    self.policy.model,
+                    self._policy_model("baselines.dpo"),
                     self.policy.tokenizer,
                     pairs,
                     tmp,
@@ -113,7 +119,10 @@ class Baselines:
             return self._implicit
         b = self.cfg.baselines
         tuned = self.dpo_model() if b.tuned is None else self._load(b.tuned)
-        reference = self.policy.model if b.reference is None else self._load(b.reference)
+        if b.reference is None:
+            reference = self._policy_model("the implicit reward's reference")
+        else:
+            reference = self._load(b.reference)
         if b.tuned is None:
             tokenizer, chat = self.policy.tokenizer, self.policy.chat_template
         else:
@@ -121,7 +130,7 @@ class Baselines:
         self._implicit = ImplicitReward(tuned, reference, tokenizer, beta=b.implicit_beta, chat_template=chat)
         return self._implicit
 
-    def _strong_policy(self, source: str) -> HFPolicy:
+    def _strong_policy(self, source: str) -> Policy:
         p = self.cfg.policy
         cfg = PolicyConfig(model=source, dtype=p.dtype, device=p.device, chat_template=p.chat_template)
         return load_policy(cfg, self.cfg.generation, self.cfg.seed)
@@ -147,7 +156,7 @@ class Baselines:
         )
         return PlainSampling(tuned)
 
-    def strong(self) -> HFPolicy:
+    def strong(self) -> Policy:
         """The policy weak-to-strong search guides (the frozen policy, or `w2s_policy` loaded once)."""
         source = self.cfg.baselines.w2s_policy
         if source is None:

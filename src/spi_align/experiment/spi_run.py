@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from spi_align.config import Config, DataConfig
-from spi_align.core.interfaces import Scorer
+from spi_align.core.interfaces import Scorer, hidden_state_policy
 from spi_align.core.records import Cost, Prompt
 from spi_align.data.prompts import load_prompts
 from spi_align.experiment.baselines import Baselines
@@ -96,7 +96,8 @@ class SPIRun:
 
             _, _, labels, pairs = self.round0_preferences(rollouts0)
             log.info("training the reward model (Bradley–Terry on %d pairs labelled by the evaluator)", len(pairs))
-            model = RewardModel(self.policy.backbone, self.policy.tokenizer, source=self.cfg.policy.model)
+            hidden = hidden_state_policy(self.policy, "reward: train (a reward head on the policy's states)")
+            model = RewardModel(hidden.backbone, self.policy.tokenizer, source=self.cfg.policy.model)
             groups = [p.id for p in prompts]
             metrics = train_reward_head_on_states(
                 model, ends, groups, labels, self.cfg.reward_model, self.cfg.seed, pairs

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 from spi_align.core.errors import SpiError
 
@@ -55,6 +56,19 @@ def load_model_config(spec: str, what: str = "model") -> tuple[str, Any]:
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message (library errors often run to a paragraph)."""
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def to_device(model: PreTrainedModel, device: str | torch.device) -> PreTrainedModel:
+    """`model.to(device)` (in place), typed: transformers types `PreTrainedModel.to`'s wrapper as taking a model."""
+    return torch.nn.Module.to(model, device)
+
+
+def backbone_of(model: PreTrainedModel) -> PreTrainedModel:
+    """The transformer under a model's head (`base_model`, which transformers types as any `nn.Module`)."""
+    base = model.base_model
+    if not isinstance(base, PreTrainedModel):
+        raise SpiError(f"{type(model).__name__} has no transformers backbone (its base model is {type(base).__name__})")
+    return base
 
 
 def resolve_device(spec: str) -> torch.device:

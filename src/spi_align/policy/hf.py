@@ -22,7 +22,7 @@ from spi_align.core.errors import SpiError
 from spi_align.core.records import Cost, Prompt, billed
 from spi_align.core.rows import GenerationSettings, Rows
 from spi_align.hf.batches import BackboneRunner, pad_batch, pad_token_id
-from spi_align.hf.models import resolve_device, resolve_model_source
+from spi_align.hf.models import backbone_of, resolve_device, resolve_model_source, to_device
 from spi_align.policy.prompts import ChatPrompts, end_tokens
 from spi_align.policy.sampling import TokenSampler, final_logit_softcap, output_logits, token_logprob
 
@@ -43,7 +43,7 @@ class HFPolicy(ChatPrompts):
         self.gen = gen  # also builds the token sampler
         self.chat_template = chat_template and tokenizer.chat_template is not None
         self.device = next(model.parameters()).device
-        self.backbone = model.base_model
+        self.backbone = backbone_of(model)
         self.runner = BackboneRunner(self.backbone)
         self.lm_head = model.get_output_embeddings()
         self.softcap = final_logit_softcap(model)
@@ -244,8 +244,7 @@ def load_hf_policy(cfg: PolicyConfig, gen: GenerationConfig, seed: int = 0) -> H
     dtype = getattr(torch, cfg.dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-        model = torch.nn.Module.to(model, device)  # transformers types `PreTrainedModel.to`'s wrapper wrongly
+        model = to_device(AutoModelForCausalLM.from_pretrained(source, dtype=dtype), device)
     except (OSError, ValueError) as exc:
         raise SpiError(f"could not load policy '{cfg.model}': {str(exc).splitlines()[0]}") from None
     return HFPolicy(model, tokenizer, gen, chat_template=cfg.chat_template, seed=seed)

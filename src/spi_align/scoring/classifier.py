@@ -35,13 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from spi_align.core.errors import SpiError
 from spi_align.core.interfaces import Policy
 from spi_align.core.records import Cost, Prompt, billed
 from spi_align.hf.batches import pad_batch
 from spi_align.hf.chat import render
-from spi_align.hf.models import first_line, load_model_config
+from spi_align.hf.models import first_line, load_model_config, to_device
 
 if TYPE_CHECKING:
     from spi_align.core.rows import Rows
@@ -108,7 +109,7 @@ def agree_on_pad(spec: str, tokenizer: Any, config: Any) -> int:
     return int(wanted)
 
 
-def load_classifier(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
+def load_classifier(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, Any]:
     """(model in eval mode, tokenizer) of a sequence-classification reward model, checked (one-line SpiError)
     before its weights load."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -123,7 +124,7 @@ def load_classifier(spec: str, device: str = "cpu", dtype: torch.dtype = torch.f
         model = AutoModelForSequenceClassification.from_pretrained(source, config=config, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise SpiError(f"cannot load reward model '{spec}': {first_line(exc)}") from None
-    return model.to(device).eval().requires_grad_(False), tokenizer
+    return to_device(model, device).eval().requires_grad_(False), tokenizer
 
 
 def score_head(model: nn.Module) -> nn.Linear:
@@ -144,7 +145,12 @@ class ClassifierReward:
     whose tokenizer it shares (see the module docstring)."""
 
     def __init__(
-        self, model: nn.Module, tokenizer: Any, name: str = "", batch_size: int = 16, max_length: int | None = None
+        self,
+        model: PreTrainedModel,
+        tokenizer: Any,
+        name: str = "",
+        batch_size: int = 16,
+        max_length: int | None = None,
     ) -> None:
         """`max_length`: longer inputs keep their last tokens (where the score is read); None = the model's
         context (`max_position_embeddings`), when it says."""

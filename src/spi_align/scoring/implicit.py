@@ -23,6 +23,7 @@ from spi_align.core.errors import SpiError
 from spi_align.core.records import Prompt
 from spi_align.hf.batches import BackboneRunner, pad_batch, pad_token_id
 from spi_align.hf.chat import render
+from spi_align.hf.models import backbone_of
 from spi_align.policy.sampling import final_logit_softcap, output_logits, token_logprob
 
 Pair = tuple[Sequence[int], Sequence[int]]
@@ -34,7 +35,7 @@ class CausalLM:
 
     def __init__(self, model: PreTrainedModel) -> None:
         self.model = model.eval()
-        self.backbone = model.base_model
+        self.backbone = backbone_of(model)
         self.lm_head = model.get_output_embeddings()
         self.softcap = final_logit_softcap(model)
         self.vocab_size = int(self.lm_head.weight.shape[0])
@@ -75,7 +76,8 @@ def sequence_logprobs(lm: CausalLM, pairs: Sequence[Pair], pad_id: int, batch_si
             continue
         seqs = [list(pairs[i][0]) + list(pairs[i][1]) for i in batch]
         ids, mask = pad_batch(seqs, pad_id, side="right")
-        rows, cols = [], []
+        rows: list[int] = []
+        cols: list[int] = []
         for r, (i, seq) in enumerate(zip(batch, seqs, strict=True)):
             first = len(pairs[i][0])
             if first == 0:

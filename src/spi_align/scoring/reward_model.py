@@ -19,11 +19,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from spi_align.core.errors import SpiError
 from spi_align.core.records import Prompt
 from spi_align.hf.batches import BackboneRunner
 from spi_align.hf.chat import render
+from spi_align.hf.models import to_device
 
 SPEC_FILE = "spi_reward.json"
 HEAD_FILE = "head.safetensors"
@@ -41,7 +43,7 @@ def head_values(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
 class RewardModel(nn.Module):
     """Backbone (e.g. `LlamaModel`) + `Linear(hidden, 1)` in fp32; reward = head(last real token's state)."""
 
-    def __init__(self, backbone: nn.Module, tokenizer: Any, source: str = "", max_length: int = 1024) -> None:
+    def __init__(self, backbone: PreTrainedModel, tokenizer: Any, source: str = "", max_length: int = 1024) -> None:
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
@@ -138,7 +140,11 @@ class RewardModel(nn.Module):
 
     @classmethod
     def load(
-        cls, directory: str | Path, device: str = "cpu", dtype: str | None = None, backbone: nn.Module | None = None
+        cls,
+        directory: str | Path,
+        device: str = "cpu",
+        dtype: str | None = None,
+        backbone: PreTrainedModel | None = None,
     ) -> RewardModel:
         """Rebuild a saved reward model (eval mode).
 
@@ -160,7 +166,7 @@ class RewardModel(nn.Module):
         if backbone is None:
             where = spec["backbone"]
             source = path if where == "." else default_policy_dir() if where == "default" else where
-            backbone = AutoModel.from_pretrained(source, dtype=_DTYPES[dtype or spec["dtype"]]).to(device)
+            backbone = to_device(AutoModel.from_pretrained(source, dtype=_DTYPES[dtype or spec["dtype"]]), device)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = cls(backbone, tokenizer, source=spec.get("backbone_source", ""), max_length=spec["max_length"])
         model.head.load_state_dict(load_file(path / spec["head"]["file"], device=str(model.device)))

@@ -55,8 +55,9 @@ class ReferenceSimilarity:
                 f"the similarity scorer needs reference answers; prompt '{missing.id}' has none "
                 "(use a prompts file with a reference column, or another scorer)"
             )
-        references = list(dict.fromkeys(p.reference for p in prompts))
+        wanted = [p.reference or "" for p in prompts]  # every prompt has one (checked above)
+        references = list(dict.fromkeys(wanted))
         row = {text: i for i, text in enumerate(references)}
-        ref_emb = self._embed(references)[[row[p.reference] for p in prompts]]
+        ref_emb = self._embed(references)[[row[text] for text in wanted]]
         resp_emb = self._embed(list(responses))
         return (resp_emb * ref_emb).sum(dim=-1).float().cpu().tolist()

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 
 import torch
 
+from spi_align.core.interfaces import Policy
 from spi_align.core.records import Cost, Prompt, SearchResult
 from spi_align.core.rows import GenerationSettings, Rows
 from spi_align.hf.tokenizers import same_tokenizer
-from spi_align.policy import HFPolicy
 from spi_align.scoring.implicit import ImplicitReward
 from spi_align.search.beam import ChunkBeamSearch, Selection, ValueFn
 from spi_align.search.best_of_n import BestOfN
@@ -29,7 +29,7 @@ from spi_align.search.implicit_guide import CachedImplicitGuide
 class TextImplicitGuide:
     """A chunk-search value for a policy with another tokenizer: decode each partial response, re-tokenise it."""
 
-    def __init__(self, policy: HFPolicy, reward: ImplicitReward) -> None:
+    def __init__(self, policy: Policy, reward: ImplicitReward) -> None:
         self.policy, self.reward = policy, reward
 
     def __call__(self, rows: Rows) -> torch.Tensor:
@@ -43,7 +43,7 @@ class WeakToStrongSearch:
 
     def __init__(
         self,
-        policy: HFPolicy,
+        policy: Policy,
         reward: ImplicitReward,
         width: int = 4,
         successors: int = 4,
@@ -68,6 +68,6 @@ class WeakToStrongSearch:
         return self.beam.run(prompts, cost, gen)
 
 
-def implicit_best_of_n(policy: HFPolicy, reward: ImplicitReward, n: int) -> BestOfN:
+def implicit_best_of_n(policy: Policy, reward: ImplicitReward, n: int) -> BestOfN:
     """BoN-I: N samples per prompt, the implicit reward of the finished responses picks."""
     return BestOfN(policy, reward, n, name=f"bon-i-{n}")

@@ -7,14 +7,14 @@ from collections.abc import Sequence
 
 import torch
 
+from spi_align.core.interfaces import HiddenStatePolicy
 from spi_align.core.records import Prompt
-from spi_align.policy import HFPolicy
 from spi_align.values.prefix_states import prefix_states
 
 
 @torch.no_grad()
 def response_hidden_states(
-    policy: HFPolicy, prompts: Sequence[Prompt], responses: Sequence[Sequence[int]], batch_size: int = 16
+    policy: HiddenStatePolicy, prompts: Sequence[Prompt], responses: Sequence[Sequence[int]], batch_size: int = 16
 ) -> list[torch.Tensor]:
     """For each (prompt, response tokens): a (len, H) tensor, row t = hidden state of state s_{t+1} = [x, y_1..y_t].
 

@@ -98,9 +98,8 @@ class HeadValues(ValueKind):
     def fit(self, rollouts: Rollouts) -> tuple[Any, dict[str, Any]]:
         from spi_align.values.round import train_value
 
-        value, metrics = train_value(
-            self.policy, rollouts.prompts, rollouts.tokens, rollouts.rewards, self.spi, self.seed
-        )
+        states = hidden_state_policy(self.policy, "spi.value=heads")
+        value, metrics = train_value(states, rollouts.prompts, rollouts.tokens, rollouts.rewards, self.spi, self.seed)
         return value, {**metrics, **self.baseline(rollouts)}
 
     def save(self, value: Any, folder: Path) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from spi_align.core.errors import SpiError
 from spi_align.core.records import Prompt
@@ -34,7 +35,12 @@ class ValueModel(nn.Module):
     """Backbone + `Linear(hidden, 1)` in fp32: `forward(ids, mask)` gives V(x, y_{1:t}) at every position (B, T)."""
 
     def __init__(
-        self, backbone: nn.Module, tokenizer: Any, source: str = "", train_layers: int = -1, chat_template: bool = True
+        self,
+        backbone: PreTrainedModel,
+        tokenizer: Any,
+        source: str = "",
+        train_layers: int = -1,
+        chat_template: bool = True,
     ) -> None:
         super().__init__()
         if train_layers < -1:
@@ -64,13 +70,13 @@ class ValueModel(nn.Module):
         """
         from transformers import AutoModel, AutoTokenizer
 
-        from spi_align.hf.models import load_model_config, resolve_model_source
+        from spi_align.hf.models import backbone_of, load_model_config, resolve_model_source
         from spi_align.scoring.classifier import is_classifier, load_classifier, score_head
 
         if source != "default" and is_classifier(load_model_config(source, what="value backbone")[1]):
             classifier, tokenizer = load_classifier(source, device, dtype)
             head = score_head(classifier)
-            model = cls(classifier.base_model.eval(), tokenizer, source=source, train_layers=train_layers)
+            model = cls(backbone_of(classifier).eval(), tokenizer, source=source, train_layers=train_layers)
             with torch.no_grad():
                 model.head.weight.copy_(head.weight)
                 model.head.bias.copy_(head.bias if head.bias is not None else torch.zeros_like(model.head.bias))

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from spi_align.config import SPIConfig
+from spi_align.core.interfaces import Policy, hidden_state_policy
 from spi_align.core.records import Prompt
 from spi_align.hf.tokenizers import same_tokenizer
-from spi_align.policy import HFPolicy
 from spi_align.values.model import ValueModel
 from spi_align.values.model_train import response_values, train_value_model
 from spi_align.values.round import heldout_metrics
@@ -27,14 +27,15 @@ def uses_policy_weights(spi: SPIConfig, policy_spec: str) -> bool:
     return spi.value_backbone in (POLICY, policy_spec)
 
 
-def _policy_base(spi: SPIConfig, policy: HFPolicy):
+def _policy_base(spi: SPIConfig, policy: Policy) -> Any:
     """The policy's backbone itself when only the head is trained (shared, never modified), else an fp32 copy."""
+    policy = hidden_state_policy(policy, "a value model on the policy's own backbone (spi.value_backbone=policy)")
     if spi.value_train_layers == 0:
         return policy.backbone
     return copy.deepcopy(policy.backbone).float().requires_grad_(False)
 
 
-def new_value_model(spi: SPIConfig, policy: HFPolicy, policy_spec: str) -> ValueModel:
+def new_value_model(spi: SPIConfig, policy: Policy, policy_spec: str) -> ValueModel:
     """A fresh value model for one round, on the policy's device."""
     if uses_policy_weights(spi, policy_spec):
         return ValueModel(
@@ -47,14 +48,14 @@ def new_value_model(spi: SPIConfig, policy: HFPolicy, policy_spec: str) -> Value
     return ValueModel.from_source(spi.value_backbone, spi.value_train_layers, device=str(policy.device))
 
 
-def load_value_model(folder: Path, spi: SPIConfig, policy: HFPolicy, policy_spec: str) -> ValueModel:
+def load_value_model(folder: Path, spi: SPIConfig, policy: Policy, policy_spec: str) -> ValueModel:
     """A round's saved value model; built on (a copy of) the policy's backbone when it came from there."""
     base = _policy_base(spi, policy) if uses_policy_weights(spi, policy_spec) else None
     return ValueModel.load(folder, device=str(policy.device), base=base)
 
 
 def rollout_ids(
-    model: ValueModel, policy: HFPolicy, prompts: Sequence[Prompt], tokens: Sequence[Sequence[int]]
+    model: ValueModel, policy: Policy, prompts: Sequence[Prompt], tokens: Sequence[Sequence[int]]
 ) -> tuple[list[list[int]], list[list[int]]]:
     """(prompt ids, response ids) as `ValueModelGuide` shows them to `model` during the search.
 
@@ -72,7 +73,7 @@ def rollout_ids(
 
 def train_value_model_round(
     make: Callable[[], ValueModel],
-    policy: HFPolicy,
+    policy: Policy,
     prompts: Sequence[Prompt],
     tokens: Sequence[Sequence[int]],
     rewards: Sequence[float],

@@ -6,9 +6,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from spi_align.config import SPIConfig
+from spi_align.core.interfaces import HiddenStatePolicy
 from spi_align.core.records import Prompt
 from spi_align.data.prompts import heldout_prompts
-from spi_align.policy import HFPolicy
 from spi_align.scoring.ranking import prompt_spearman
 from spi_align.values.features import response_hidden_states
 from spi_align.values.heads import ValueHead
@@ -39,7 +39,7 @@ def heldout_split(groups: Sequence[str], seed: int) -> tuple[list[int], list[int
 
 
 def train_value(
-    policy: HFPolicy,
+    policy: HiddenStatePolicy,
     prompts: Sequence[Prompt],
     tokens: Sequence[Sequence[int]],
     rewards: Sequence[float],

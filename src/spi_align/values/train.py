@@ -63,10 +63,10 @@ def fit_head(
         y_mean = y.mean()
         gram = z.T @ z + ridge * torch.eye(z.shape[1])
         w = torch.linalg.solve(gram, z.T @ (y - y_mean))
-        lin = head.net
+        lin = head.output
         with torch.no_grad():
-            lin.weight.copy_(w[None])  # type: ignore[union-attr]
-            lin.bias.fill_(float(y_mean))  # type: ignore[union-attr]
+            lin.weight.copy_(w[None])
+            lin.bias.fill_(float(y_mean))
         return head.eval()
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)

@@ -8,17 +8,19 @@ not depend on its weights. All methods share one policy and one reward scorer. A
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from spi_align.config import BenchConfig
-from spi_align.core.interfaces import Policy, Scorer
+from spi_align.core.interfaces import HiddenStatePolicy, Policy, Scorer
 from spi_align.core.records import Cost, Prompt
+from spi_align.core.rows import Rows
 from spi_align.experiment.bench.timing import Runner
 from spi_align.search import BestOfN
 from spi_align.search.beam import ChunkBeamSearch
 from spi_align.values import HeadStack, ValueHead
+from spi_align.values.heads import HeadKind
 from spi_align.values.reward_guide import TextPartialReward
 
 TEXT_GUIDED = "spi-text"
@@ -41,12 +43,21 @@ def method_keys(cfg: BenchConfig, with_value_model: bool = False, hidden_states:
     return keys
 
 
-def random_heads(hidden_size: int, rounds: int, kind: str, seed: int) -> list[ValueHead]:
+def on_hidden(stack: HeadStack) -> Callable[[Rows], torch.Tensor]:
+    """The guidance of a head stack: its value of each row's last hidden state."""
+
+    def value(rows: Rows) -> torch.Tensor:
+        return stack(rows.hidden)
+
+    return value
+
+
+def random_heads(hidden_size: int, rounds: int, kind: HeadKind, seed: int) -> list[ValueHead]:
     """`rounds` randomly initialised value heads (seeded), one per round."""
     heads = []
     for i in range(rounds):
         torch.manual_seed(seed + 1000 + i)
-        heads.append(ValueHead(hidden_size, kind).eval())  # type: ignore[arg-type]
+        heads.append(ValueHead(hidden_size, kind).eval())
     return heads
 
 
@@ -74,13 +85,11 @@ def build_methods(policy: Policy, reward: Scorer, cfg: BenchConfig) -> dict[str,
     if "sample" in keys:
         methods[keys["sample"]] = SampleLoop(policy, n)
     methods[keys["bon"]] = BestOfN(policy, reward, n).run
-    if policy.has_hidden_states:
-        heads = random_heads(policy.hidden_size, cfg.spi.rounds, cfg.spi.head, cfg.seed)  # type: ignore[attr-defined]
+    if isinstance(policy, HiddenStatePolicy):
+        heads = random_heads(policy.hidden_size, cfg.spi.rounds, cfg.spi.head, cfg.seed)
         for k in range(1, cfg.spi.rounds + 1):
             stack = guidance(heads[:k], cfg, policy.device)
-            search = ChunkBeamSearch.from_config(
-                policy, lambda rows, stack=stack: stack(rows.hidden), reward, spi, f"spi-{k}"
-            )
+            search = ChunkBeamSearch.from_config(policy, on_hidden(stack), reward, spi, f"spi-{k}")
             methods[keys[f"spi-{k}"]] = search.run
     if TEXT_GUIDED in keys:
         text = ChunkBeamSearch.from_config(policy, TextPartialReward(reward, policy), reward, spi, TEXT_GUIDED)

@@ -17,16 +17,15 @@ from typing import Any
 import torch
 
 from spi_align.config import BenchConfig
-from spi_align.core.interfaces import Scorer
+from spi_align.core.interfaces import Policy, Scorer
 from spi_align.core.records import Cost, Prompt
 from spi_align.experiment.bench.timing import Runner
-from spi_align.policy import HFPolicy
 from spi_align.search.beam import ChunkBeamSearch
 
 KEY = "spi-vm"
 
 
-def load_guide(cfg: BenchConfig, policy: HFPolicy) -> tuple[Any | None, str]:
+def load_guide(cfg: BenchConfig, policy: Policy) -> tuple[Any | None, str]:
     """(guide, '') with a fresh copy of the policy's backbone as value model, or (None, why it is unavailable)."""
     try:
         from spi_align.values.guide import ValueModelGuide
@@ -40,14 +39,14 @@ def load_guide(cfg: BenchConfig, policy: HFPolicy) -> tuple[Any | None, str]:
     return guide, ""
 
 
-def spi_with_value_model(policy: HFPolicy, reward: Scorer, cfg: BenchConfig, guide: Any) -> Runner:
+def spi_with_value_model(policy: Policy, reward: Scorer, cfg: BenchConfig, guide: Any) -> Runner:
     """SPI search (W, K, L as configured) guided by the separate value model."""
     return ChunkBeamSearch.from_config(policy, guide, reward, cfg.spi, KEY).run
 
 
 @torch.no_grad()
 def score_synthetic(
-    guide: Any, policy: HFPolicy, prompts: Sequence[Prompt], cfg: BenchConfig, length: int, seed: int
+    guide: Any, policy: Policy, prompts: Sequence[Prompt], cfg: BenchConfig, length: int, seed: int
 ) -> dict[str, float]:
     """Seconds the value model spends on W·K responses of `length` tokens per prompt, fed `chunk` at a time:
     prefill of the prompts, feeding the new tokens, and reordering its cache after each selection."""
@@ -79,7 +78,7 @@ def score_synthetic(
 
 
 def p3_seconds(
-    guide: Any, policy: HFPolicy, prompts: Sequence[Prompt], cfg: BenchConfig, lengths: Sequence[int], repeats: int
+    guide: Any, policy: Policy, prompts: Sequence[Prompt], cfg: BenchConfig, lengths: Sequence[int], repeats: int
 ) -> dict[int, list[dict[str, float]]]:
     """`score_synthetic` for every length, `repeats` times, alternating the order of the lengths."""
     out: dict[int, list[dict[str, float]]] = {n: [] for n in lengths}
