@@ -38,6 +38,7 @@ lint: setup
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy src
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

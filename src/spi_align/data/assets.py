@@ -26,7 +26,7 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from spi_align.core.errors import SpiError
 from spi_align.runs.files import staged_folder
@@ -172,7 +172,8 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer.pad_token = EOS_TOKEN
     tokenizer.model_max_length = config.max_position_embeddings
     if getattr(tokenizer, "add_bos_token", False):
-        tokenizer.add_bos_token = False
+        # add_bos_token has a setter, which mypy misses (transformers defines it apart from its getter)
+        cast(Any, tokenizer).add_bos_token = False
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     _check_tokenizer(out)
@@ -186,6 +187,7 @@ def _check_tokenizer(path: Path) -> None:
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
     )
+    assert isinstance(text, str)  # tokenize=False: the rendered text
     ids = tokenizer(text).input_ids
     start = tokenizer.convert_tokens_to_ids("<|im_start|>")
     if tokenizer.eos_token_id != EOS_TOKEN_ID or not text.startswith("<|im_start|>") or ids[0] != start:

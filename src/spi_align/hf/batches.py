@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from transformers import DynamicCache
+from transformers import DynamicCache, PreTrainedModel
 
 from spi_align.core.records import billed
 from spi_align.hf.kv_cache import growing_cache
@@ -59,7 +59,7 @@ def positions_from_mask(attention_mask: torch.Tensor, new_tokens: int | None = N
 class BackboneRunner:
     """A transformers backbone (no LM head) fed new tokens on top of an optional KV cache."""
 
-    def __init__(self, module: torch.nn.Module, component: str | None = None) -> None:
+    def __init__(self, module: PreTrainedModel, component: str | None = None) -> None:
         self.module = module
         self.component = component
         """The `Cost.forward_tokens` component its forwards are billed to (None: the caller counts them itself)."""
@@ -81,8 +81,7 @@ class BackboneRunner:
         it. Without `cache` nothing is cached. Never requests every layer's hidden states. The new tokens the mask
         keeps are billed to `component` of the cost being timed, if any.
         """
-        cost = billed() if self.component is not None else None
-        if cost is not None:
+        if self.component is not None and (cost := billed()) is not None:
             cost.count_forward(self.component, int(attention_mask[:, -input_ids.shape[1] :].sum()))
         extra: dict[str, Any] = {}
         if self.takes_positions:

@@ -8,7 +8,7 @@ gathers the buffer, room included. `growing_cache` swaps them into a fresh `Dyna
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import DynamicCache
@@ -40,6 +40,7 @@ class GrowingLayer(DynamicLayer):
         """True when `keys` / `values` are still prefixes of the buffers."""
         if self.buffers is None or self.held() == 0:
             return False
+        assert self.keys is not None and self.values is not None  # held() > 0: both set by the last update
         keys, values = self.buffers
         return (
             self.keys.data_ptr() == keys.data_ptr()
@@ -54,11 +55,12 @@ class GrowingLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         held, new = self.held(), key_states.shape[-2]
-        if not self.in_buffers() or held + new > self.buffers[0].shape[-2]:
+        if self.buffers is None or not self.in_buffers() or held + new > self.buffers[0].shape[-2]:
             rows, heads, _, dim = key_states.shape
             keys = key_states.new_empty((rows, heads, held + new + self.room, dim))
             values = value_states.new_empty((rows, heads, held + new + self.room, value_states.shape[-1]))
             if held:
+                assert self.keys is not None and self.values is not None  # held() > 0
                 keys[..., :held, :] = self.keys
                 values[..., :held, :] = self.values
             self.buffers = (keys, values)
@@ -72,6 +74,7 @@ class GrowingLayer(DynamicLayer):
         if not self.in_buffers():
             super().reorder_cache(beam_idx)
             return
+        assert self.buffers is not None  # in_buffers() is False without buffers
         held = self.held()
         keys, values = (b.index_select(0, beam_idx.to(b.device)) for b in self.buffers)
         self.buffers = (keys, values)
@@ -86,5 +89,6 @@ def growing_cache(cache: DynamicCache, room: int = ROOM) -> DynamicCache:
     """`cache` with each plain `DynamicLayer` (none filled yet) replaced by a `GrowingLayer`."""
     cache.layers = [GrowingLayer(room) if type(layer) is DynamicLayer else layer for layer in cache.layers]
     if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:  # layers appended on first use
-        cache.layer_class_to_replicate = functools.partial(GrowingLayer, room)
+        # transformers types this attribute as a layer class but only ever calls it with no arguments: a factory
+        cache.layer_class_to_replicate = cast("type[DynamicLayer]", functools.partial(GrowingLayer, room))
     return cache

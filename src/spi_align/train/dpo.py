@@ -36,6 +36,7 @@ def preference_dataset(pairs: Sequence[PreferencePair], chat: bool) -> Any:
     included, `hf.chat.messages`) or plain text (the turns joined, `hf.chat.render`)."""
     from datasets import Dataset
 
+    rows: list[dict[str, Any]]
     if chat:
         rows = [
             {
@@ -111,6 +112,7 @@ def train_dpo(
         )
         result = trainer.train()
         history = [h for h in trainer.state.log_history if "loss" in h]
+    assert isinstance(trainer.model, PreTrainedModel)  # the model handed to the trainer (no PEFT wrapper)
     tuned = trainer.model.eval().requires_grad_(False)
     tuned.generation_config = copy.deepcopy(policy.generation_config)
     out = Path(out_dir)

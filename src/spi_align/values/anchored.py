@@ -299,7 +299,9 @@ def fit_anchored(
     residual = centred(final - partial, keys)  # centred per (prompt, length): any subset of prompts reads it as is
     fit_ids, choice_ids, held_ids = prompt_split(groups, seed)
     metrics.update({"choice_prompts": len(choice_ids), "heldout_prompts": len(held_ids)})
-    side = {g: name for name, ids in (("fit", fit_ids), ("choice", choice_ids), ("heldout", held_ids)) for g in ids}
+    side: dict[Hashable, str] = {
+        g: name for name, ids in (("fit", fit_ids), ("choice", choice_ids), ("heldout", held_ids)) for g in ids
+    }
     rows: dict[str, list[int]] = {"fit": [], "choice": [], "heldout": []}
     for j, (group, _) in enumerate(keys):
         rows[side[group]].append(j)

@@ -105,6 +105,7 @@ class HeadStack(nn.Module):
                 parts = [h.affine() for h in heads]
                 w = sum(wt * p[0] for wt, p in zip(self.weights, parts, strict=True))
                 b = sum(wt * p[1] for wt, p in zip(self.weights, parts, strict=True))
+            assert isinstance(w, torch.Tensor) and isinstance(b, torch.Tensor)  # heads is not empty
             self.fused = (w, b)
 
     def __len__(self) -> int:
