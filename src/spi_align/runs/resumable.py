@@ -15,9 +15,9 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from spi_align.runs.files import read_appended_jsonl
-from spi_align.core.records import Cost, Prompt
 from spi_align.core.interfaces import Search
+from spi_align.core.records import Cost, Prompt
+from spi_align.runs.files import read_appended_jsonl
 from spi_align.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
