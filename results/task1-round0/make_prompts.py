@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from spi_align.config import DataConfig
-from spi_align.data import load_prompts
+from spi_align.data.prompts import load_prompts
 
 
 def main(out: str) -> None:
