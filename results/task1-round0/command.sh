@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reproduces results/task1-round0 (issue 19's re-measurement): about 2 h 15 min on 2 CPU cores (tree rollouts of
-# 459 prompts ~55 min, prefix states ~15 min, evaluation of 146 prompts: sample, BoN-16, SPI-1 per diversity key).
+# Reproduces results/task1-round0 (issue 19's re-measurement): about 2 h 30 min on 2 CPU cores (tree rollouts of
+# 459 prompts, prefix states ~15 min, evaluation of 128 select prompts: sample, BoN-16, SPI-1 per diversity key).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 .venv/bin/python results/task1-round0/make_prompts.py runs/task1-prompts
