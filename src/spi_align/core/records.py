@@ -1,6 +1,8 @@
 """The data every layer passes around: `Prompt` in; `Candidate` and `SearchResult` out; `Cost`, the compute counted in
 every result (generated tokens, and the tokens every transformer forward computed, by component, so equal compute
-is checkable), with `billed()`, the cost being timed, for the code that runs forwards.
+is checkable), with `billed()`, the cost being timed, for the code that runs forwards; and `guidance_terms()` /
+`report_term`, through which value functions tell a search recording its tree (`SearchResult.trace`) the named
+terms of the guidance they sum.
 """
 
 from __future__ import annotations
@@ -155,12 +157,47 @@ class SearchResult:
     prompt: Prompt
     chosen: Candidate
     candidates: list[Candidate]
+    trace: dict[str, Any] | None = None
+    """The tree the search walked for this prompt (`spi_align.search.trace`: one entry per chunk, columns of ids
+    and floats), when it recorded one; None otherwise (plain sampling, best-of-N: the candidates are the record)."""
 
     def to_record(self) -> dict[str, Any]:
-        return {
+        record = {
             "id": self.prompt.id,
             "prompt": self.prompt.text,
             "response": self.chosen.text,
             "score": self.chosen.score,
             "candidates": [asdict(c) for c in self.candidates],
         }
+        return record if self.trace is None else {**record, "trace": self.trace}
+
+
+_TERMS: ContextVar[dict[str, tuple[float, Any]] | None] = ContextVar("spi_guidance_terms", default=None)
+
+
+@contextmanager
+def guidance_terms() -> Iterator[dict[str, tuple[float, Any]]]:
+    """Collect the named terms of the guidance computed inside the block, as the value functions report them
+    (`report_term`): name -> (weight, the term's unweighted values, one per row). A search recording its tree opens
+    this around its guidance call; value functions that sum several terms (V_0, V_1, the reward on partial
+    responses) report each, so the trace shows every value function's say, at no extra forward pass."""
+    terms: dict[str, tuple[float, Any]] = {}
+    token = _TERMS.set(terms)
+    try:
+        yield terms
+    finally:
+        _TERMS.reset(token)
+
+
+def reporting_terms() -> bool:
+    """True inside `guidance_terms()`: a value function that would compute a term only for the trace (a fused sum
+    taken apart) computes it only then."""
+    return _TERMS.get() is not None
+
+
+def report_term(name: str, weight: float, values: Any) -> None:
+    """Report one named term of the guidance being computed (its weight and its unweighted values, one per row) to
+    the `guidance_terms()` block around it; a no-op outside one."""
+    terms = _TERMS.get()
+    if terms is not None:
+        terms[name] = (float(weight), values)

@@ -13,6 +13,9 @@ early). The price is less diversity between siblings.
 
 Only the `Policy` protocol is used (`start`, `Rows.select`, `extend`), as the beam search does, so this runs on
 every backend (transformers keeps each prefix's KV cache; vLLM's prefix cache finds the shared blocks).
+
+With `trace` on (the default) the tree is recorded per prompt in `SearchResult.trace` (`search/trace.py`): every
+branch's chunk, which leaves ended how; nothing guides or scores here, so values and scores are None.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from spi_align.core.interfaces import Policy
 from spi_align.core.records import Cost, Prompt, SearchResult
 from spi_align.core.rows import GenerationSettings
 from spi_align.search.candidates import pick_best, rows_to_candidates
+from spi_align.search.trace import TreeTrace
 
 
 def branch_index(ended: torch.Tensor, branches: int) -> torch.Tensor:
@@ -41,7 +45,7 @@ class TreeSampling:
     """Round-0 rollouts as a sampling tree: `branches[j]` continuations of each live row at chunk boundary j·L,
     every leaf sampled to the end and kept as a candidate (the first is the answer; none is scored here)."""
 
-    def __init__(self, policy: Policy, branches: Sequence[int], chunk: int) -> None:
+    def __init__(self, policy: Policy, branches: Sequence[int], chunk: int, trace: bool = True) -> None:
         branches = [int(b) for b in branches]
         if not branches:
             raise SpiError("tree rollouts need at least one branching factor (spi.tree is empty)")
@@ -53,6 +57,8 @@ class TreeSampling:
         self.branches = branches
         self.chunk = chunk
         self.name = "tree-" + "x".join(str(b) for b in branches)
+        self.trace = trace
+        """Record each prompt's tree in `SearchResult.trace` (no extra forward pass)."""
 
     @property
     def leaves(self) -> int:
@@ -61,10 +67,23 @@ class TreeSampling:
 
     def run(self, prompts: Sequence[Prompt], cost: Cost, gen: GenerationSettings | None = None) -> list[SearchResult]:
         policy = self.policy
+        trace = TreeTrace(len(prompts)) if self.trace else None
         rows = policy.start(prompts, cost, gen)
+        node = [-1] * rows.size  # each row's node in its prompt's trace
         last = len(self.branches) - 1
         for j, b in enumerate(self.branches):
             ended = rows.done | (rows.length >= rows.max_new_tokens)
-            rows = rows.select(branch_index(ended, b))
-            rows = policy.extend(rows, self.chunk if j < last else rows.max_new_tokens, cost)
-        return pick_best(prompts, rows_to_candidates(policy, rows))
+            index = branch_index(ended, b)
+            if trace is not None and j > 0:
+                live = (~ended).nonzero().squeeze(1).tolist()
+                trace.keep(rows.prompt_index[live].tolist(), [node[i] for i in live])
+            node = [node[i] for i in index.tolist()]
+            rows = policy.extend(rows.select(index), self.chunk if j < last else rows.max_new_tokens, cost)
+            if trace is not None:
+                node = trace.grow(rows.prompt_index.tolist(), node, rows.response.cpu(), rows.length.tolist())
+        pool = rows_to_candidates(policy, rows)
+        results = pick_best(prompts, pool)
+        if trace is not None:
+            trace.end([p for p, _ in pool], node, [c.finished for _, c in pool])
+            trace.attach(results, policy.tokenizer)
+        return results

@@ -8,6 +8,9 @@ When the pair reads the policy's tokens the same way (`values.tokenizers.same_to
 tokenizer with itself) the policy's token ids are scored directly on the pair's own KV caches
 (`CachedImplicitGuide`). Otherwise each partial response is decoded to text and re-tokenised by the pair, the
 whole prefix every step (the prompts come from `rows.prompts`).
+
+The beam search records its tree as every chunk search does (`trace`, `search/trace.py`), the guidance being the
+pair's implicit reward of each partial response.
 """
 
 from __future__ import annotations
@@ -63,6 +66,15 @@ class WeakToStrongSearch:
         self.beam = ChunkBeamSearch(
             policy, self.guide, reward, width, successors, chunk, selection, temperature, name=self.name
         )
+
+    @property
+    def trace(self) -> bool:
+        """Whether the beam search records its tree (`ChunkBeamSearch.trace`)."""
+        return self.beam.trace
+
+    @trace.setter
+    def trace(self, on: bool) -> None:
+        self.beam.trace = on
 
     def run(self, prompts: Sequence[Prompt], cost: Cost, gen: GenerationSettings | None = None) -> list[SearchResult]:
         return self.beam.run(prompts, cost, gen)

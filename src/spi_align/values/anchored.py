@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from spi_align.core.records import report_term, reporting_terms
 from spi_align.data.prompts import prompt_split
 from spi_align.scoring.ranking import PromptSpearman, centred, differing_pairs, prompt_spearman
 from spi_align.scoring.reward_model import head_values
@@ -370,16 +371,26 @@ class AnchoredGuide:
 
     @torch.no_grad()
     def __call__(self, rows: Any) -> torch.Tensor:
+        """Σ_i w_i V_i; each round's V_i = R_t + α_i(t) u_i(e_t) is also reported to a trace being recorded."""
         if not self.learned and not isinstance(self.anchor, torch.nn.Linear):
-            return self.total_weight * self.anchor(rows).float()
+            anchor = self.anchor(rows).float()
+            self._report(anchor, [None] * len(self.values))
+            return self.total_weight * anchor
         closed = self.policy.peek_end_hidden(rows)
         if isinstance(self.anchor, torch.nn.Linear):
             anchor = head_values(self.anchor, closed)
         else:
             anchor = self.anchor(rows).to(closed.device).float()
-        terms = (
-            (weight, value(closed, rows.length))
+        residuals = [
+            value(closed, rows.length) if weight != 0 and value.learned else None
             for value, weight in zip(self.values, self.weights, strict=True)
-            if weight != 0 and value.learned
-        )
+        ]
+        self._report(anchor, residuals)
+        terms = ((w, r) for w, r in zip(self.weights, residuals, strict=True) if r is not None)
         return weighted_total(terms, self.total_weight * anchor)
+
+    def _report(self, anchor: torch.Tensor, residuals: Sequence[torch.Tensor | None]) -> None:
+        if not reporting_terms():
+            return
+        for i, (weight, residual) in enumerate(zip(self.weights, residuals, strict=True)):
+            report_term(f"V_{i}", weight, anchor if residual is None else anchor + residual.to(anchor.device).float())

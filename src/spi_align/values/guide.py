@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from spi_align.core.errors import SpiError
+from spi_align.core.records import report_term
 from spi_align.core.rows import Rows
 from spi_align.hf.batches import pad_batch
 from spi_align.hf.side_cache import SideCache, row_state
@@ -60,7 +61,10 @@ class ValueModelGuide:
         total = torch.zeros(rows.size, device=rows.length.device)
         for (lead, members), incremental in zip(self.groups, self.incremental, strict=True):
             hidden = self._incremental(lead, rows) if incremental else self._reencoded(lead, rows)
-            total = weighted_total(((self.weights[i], self.models[i].value(hidden)) for i in members), total)
+            for i in members:
+                value = self.models[i].value(hidden)
+                report_term(f"V_{i}", self.weights[i], value)  # to a trace being recorded, if any
+                total = weighted_total([(self.weights[i], value)], total)
         return total
 
     # --- same tokenizer: own KV cache -----------------------------------------------------------------------

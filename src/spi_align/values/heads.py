@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from spi_align.core.records import report_term, reporting_terms
+
 HeadKind = Literal["linear", "mlp"]
 
 
@@ -113,10 +115,17 @@ class HeadStack(nn.Module):
 
     @torch.no_grad()
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Σ_i weight_i V_i(h); each V_i is also reported to a trace being recorded (`report_term`), a fused sum
+        taken apart for it (extra mat-vecs, only then)."""
+        values = None
+        if self.fused is None or reporting_terms():
+            values = [head.to(hidden.device)(hidden) for head in self.heads]
+            for i, (weight, value) in enumerate(zip(self.weights, values, strict=True)):
+                report_term(f"V_{i}", weight, value)
         if self.fused is not None:
             w, b = self.fused
             return hidden.float() @ w.to(hidden.device) + b.to(hidden.device)
-        terms = (
-            (weight, head.to(hidden.device)(hidden)) for weight, head in zip(self.weights, self.heads, strict=True)
+        assert values is not None
+        return weighted_total(
+            zip(self.weights, values, strict=True), torch.zeros(hidden.shape[:-1], device=hidden.device)
         )
-        return weighted_total(terms, torch.zeros(hidden.shape[:-1], device=hidden.device))

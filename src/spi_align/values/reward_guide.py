@@ -17,6 +17,7 @@ import torch
 
 from spi_align.core.errors import SpiError
 from spi_align.core.interfaces import Policy, Scorer, ValueFunction
+from spi_align.core.records import report_term
 from spi_align.core.rows import Rows
 from spi_align.scoring.finite import finite_scores
 from spi_align.scoring.reward_model import head_values
@@ -26,6 +27,9 @@ from spi_align.values.heads import weighted_total
 
 class RowPartialReward:
     """`value(rows) -> (R,)`: the reward head on the state after each partial response + end-of-turn token."""
+
+    term = "R_partial"
+    """Its name in a recorded trace's guidance terms (`WeightedSum` reports it)."""
 
     def __init__(self, reward: PolicyHeadReward) -> None:
         if not reward.from_rows:
@@ -40,6 +44,9 @@ class RowPartialReward:
 
 class TextPartialReward:
     """`value(rows) -> (R,)`: the scorer on (prompt, decoded partial response) of every row, one batched call."""
+
+    term = "R_partial"
+    """Its name in a recorded trace's guidance terms (`WeightedSum` reports it)."""
 
     def __init__(self, reward: Scorer, policy: Policy) -> None:
         self.reward, self.policy = reward, policy
@@ -67,8 +74,13 @@ class WeightedSum:
         self.parts = [(float(w), f) for w, f in parts if f is not None and w != 0]
 
     def __call__(self, rows: Rows) -> torch.Tensor:
-        terms = ((weight, value(rows)) for weight, value in self.parts)
-        return weighted_total(terms, torch.zeros(rows.size, device=rows.length.device))
+        total = torch.zeros(rows.size, device=rows.length.device)
+        for weight, value in self.parts:
+            values = value(rows)
+            if hasattr(value, "term"):  # a named term for a trace being recorded (the others report their own)
+                report_term(value.term, weight, values)
+            total = weighted_total([(weight, values)], total)
+        return total
 
 
 def weighted_sum(parts: Sequence[tuple[float, ValueFunction | None]]) -> ValueFunction:
