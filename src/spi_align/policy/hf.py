@@ -189,8 +189,10 @@ class HFPolicy(ChatPrompts):
     @torch.no_grad()
     def peek_end_hidden(self, rows: Rows) -> torch.Tensor:
         """Hidden states (R, H) each row would have after the end-of-turn token, without ending any row: rows not
-        yet done are fed the end token in one forward, then the KV cache is cropped back (a view, no copy) and the
-        attention mask left as it was, so generation goes on exactly as if nothing had been fed.
+        yet done are fed the end token in one forward of the backbone (no logits: the LM head is never run), then the
+        KV cache is cropped back (a view, no copy, sliding-window layers included, past their window too:
+        `hf.kv_cache.GrowingSlidingLayer`) and the attention mask left as it was, so generation goes on exactly as if
+        nothing had been fed.
 
         Peeking again at the same rows in the same state (the anchored values and `spi.reward_guide`'s partial reward
         both read these states in one chunk) returns the first peek's states without a forward: the rows are the
