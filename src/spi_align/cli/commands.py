@@ -152,6 +152,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from spi_align.experiment.inspect_page import inspect_run
+
+    path = inspect_run(args.run, args.method, args.out)
+    console.print(f"{path} ({path.stat().st_size / 1e6:.2f} MB; open it in a browser)", markup=False)
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from spi_align.experiment.sweep import run_sweep
 

@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", type=_names, help="comma-separated methods to export (default: all)")
     p.add_argument("--out", help="output folder (default: RUN/alpaca_eval)")
 
+    p = sub.add_parser(
+        "inspect", help="one self-contained HTML page of a finished run's search trees, prompt by prompt"
+    )
+    p.add_argument("run", help="a finished `spi run` directory")
+    p.add_argument("--method", help="the method to show (default: the run's last spi-k)")
+    p.add_argument("--out", help="the HTML file to write (default: RUN/inspect-<method>.html)")
+
     p = sub.add_parser("sweep", help="a grid of `spi run` configs, cached by config hash; Table 1/3 and Fig 4/5")
     p.add_argument("spec", help="sweep spec YAML (base config + grid; see spi_align.experiment.sweep)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and which are cached; run nothing")

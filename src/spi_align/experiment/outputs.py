@@ -1,7 +1,8 @@
 """A finished run directory's answers: which methods it evaluated and what each one answered, prompt by prompt.
 
 `spi run` saves each evaluated method's choices as `eval-<method>.jsonl` (one record per eval prompt: id, prompt,
-response, candidates). The judge and the AlpacaEval export read them from here, and need nothing else.
+response, candidates, and the tree a search recorded, `trace`, in the same line). The judge, the AlpacaEval export
+and `spi inspect` read them from here, and need nothing else.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from spi_align.core.errors import SpiError
 from spi_align.runs.files import read_appended_jsonl
@@ -57,14 +59,18 @@ def pick_methods(run: Path, wanted: list[str] | None) -> list[str]:
 
 
 def load_answers(run: Path, method: str) -> list[Answer]:
-    """The method's answers in saved order (one per prompt id; a resumed run's duplicates keep the first). A run
-    still being written may end in a torn line: it is left out, as a resume would drop it."""
+    """The method's answers in saved order (`load_records`)."""
+    return [Answer(id=str(r["id"]), instruction=r["prompt"], output=r["response"]) for r in load_records(run, method)]
+
+
+def load_records(run: Path, method: str) -> list[dict[str, Any]]:
+    """The method's whole records (candidates, and the search's `trace` when it recorded one) in saved order, one
+    per prompt id (a resumed run's duplicates keep the first). A run still being written may end in a torn line: it
+    is left out, as a resume would drop it."""
     path = run / f"{EVAL_PREFIX}{method}.jsonl"
     if not path.is_file():
         raise SpiError(f"{run} has no method {method} (it has {', '.join(list_methods(run))})")
-    seen: dict[str, Answer] = {}
+    seen: dict[str, dict[str, Any]] = {}
     for record in read_appended_jsonl(path)[0]:
-        rid = str(record["id"])
-        if rid not in seen:
-            seen[rid] = Answer(id=rid, instruction=record["prompt"], output=record["response"])
+        seen.setdefault(str(record["id"]), record)
     return list(seen.values())

@@ -210,9 +210,23 @@ def _column_rank(stem: str) -> int:
 
 
 def value_tables(values: dict[int, dict[str, Any]]) -> str:
-    """Two markdown tables of the rounds' value metrics: one row per (round, prefix length) with a column per
+    """Two markdown tables of the rounds' value metrics (`value_table_rows`), with their legend."""
+    (by_length, rows), (fact_headers, fact_rows) = value_table_rows(values)
+    text = "## Value functions\n\n" + VALUE_LEGEND + "\n\n"
+    if rows:
+        text += markdown_table(by_length, rows) + "\n"
+    if fact_rows:
+        text += markdown_table(fact_headers, fact_rows)
+    return text
+
+
+Table = tuple[list[str], list[list[object]]]
+
+
+def value_table_rows(values: dict[int, dict[str, Any]]) -> tuple[Table, Table]:
+    """The rounds' value metrics as two tables (headers, rows): one row per (round, prefix length) with a column per
     figure measured at a length (`<figure>_at_<length>`), and one row per round with the rest (counts, chosen
-    settings); `UNDEFINED` where a figure is missing or undefined."""
+    settings; no rows when there is none); `UNDEFINED` where a figure is missing or undefined."""
     stems: dict[str, None] = {}
     facts: dict[str, None] = {}
     by_length: dict[int, dict[int | str, dict[str, Any]]] = {}
@@ -231,14 +245,8 @@ def value_tables(values: dict[int, dict[str, Any]]) -> str:
         for k, lengths in sorted(by_length.items())
         for t in sorted(lengths, key=lambda t: (t == "end", t if isinstance(t, int) else 0))
     ]
-    text = "## Value functions\n\n" + VALUE_LEGEND + "\n\n"
-    if rows:
-        text += markdown_table(["round", "length", *columns], rows) + "\n"
-    if facts:
-        text += markdown_table(
-            ["round", *facts], [[f"V_{k}", *[_figure(m.get(f)) for f in facts]] for k, m in sorted(values.items())]
-        )
-    return text
+    fact_rows = [[f"V_{k}", *[_figure(m.get(f)) for f in facts]] for k, m in sorted(values.items())] if facts else []
+    return (["round", "length", *columns], rows), (["round", *facts], fact_rows)
 
 
 def reward_model_table(metrics: dict[str, Any]) -> str:
