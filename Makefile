@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SPI := $(VENV)/bin/spi
 STAMP := $(VENV)/.spi-installed
 
-.PHONY: setup assets demo test lint clean
+.PHONY: setup assets browser demo test lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
@@ -31,7 +31,18 @@ assets: setup
 demo: assets
 	$(SPI) demo
 
-test: assets
+# The browser test (tests/test_inspect_browser.py) drives Debian's chromium headless: installed with apt-get when it
+# is missing and apt is there (as root, or through sudo).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then \
+	  if ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "chromium is missing and apt-get is not here: install chromium for the browser test"; \
+	  elif [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+	  elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -q && sudo apt-get install -y -q chromium; \
+	  else echo "chromium is missing: apt-get install -y chromium (as root) for the browser test"; fi; \
+	fi
+
+test: assets browser
 	$(PY) -m pytest -q
 
 lint: setup
