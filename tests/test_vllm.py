@@ -1,9 +1,11 @@
-"""The vLLM backend (`policy.backend: vllm`): the same searches as on transformers, prefixes read from vLLM's cache.
+"""The vLLM backend (`policy.backend: vllm`): the same searches as on transformers, prefixes read from vLLM's cache,
+and the policy's hidden states read from its state engine (a pooling engine on the same weights).
 
 Sampled tokens cannot match across backends (each draws from its own generator), so equality with the transformers
-backend is checked under greedy decoding; sampling is checked for reproducibility under `reseed`. Starting an engine
-takes about a minute on CPU: the tiny model's engine is started once for the classes that need it, the default
-model's once for its slow class. Every test that needs vLLM skips with the reason when it is not installed.
+backend is checked under greedy decoding, or on rows sampled on vLLM and fed to the transformers policy as forced
+tokens; sampling is checked for reproducibility under `reseed`. The tiny model's engines are started once for the
+tests that need them, the default model's once for its slow test. Every test that needs vLLM skips with the reason
+when it is not installed (tests/test_vllm_engine_args.py runs without it).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from spi_align.core.errors import SpiError
 from spi_align.core.interfaces import HiddenStatePolicy, hidden_state_policy
 from spi_align.core.records import Cost, Prompt
 from spi_align.policy import HFPolicy, load_policy
+from spi_align.policy.vllm import VLLMPolicy, VLLMStatePolicy
 from spi_align.runs.resumable import run_method
 from spi_align.runs.rundir import RunDir
 from spi_align.search import BestOfN, TreeSampling
@@ -51,7 +54,8 @@ class DistinctCharacters:
 
 
 def engine_settings(**extra: Any) -> VLLMConfig:
-    """A small CPU engine: eager (no compilation), 32-token blocks, 256 MiB of KV cache."""
+    """A small CPU engine: eager (no compilation), 32-token blocks, 256 MiB of KV cache (the state engine 128)."""
+    extra = {"state_engine": {"kv_cache_memory_bytes": 128 << 20}, **extra}
     return VLLMConfig(enforce_eager=True, block_size=BLOCK, kv_cache_memory_bytes=256 << 20, **extra)
 
 
@@ -70,12 +74,15 @@ def start_engine(model: str, max_new_tokens: int, **settings: Any) -> Any:
 
 
 def stop_engine(policy: Any) -> None:
+    """Stop the policy's engines (the generation engine, and the state engine when it started)."""
     if policy not in LIVE:
         return
     from vllm.distributed import cleanup_dist_env_and_memory
 
     LIVE.remove(policy)
     del policy.llm
+    if isinstance(policy, VLLMStatePolicy):
+        policy.states.llm = None
     gc.collect()
     cleanup_dist_env_and_memory()
 
@@ -158,7 +165,7 @@ def hf_twin(tiny_model_dir: Path) -> HFPolicy:
     return HFPolicy(model, AutoTokenizer.from_pretrained(tiny_model_dir), GenerationConfig(max_new_tokens=24))
 
 
-def test_rows_are_prompt_token_ids_without_hidden_states(vllm_policy: Any, hf_twin: HFPolicy) -> None:
+def test_rows_are_prompt_token_ids_with_states_read_on_demand(vllm_policy: Any, hf_twin: HFPolicy) -> None:
     rows = vllm_policy.start(PROMPTS, Cost())
     assert rows.prompt_tokens == hf_twin.start(PROMPTS, Cost()).prompt_tokens  # same chat template, same ids
     assert rows.hidden is None and rows.cache is None and rows.next_logits is None
@@ -292,16 +299,133 @@ def test_outputs_in_the_run_format(vllm_policy: Any, hf_twin: HFPolicy, tmp_path
     assert written["vllm"][1]["cost"].keys() == written["hf"][1]["cost"].keys()
 
 
-def test_hidden_state_guidance_refuses_in_one_line(vllm_policy: Any) -> None:
+def test_without_hidden_states_guidance_that_reads_them_refuses_in_one_line(vllm_policy: Any) -> None:
+    """`policy.vllm.hidden_states: false`: the policy on the same engine, no state engine."""
+    stateless = VLLMPolicy(vllm_policy.llm, vllm_policy.tokenizer, vllm_policy.gen, None)
     with pytest.raises(SpiError, match="spi.value=model") as err:
-        make_value_kind(vllm_policy, SPIConfig(value="heads"), "tiny", 0)
+        make_value_kind(stateless, SPIConfig(value="heads"), "tiny", 0)
     assert "\n" not in str(err.value)
-    assert not isinstance(vllm_policy, HiddenStatePolicy)
+    assert not isinstance(stateless, HiddenStatePolicy)
     with pytest.raises(SpiError, match="reward on partial text"):
-        hidden_state_policy(vllm_policy, "the reward head on partial responses' states")
-    with pytest.raises(SpiError, match="policy.backend=hf"):
-        hidden_state_policy(vllm_policy, "a model on the policy's own backbone")
-    assert make_value_kind(vllm_policy, SPIConfig(value="model"), "tiny", 0).name == "model"
+        hidden_state_policy(stateless, "the reward head on partial responses' states")
+    with pytest.raises(SpiError, match="policy.vllm.hidden_states=true"):
+        hidden_state_policy(stateless, "a model on the policy's own backbone")
+    assert make_value_kind(stateless, SPIConfig(value="model"), "tiny", 0).name == "model"
+    assert isinstance(vllm_policy, HiddenStatePolicy)
+    assert make_value_kind(vllm_policy, SPIConfig(value="heads"), "tiny", 0).name == "heads"
+
+
+class Forced:
+    """A token sampler for the transformers policy that returns given tokens: column k of `tokens` at step k."""
+
+    def __init__(self, tokens: torch.Tensor) -> None:
+        self.tokens, self.step = tokens, 0
+
+    def __call__(self, logits: torch.Tensor, generator: Any) -> torch.Tensor:
+        self.step += 1
+        return self.tokens[:, self.step - 1].to(logits.device)
+
+
+def fixed_candidates(vllm_policy: Any, hf_twin: HFPolicy, tokens: int = 8) -> tuple[Any, Any]:
+    """The same 12 candidate rows on both backends (4 per prompt, `tokens` sampled tokens each, row 0 ended by the
+    end-of-turn token at its 4th): sampled on vLLM, then fed to the transformers policy as forced tokens."""
+    vllm_policy.gen = hf_twin.gen = GenerationConfig(max_new_tokens=24)
+    vllm_policy.reseed(5)
+    index = torch.arange(len(PROMPTS)).repeat_interleave(4)
+    rows = vllm_policy.extend(vllm_policy.start(PROMPTS, Cost()).select(index), tokens, Cost())
+    rows.response[0, 3], rows.response[0, 4:] = vllm_policy.end_id, vllm_policy.pad_id
+    rows.length[0], rows.done[0] = 4, True
+    rows.hidden = None
+    hf_twin.sampler = Forced(rows.response)
+    theirs = hf_twin.extend(hf_twin.start(PROMPTS, Cost()).select(index), tokens, Cost())
+    assert theirs.token_lists() == rows.token_lists() and theirs.done.tolist() == rows.done.tolist()
+    assert len({tuple(t) for t in rows.token_lists()}) == 12  # sampled: every candidate differs
+    return rows, theirs
+
+
+def test_states_equal_the_transformers_backends(vllm_policy: Any, hf_twin: HFPolicy) -> None:
+    """The state after each row's last token, the peeked state after the end token and the end state of rows cut
+    short, read from the state engine, equal the transformers policy's on the same rows; a second read of the same
+    rows computes only what the state engine had not cached."""
+    ours, theirs = fixed_candidates(vllm_policy, hf_twin)
+    cost = Cost()
+    with cost.timer("value"):
+        last = vllm_policy.last_hidden(ours)
+        assert vllm_policy.last_hidden(ours) is last  # kept in the rows until they are extended
+        peeked = vllm_policy.peek_end_hidden(ours)
+    torch.testing.assert_close(last, hf_twin.last_hidden(theirs).float(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(peeked, hf_twin.peek_end_hidden(theirs).float(), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(peeked[1:], last[1:], atol=1e-3)  # the end token moves the state of unfinished rows
+    torch.testing.assert_close(peeked[0], last[0])  # a row that ended itself is read as it is
+    assert cost.forward_tokens["peek"] > 0
+    cut = torch.tensor([1, 5, 9])
+    ended = vllm_policy.end_hidden(ours, cut, Cost())
+    torch.testing.assert_close(ended, hf_twin.end_hidden(theirs, cut, Cost()).float(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ended, peeked[cut], atol=1e-5, rtol=1e-5)
+    assert ours.done[cut].all() and ours.done.tolist() == theirs.done.tolist()
+
+    before = copy.copy(vllm_policy.states.prefix_cache)
+    rows = vllm_policy.extend(ours.select(torch.tensor([2, 3])), 4, Cost())
+    assert rows.hidden is None  # extended: the states are read again
+    vllm_policy.last_hidden(rows)
+    after = vllm_policy.states.prefix_cache
+    computed = after.computed_tokens - before.computed_tokens
+    assert after.requests - before.requests == 2 and computed <= 2 * (BLOCK + 4)  # not the whole prefixes
+
+
+def test_guidance_and_parents_equal_the_transformers_backends(vllm_policy: Any, hf_twin: HFPolicy) -> None:
+    """On the same candidate rows, the anchored values (a reward head on the peeked states plus a learned residual)
+    and value heads on the last states give the transformers backend's values, and the search keeps the same
+    parents."""
+    from spi_align.values.anchored import AnchoredGuide, AnchoredValue
+    from spi_align.values.heads import HeadStack, ValueHead
+    from spi_align.values.kinds import HiddenStateValue
+
+    ours, theirs = fixed_candidates(vllm_policy, hf_twin)
+    hidden = vllm_policy.hidden_size
+    assert hidden == hf_twin.hidden_size
+    torch.manual_seed(3)
+    reward_head, head = torch.nn.Linear(hidden, 1), ValueHead(hidden).eval()
+    residual = AnchoredValue(ValueHead(hidden).eval(), [4], [0.5])
+    for policy, rows in ((vllm_policy, ours), (hf_twin, theirs)):
+        anchored = AnchoredGuide(policy, reward_head, [residual], [1.0])
+        heads = HiddenStateValue(HeadStack([head], [1.0]), policy)
+        search = ChunkBeamSearch(policy, anchored, DistinctCharacters(), width=2, successors=2, chunk=8)
+        found = []
+        for guide in (anchored, heads):
+            values = guide(rows).float().cpu()
+            parents = []
+            for p in range(len(PROMPTS)):
+                members = torch.arange(4) + 4 * p
+                keys = search.keys(rows.response[members].cpu(), torch.zeros(4, dtype=torch.long))
+                parents.append(members[search.choose(values[members], keys)].tolist())
+            found.append((values, parents))
+        if policy is vllm_policy:
+            expected = found
+    for (values, parents), (theirs_values, theirs_parents) in zip(expected, found, strict=True):
+        torch.testing.assert_close(values, theirs_values, atol=1e-4, rtol=1e-4)
+        assert parents == theirs_parents
+        assert values.std() > 1e-2  # the values differ between candidates: the choice is not a tie
+
+
+def test_starting_the_state_engine_leaves_the_sampled_tokens_unchanged(vllm_policy: Any, tiny_model_dir: Path) -> None:
+    """vLLM reseeds the global generators when an engine starts in this process; a state engine started between two
+    samples (as a run's first state read does, wherever it falls) leaves the second sample as it was."""
+    from spi_align.policy.vllm import StateEngine, state_engine
+
+    vllm_policy.gen = GenerationConfig(max_new_tokens=8)
+    cfg = PolicyConfig(model=str(tiny_model_dir), backend="vllm", dtype="float32", vllm=engine_settings())
+    fresh = StateEngine(lambda: state_engine(cfg, str(tiny_model_dir)), torch.device("cpu"))
+    draws = []
+    for start in (False, True):
+        vllm_policy.reseed(11)
+        first = vllm_policy.sample(PROMPTS, 2, Cost())
+        if start:
+            fresh(first.prompt_tokens)  # starts the engine
+        draws.append((first.token_lists(), vllm_policy.sample(PROMPTS, 2, Cost()).token_lists()))
+    fresh.llm = None
+    gc.collect()
+    assert draws[0] == draws[1]
 
 
 def test_prompt_beyond_the_engine_context_is_refused(vllm_policy: Any) -> None:
@@ -351,11 +475,66 @@ def test_bench_times_both_backends_side_by_side(tiny_vllm: Any, tiny_model_dir: 
     assert "vllm:bon-4" in (tmp_path / "bench" / "bench.md").read_text()
 
 
+def test_spi_run_with_anchored_values_and_a_trained_reward_runs_on_vllm(
+    capsys: pytest.CaptureFixture, tiny_vllm: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The default recipe (`configs/demo.yaml`: reward: train, anchored values) through `spi run` on
+    `policy.backend=vllm`, shrunk to 2 prompts and 8 new tokens: the reward head is trained on the policy's states,
+    round 0's value is fitted, and the search reads the states from the state engine (peek forward tokens)."""
+    import json
+
+    from vllm.distributed import cleanup_dist_env_and_memory
+
+    from spi_align.cli import main
+
+    stop_engine(tiny_vllm)  # the run starts its own engines
+    root = Path(__file__).resolve().parents[1]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Question {i}: name a colour."}) + "\n" for i in range(2)))
+    overrides = [
+        f"policy.model={tiny_model_dir}",
+        "policy.backend=vllm",
+        "policy.device=cpu",
+        "policy.vllm.enforce_eager=true",
+        f"policy.vllm.block_size={BLOCK}",
+        f"policy.vllm.kv_cache_memory_bytes={256 << 20}",
+        f"policy.vllm.state_engine.kv_cache_memory_bytes={128 << 20}",
+        f"run_dir={tmp_path}",
+        f"data.prompts={prompts}",
+        f"evaluator={root / 'tests' / 'mocks' / 'scorers.py'}:vowel_share",
+        "generation.max_new_tokens=8",
+        "data.batch_size=2",
+        "spi.chunk=4",
+        "spi.width=2",
+        "spi.successors=2",
+        "spi.tree=[2,2]",
+        "spi.rounds=1",
+    ]
+    try:
+        code = main(["run", str(root / "configs" / "demo.yaml"), *overrides])
+    finally:
+        gc.collect()
+        cleanup_dist_env_and_memory()
+    assert code == 0, capsys.readouterr().err
+    run = tmp_path / "demo"
+    config = (run / "config.yaml").read_text()
+    assert "reward: train" in config and "value: anchored" in config and "backend: vllm" in config
+    assert (run / "reward_model" / "spi_reward.json").is_file()  # the reward head, trained on the policy's states
+    results = json.loads((run / "results.json").read_text())["results"]
+    assert {"bon-4", "spi-1"} <= set(results)
+    spi = json.loads((run / "eval-spi-1.cost.json").read_text())["cost"]
+    assert spi["forward_tokens"]["peek"] > 0  # the anchored values read the peeked states on vLLM
+    records = [json.loads(line) for line in (run / "eval-spi-1.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(0 < c["num_tokens"] <= 8 for r in records for c in r["candidates"])
+
+
 # The embedded default (SmolLM2): its own engine, started after the tiny one is stopped.
 
 
 @pytest.mark.slow
-def test_default_model_greedy_matches_hf(smol_policy_dir: Path) -> None:
+def test_default_model_greedy_and_states_match_hf(smol_policy_dir: Path) -> None:
+    """SmolLM2 on both backends: the same greedy tokens and log-probs, and the same states (last token, and after
+    the end token) read from vLLM's state engine."""
     from spi_align.policy.hf import load_hf_policy
 
     gen = greedy(32)
@@ -367,5 +546,10 @@ def test_default_model_greedy_matches_hf(smol_policy_dir: Path) -> None:
         theirs = hf.sample(PROMPTS[:2], 1, Cost())
         assert ours.token_lists() == theirs.token_lists()
         torch.testing.assert_close(ours.logprob, theirs.logprob, rtol=1e-3, atol=1e-3)
+        ours = policy.extend(policy.start(PROMPTS[:2], Cost()), 12, Cost())
+        theirs = hf.extend(hf.start(PROMPTS[:2], Cost()), 12, Cost())
+        assert ours.token_lists() == theirs.token_lists() and not bool(ours.done.any())
+        for read in ("last_hidden", "peek_end_hidden"):
+            torch.testing.assert_close(getattr(policy, read)(ours), getattr(hf, read)(theirs), rtol=1e-3, atol=1e-3)
     finally:
         stop_engine(policy)

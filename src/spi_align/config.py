@@ -14,13 +14,18 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from spi_align.core.errors import SpiError
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+ENGINE_FIXED = ("model", "runner", "convert", "pooler_config", "skip_tokenizer_init")
+"""`vllm.LLM` arguments the vLLM backend sets itself on its engines (`policy.vllm.extra` and `state_engine`
+cannot)."""
 
 
 class VLLMConfig(Section):
@@ -35,7 +40,8 @@ class VLLMConfig(Section):
     """Engine replicas. vLLM's offline engine supports more than 1 only under an external launcher (torchrun,
     `distributed_executor_backend: external_launcher`); otherwise run one process per prompt shard."""
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    """Share of each GPU's memory vLLM takes for weights, activations and the paged KV cache."""
+    """Share of each GPU's memory vLLM takes for weights, activations and the paged KV cache. The state engine
+    (`hidden_states`) takes its own share on the same GPUs: lower this one or set its share in `state_engine`."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     """Weights and activations dtype of the engine; None = `policy.dtype`. bfloat16 on GPUs."""
     max_model_len: int | None = Field(None, gt=0)
@@ -54,21 +60,45 @@ class VLLMConfig(Section):
     """KV-cache size in bytes (overrides `gpu_memory_utilization`; on CPUs the cache's size)."""
     extra: dict[str, Any] = {}
     """Any other `vllm.LLM` / engine argument, passed as is (e.g. {quantization: fp8, max_num_seqs: 1024})."""
+    hidden_states: bool = True
+    """Expose the policy's hidden states (what value heads, anchored values and the reward head read): each row's
+    last-token state and its state after the end-of-turn token come from a second engine on the same weights, vLLM's
+    pooling runner (last-token pooling, no normalisation, prefix caching on), started on the first read. Passes that
+    run the policy's backbone on whole texts (round 0's teacher-forced prefix states, the reward head's text scores)
+    use a transformers copy of the weights, loaded on first use. False: no states; guidance that reads them then
+    refuses in one line."""
+    state_engine: dict[str, Any] = {}
+    """Engine arguments of that state engine that differ from the generation engine's (every setting above and
+    `extra` go to both): e.g. {gpu_memory_utilization: 0.3} so that both engines fit on the GPUs, or
+    {kv_cache_memory_bytes: 268435456} on CPUs. What makes it a state engine (model, runner, convert, pooler_config)
+    is not settable."""
+
+    @field_validator("extra", "state_engine")
+    @classmethod
+    def _roles_stay_fixed(cls, value: dict[str, Any]) -> dict[str, Any]:
+        fixed = sorted(set(value) & set(ENGINE_FIXED))
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)} cannot be set here: the vLLM backend sets it on its engines")
+        return value
 
     def engine_kwargs(self, default_dtype: str) -> dict[str, Any]:
-        """Keyword arguments for `vllm.LLM`: every setting that is not None, then `extra`."""
-        kwargs = self.model_dump(exclude={"extra"}, exclude_none=True)
+        """Keyword arguments for `vllm.LLM`: every engine setting that is not None, then `extra`."""
+        kwargs = self.model_dump(exclude={"extra", "hidden_states", "state_engine"}, exclude_none=True)
         kwargs["dtype"] = self.dtype or default_dtype
         return {**kwargs, **self.extra}
+
+    def state_engine_kwargs(self, default_dtype: str) -> dict[str, Any]:
+        """Keyword arguments for the state engine's `vllm.LLM`: `engine_kwargs`, then `state_engine`."""
+        return {**self.engine_kwargs(default_dtype), **self.state_engine}
 
 
 class PolicyConfig(Section):
     model: str = "default"
     """'default' (the embedded SmolLM2-135M-Instruct), a local model directory, or a hub id."""
     backend: Literal["hf", "vllm"] = "hf"
-    """Which engine runs the policy: 'hf' (transformers; exposes hidden states, so value heads and the reward head
-    on the policy work) or 'vllm' (vLLM's offline engine with prefix caching: faster sampling, one or many GPUs;
-    needs the `vllm` extra and guidance that reads no hidden states)."""
+    """Which engine runs the policy: 'hf' (transformers) or 'vllm' (vLLM's offline engine with prefix caching: faster
+    sampling, one or many GPUs; needs the `vllm` extra). Both expose hidden states, so value heads and the reward
+    head on the policy work on either (vLLM's through a second, pooling engine: `vllm.hidden_states`)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights and activations dtype. float32 on CPU; bfloat16 on a GPU."""
     device: str = "auto"

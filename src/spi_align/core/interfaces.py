@@ -5,8 +5,8 @@
 - `Policy`: a frozen LM backend that starts, extends and selects rows of partial responses (`policy/hf.py`,
   `policy/vllm.py`), sampled with the `GenerationSettings` a search hands to `start` (the policy's `gen` by default).
   Searches talk only to this protocol. `HiddenStatePolicy` is the capability of a backend that also exposes hidden
-  states (`policy/hf.py`): what reads them (value heads, reward heads, anchored values) asks for it through
-  `hidden_state_policy`, which refuses other backends in one line.
+  states (`policy/hf.py`; `policy/vllm.py` through its state engine): what reads them (value heads, reward heads,
+  anchored values) asks for it through `hidden_state_policy`, which refuses other backends in one line.
 - `Scorer`: (prompts, responses) -> one float each, higher is better (`scoring/`). A `RowReward` can also score
   finished rows straight from the policy's state, with no re-encoding.
 - `ValueFunction`: rows -> one guidance value each (eq. 13); value kinds that train them live in `values/`.
@@ -144,8 +144,10 @@ class Policy(Protocol):
 
 @runtime_checkable
 class HiddenStatePolicy(Policy, Protocol):
-    """A `Policy` that exposes its hidden states (`policy/hf.py`): `Rows.hidden` holds each row's last-token state,
-    which value heads read for free, and the backbone runs models that share it (the reward head, value models)."""
+    """A `Policy` that exposes its hidden states: each row's last-token state (`last_hidden`, what value heads read;
+    free on transformers, where `Rows.hidden` holds it, one state-engine read on vLLM), the states after the end
+    token (`end_hidden`, `peek_end_hidden`), and a transformers backbone that runs models sharing the policy's
+    weights (the reward head, value models) and teacher-forced passes over whole texts."""
 
     backbone: Any
     """The transformer without its LM head (a `transformers.PreTrainedModel`)."""
@@ -154,6 +156,11 @@ class HiddenStatePolicy(Policy, Protocol):
 
     @property
     def hidden_size(self) -> int: ...
+
+    def last_hidden(self, rows: Rows) -> torch.Tensor:
+        """(R, H) the state after each row's last token (prompt or response): `rows.hidden` once set; a backend that
+        keeps no states in its rows computes it on first read and keeps it there until the rows are extended."""
+        ...
 
     def end_hidden(self, rows: Rows, index: torch.Tensor, cost: Cost) -> torch.Tensor:
         """Hidden states after the end-of-turn token of finished (or full) rows `index`; ends the others."""
@@ -168,7 +175,7 @@ NO_HIDDEN_STATES = (
     "this policy backend ({backend}) exposes no hidden states, so {what} cannot run on it; there use text scorers, "
     "the reward on partial text (spi.reward_guide with a text or reward-model-directory reward), a separate value "
     "model (spi.value=model with spi.value_backbone set to a model), or the implicit-reward pair; or "
-    "policy.backend=hf"
+    "policy.backend=hf, or on vLLM policy.vllm.hidden_states=true"
 )
 """The one-line refusal of anything that needs the policy's hidden states."""
 

@@ -170,6 +170,10 @@ class HFPolicy(ChatPrompts):
             cost.count_by_prompt(per_prompt.index_add_(0, rows.prompt_index, rows.length - before).tolist())
         return rows
 
+    def last_hidden(self, rows: Rows) -> torch.Tensor:
+        """(R, H) the state after each row's last token: kept in the rows by every forward (free)."""
+        return _held(rows)[3]
+
     @torch.no_grad()
     def end_hidden(self, rows: Rows, index: torch.Tensor, cost: Cost) -> torch.Tensor:
         """Hidden states (len(index), H) after the end-of-turn token of rows `index`, which must be finished or at

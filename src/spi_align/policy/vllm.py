@@ -1,4 +1,5 @@
-"""The vLLM backend: the `Policy` protocol on vLLM's offline engine (`vllm.LLM`), prefix caching on.
+"""The vLLM backend: the `Policy` protocol on vLLM's offline engine (`vllm.LLM`), prefix caching on; with
+`policy.vllm.hidden_states` (the default) also the `HiddenStatePolicy`, its states read from a second engine.
 
 Rows are token-id prefixes (prompt + response so far). Extending a chunk is one batched `generate` over every live
 row: a token-id prompt per row, `max_tokens = L`, stops on the end-of-turn ids, the sampled token's raw log-prob
@@ -6,37 +7,55 @@ row: a token-id prompt per row, `max_tokens = L`, stops on the end-of-turn ids, 
 its prefix (every whole block of prompt + earlier chunks) instead of re-encoding it; `prefix_cache` counts prompt
 tokens read from the cache against those computed.
 
-What this backend does not expose: hidden states (`has_hidden_states = False`; it is no
-`core.interfaces.HiddenStatePolicy`). Guidance that reads the policy's own states (value heads, the reward head on
-the policy) refuses through `core.interfaces.hidden_state_policy`, with one line naming what works here: text
-scorers, the reward on partial text, a separate value model (`spi.value: model` on its own backbone), the
-implicit-reward pair. vLLM's pooling runner could return last-token states, but only from a second engine that
-re-encodes every prefix: not wired.
+Hidden states (`VLLMStatePolicy`). vLLM 0.32's generation engine returns tokens and log-probs, not final hidden
+states (its `extract_hidden_states` speculative method writes chosen intermediate layers' states of each prompt to
+files through a KV connector, for drafter training), so the states come from a second engine on the same weights:
+vLLM's pooling runner (`runner="pooling"`, `convert="embed"`), last-token pooling with the pooler's normalisation
+off (`PoolerConfig(use_activation=False)`, also asked per request), prefix caching on. A row's state is one
+pooling request of its prefix (`last_hidden`, what value heads read), the state after the end-of-turn token one
+request of prefix + end token (`peek_end_hidden` for the anchored values and the partial reward, `end_hidden` for
+the reward head on finished rows). The state engine has cached every whole block of the prefixes it read before,
+so a read computes the tokens since (the new chunk, and the prefix's last partial block), not the prefix: billed as
+"peek" forward tokens, counted in `states.prefix_cache`. It starts on the first read (so sampling with text
+guidance never starts it), with the generation engine's settings overridden by `policy.vllm.state_engine`. Reading
+values from a sequence-classification export of each head instead (vLLM's classify pooling) would run the same
+backbone pass per request and give one fixed head's values rather than states: no faster, and no states to train
+on. Passes over whole texts outside the search (round 0's teacher-forced prefix states, the reward head's text
+scores, a value model on the policy's backbone) run `backbone`, a transformers copy of the weights loaded on first
+use.
 
 Sampling seeds: per-request seeds fail on CPU builds and cost a generator per row on GPUs, so rows draw from the
 engine's own generator, which `reseed` resets in every worker (`collective_rpc`). That needs the engine core in this
 process: `VLLM_ENABLE_V1_MULTIPROCESSING=0` is set unless the caller set it (which also spares callers vLLM's
 `if __name__ == "__main__"` guard). Workers of tensor / pipeline parallel engines still run in their own processes.
+Starting an engine in this process reseeds the global generators; the state engine and the transformers copy are
+started with those generators saved and restored, so starting them mid-run leaves the sampled tokens unchanged.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import random
+import re
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
+import numpy as np
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers import GenerationConfig as HFGenerationConfig
 
 from spi_align.config import GenerationConfig, PolicyConfig
 from spi_align.core.errors import SpiError
-from spi_align.core.records import Cost, Prompt
+from spi_align.core.records import Cost, Prompt, billed
 from spi_align.core.rows import GenerationSettings, Rows
-from spi_align.hf.batches import pad_token_id
-from spi_align.hf.models import resolve_device, resolve_model_source
+from spi_align.hf.batches import BackboneRunner, pad_token_id
+from spi_align.hf.models import backbone_of, first_line, resolve_device, resolve_model_source, to_device
 from spi_align.policy.prompts import ChatPrompts, end_tokens
 
 log = logging.getLogger(__name__)
@@ -64,6 +83,17 @@ class PrefixCacheStats:
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "computed_tokens": self.computed_tokens, "hit_rate": self.hit_rate}
 
+    def count(self, outputs: Sequence[Any]) -> int:
+        """Add the requests of `outputs` (vLLM's request outputs); returns the prompt tokens they computed."""
+        computed = 0
+        for out in outputs:
+            prompt, cached = len(out.prompt_token_ids), int(out.num_cached_tokens or 0)
+            self.requests += 1
+            self.prompt_tokens += prompt
+            self.cached_tokens += cached
+            computed += prompt - cached
+        return computed
+
 
 def _seed_worker(worker: Any, seed: int) -> None:
     """Runs inside every vLLM worker: restart its sampling generators from `seed`."""
@@ -76,7 +106,8 @@ class VLLMPolicy(ChatPrompts):
     """A frozen causal LM on vLLM's engine: rows are token-id prefixes, every chunk is one batched `generate`."""
 
     has_hidden_states = False
-    """vLLM returns tokens and log-probs, not hidden states: value heads cannot read rows here."""
+    """No states here (`policy.vllm.hidden_states: false`): value heads cannot read these rows (`VLLMStatePolicy`
+    can)."""
 
     def __init__(
         self,
@@ -195,12 +226,7 @@ class VLLMPolicy(ChatPrompts):
     def _count(self, outputs: Sequence[Any], cost: Cost) -> None:
         """Prefix-cache statistics, and the prompt tokens the engine computed (not read from its prefix cache) as
         the cost's policy_prefill."""
-        for out in outputs:
-            prompt, cached = len(out.prompt_token_ids), int(out.num_cached_tokens or 0)
-            self.prefix_cache.requests += 1
-            self.prefix_cache.prompt_tokens += prompt
-            self.prefix_cache.cached_tokens += cached
-            cost.count_forward("policy_prefill", prompt - cached)
+        cost.count_forward("policy_prefill", self.prefix_cache.count(outputs))
 
     def _append(self, rows: Rows, pieces: Sequence[tuple[int, Any]], cost: Cost) -> None:
         """Append each completion's tokens to its row (one tensor write per field); count tokens and engine steps."""
@@ -239,33 +265,245 @@ def _logprob(completion: Any) -> float:
     return float(sum(step[t].logprob for t, step in zip(completion.token_ids, completion.logprobs, strict=True)))
 
 
-def engine(cfg: PolicyConfig, source: str) -> Any:
-    """Start vLLM's offline engine on `source` with `cfg.vllm`'s settings (prefix caching on, tokenizer skipped:
-    prompts are token ids)."""
+class StateEngine:
+    """The policy's hidden state after the last token of token-id sequences, from vLLM's pooling runner on the
+    policy's weights (`state_engine`): one request per sequence, in one `encode` call; started on the first read."""
+
+    def __init__(self, start: Callable[[], Any], device: torch.device) -> None:
+        self._start = start
+        self.device = device
+        """Where the states are returned (the policy's `device`)."""
+        self.llm: Any = None
+        """The pooling engine, once started."""
+        self.prefix_cache = PrefixCacheStats()
+        """Tokens of every state request, and how many the engine read from its prefix cache."""
+
+    def __call__(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, int]:
+        """((n, H) fp32 states after each sequence's last token, the prompt tokens the engine computed)."""
+        if self.llm is None:
+            with keeping_rng():
+                self.llm = self._start()
+        from vllm import PoolingParams, TokensPrompt
+
+        requests = [TokensPrompt(prompt_token_ids=list(ids)) for ids in sequences]
+        unnormalised = PoolingParams(use_activation=False)  # also the engine's default; asked here all the same
+        outputs = self.llm.encode(requests, unnormalised, pooling_task="embed", use_tqdm=False)
+        computed = self.prefix_cache.count(outputs)
+        states = torch.stack([torch.as_tensor(out.outputs.data) for out in outputs]).float()
+        return states.to(self.device), computed
+
+
+class VLLMStatePolicy(VLLMPolicy):
+    """`VLLMPolicy` that exposes the policy's hidden states (a `HiddenStatePolicy`): each read is one batch of
+    requests to the state engine (the module docstring), billed as "peek" forward tokens."""
+
+    has_hidden_states = True
+    """Rows' states are read from the state engine: value heads, anchored values and the reward head run here."""
+
+    def __init__(
+        self,
+        llm: Any,
+        tokenizer: Any,
+        gen: GenerationConfig,
+        generation_config: HFGenerationConfig | None,
+        states: StateEngine,
+        load_backbone: Callable[[], PreTrainedModel],
+        chat_template: bool = True,
+        seed: int = 0,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__(llm, tokenizer, gen, generation_config, chat_template, seed, device)
+        self.states = states
+        self._load_backbone = load_backbone
+        self._peeked: tuple[weakref.ref, weakref.ref, weakref.ref, torch.Tensor] | None = None
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.llm.llm_engine.model_config.get_hidden_size())
+
+    def context_left(self, prompt_tokens: int) -> int | None:
+        """New tokens that fit after the prompt with room for the end-of-turn token a state read appends to a full
+        row (the state engine refuses a request longer than its context)."""
+        left = super().context_left(prompt_tokens)
+        return None if left is None else left - 1
+
+    @cached_property
+    def backbone(self) -> PreTrainedModel:
+        """The policy's transformer on transformers, a copy of the weights loaded on first use: it runs the models
+        that share the policy's backbone (the reward head's text scores) and teacher-forced passes over whole texts
+        (round 0's prefix states), never the search."""
+        with keeping_rng():
+            return self._load_backbone()
+
+    @cached_property
+    def runner(self) -> BackboneRunner:
+        """Runs `backbone` on padded batches."""
+        return BackboneRunner(self.backbone)
+
+    def last_hidden(self, rows: Rows) -> torch.Tensor:
+        """(R, H) the state after each row's last token: read once per rows' state and kept in `rows.hidden` (an
+        extend clears it)."""
+        if rows.hidden is None:
+            rows.hidden = self._read(self._sequences(rows, range(rows.size), close=False), billed())
+        return rows.hidden
+
+    def end_hidden(self, rows: Rows, index: torch.Tensor, cost: Cost) -> torch.Tensor:
+        """States (len(index), H) after the end-of-turn token of rows `index`, which must be finished or at
+        max_new_tokens: a row that ended itself is read as it is, the others closed with the end token and marked
+        done (never extend them again)."""
+        with cost.timer("reward"):
+            states = self._read(self._sequences(rows, index.tolist(), close=True), cost)
+        cost.policy_forwards += 1
+        rows.done = rows.done.clone()  # a new tensor: a peek at these rows before is stale
+        rows.done[index] = True
+        return states
+
+    def peek_end_hidden(self, rows: Rows) -> torch.Tensor:
+        """States (R, H) each row would have after the end-of-turn token, without ending any row (a row that ended
+        itself: its own state). Peeking again at the same rows in the same state (the anchored values and the
+        partial reward both read these in one chunk) returns the first peek's states without a request."""
+        memo = self._peeked
+        if memo is not None and memo[0]() is rows and memo[1]() is rows.length and memo[2]() is rows.done:
+            return memo[3]
+        states = self._read(self._sequences(rows, range(rows.size), close=True), billed())
+        self._peeked = (weakref.ref(rows), weakref.ref(rows.length), weakref.ref(rows.done), states)
+        return states
+
+    def _sequences(self, rows: Rows, index: Sequence[int], close: bool) -> list[list[int]]:
+        """Prompt + response of rows `index`; with `close`, the rows that have not ended get the end-of-turn token."""
+        response, length, done = rows.response.tolist(), rows.length.tolist(), rows.done.tolist()
+        prompt_of = rows.prompt_index.tolist()
+        end = [self.end_id]
+        return [
+            rows.prompt_tokens[prompt_of[r]] + response[r][: length[r]] + (end if close and not done[r] else [])
+            for r in index
+        ]
+
+    def _read(self, sequences: list[list[int]], cost: Cost | None) -> torch.Tensor:
+        """The states of `sequences`; the tokens the state engine computed billed to `cost` as "peek"."""
+        states, computed = self.states(sequences)
+        if cost is not None:
+            cost.count_forward("peek", computed)
+        return states
+
+    def _append(self, rows: Rows, pieces: Sequence[tuple[int, Any]], cost: Cost) -> None:
+        super()._append(rows, pieces, cost)
+        rows.hidden = None  # the rows moved on: their states are read again when asked
+
+
+@contextmanager
+def keeping_rng() -> Iterator[None]:
+    """Run the block with Python's, NumPy's and torch's global generators saved and restored after: vLLM reseeds
+    them when an engine starts in this process, and the generation engine samples from torch's."""
+    saved = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.random.set_rng_state(saved[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def import_vllm() -> Any:
+    """The `vllm` module, or the one-line refusal with the install command. Sets `VLLM_ENABLE_V1_MULTIPROCESSING=0`
+    first unless the caller set it (the engine core in this process: the module docstring)."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     try:
-        from vllm import LLM
+        import vllm
     except ImportError as exc:
         raise SpiError(
             f"policy.backend=vllm needs vLLM ({exc.msg}): pip install 'spi_align[vllm]' on CPUs, or the vllm package "
             "on GPUs"
         ) from None
+    return vllm
+
+
+_MEMORY = re.compile(r"out of memory|\bmemory\b", re.IGNORECASE)
+_RESERVING = re.compile(r"less than (desired|requested)|Free memory on device", re.IGNORECASE)
+
+
+def start_failure(exc: BaseException, model: str, settings: str, pooling: bool = False) -> SpiError:
+    """The one line for an engine that failed to start: out of memory (the memory settings under `settings` to
+    lower), a model vLLM cannot pool (`pooling`: the setting that turns the state engine off), else vLLM's own first
+    line."""
+    reason, which = first_line(exc), "state engine" if pooling else "engine"
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError) or _MEMORY.search(str(exc)):
+        if _RESERVING.search(str(exc)):
+            lower = (
+                f"it reserves more than is free: lower {settings}.gpu_memory_utilization on GPUs (the generation and "
+                f"state engines each take their share) or {settings}.kv_cache_memory_bytes on CPUs"
+            )
+        else:
+            lower = (
+                f"lower {settings}.max_model_len (the longest request its KV cache must hold), or give that cache "
+                f"more: {settings}.kv_cache_memory_bytes on CPUs, {settings}.gpu_memory_utilization on GPUs"
+            )
+        return SpiError(f"vLLM's {which} on '{model}' is out of memory ({reason}): {lower}")
+    if pooling:
+        return SpiError(
+            f"vLLM cannot pool the hidden states of '{model}' ({reason}): set policy.vllm.hidden_states=false (then "
+            "guide with text, or a separate value model: spi.value=model) or policy.backend=hf"
+        )
+    return SpiError(f"vLLM could not start on '{model}': {reason}")
+
+
+def _checked_parallelism(cfg: PolicyConfig) -> None:
     settings = cfg.vllm
     if settings.data_parallel_size > 1 and settings.distributed_executor_backend != "external_launcher":
         raise SpiError(
             "policy.vllm.data_parallel_size > 1 needs distributed_executor_backend=external_launcher under torchrun "
             "(vLLM's offline engine); or run one spi process per prompt shard"
         )
-    kwargs = settings.engine_kwargs(cfg.dtype)
+
+
+def engine(cfg: PolicyConfig, source: str) -> Any:
+    """Start vLLM's offline engine on `source` with `cfg.vllm`'s settings (prefix caching on, tokenizer skipped:
+    prompts are token ids)."""
+    vllm = import_vllm()
+    _checked_parallelism(cfg)
+    kwargs = cfg.vllm.engine_kwargs(cfg.dtype)
     log.info("starting vLLM on %s: %s", source, kwargs)
     try:
-        return LLM(model=source, skip_tokenizer_init=True, **kwargs)
-    except (ValueError, TypeError, OSError, RuntimeError) as exc:
-        raise SpiError(f"vLLM could not start on '{cfg.model}': {str(exc).splitlines()[0]}") from None
+        return vllm.LLM(model=source, skip_tokenizer_init=True, **kwargs)
+    except (ValueError, TypeError, OSError, RuntimeError, MemoryError, NotImplementedError) as exc:
+        raise start_failure(exc, cfg.model, "policy.vllm") from None
+
+
+def state_engine(cfg: PolicyConfig, source: str) -> Any:
+    """Start the state engine on `source`: vLLM's pooling runner (embedding conversion, last-token pooling, no
+    normalisation) with the generation engine's settings overridden by `cfg.vllm.state_engine`. Its tokenizer is
+    loaded (vLLM's pooling front end needs one), though requests are token ids."""
+    vllm = import_vllm()
+    _checked_parallelism(cfg)
+    from vllm.config import PoolerConfig
+
+    kwargs = cfg.vllm.state_engine_kwargs(cfg.dtype)
+    log.info("starting vLLM's state engine (pooling) on %s: %s", source, kwargs)
+    pooler = PoolerConfig(seq_pooling_type="LAST", use_activation=False)
+    try:
+        llm = vllm.LLM(model=source, runner="pooling", convert="embed", pooler_config=pooler, **kwargs)
+    except (ValueError, TypeError, OSError, RuntimeError, MemoryError, NotImplementedError) as exc:
+        raise start_failure(exc, cfg.model, "policy.vllm.state_engine", pooling=True) from None
+    if "embed" not in llm.supported_tasks:
+        raise start_failure(ValueError(f"its pooling tasks are {list(llm.supported_tasks)}"), cfg.model, "", True)
+    return llm
+
+
+def load_backbone(source: str, dtype: str, device: torch.device, model: str) -> PreTrainedModel:
+    """The transformers backbone of the policy `source` (frozen, eval mode, on `device`)."""
+    try:
+        causal = to_device(AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype)), device)
+    except (OSError, ValueError) as exc:
+        raise SpiError(f"could not load the transformers copy of policy '{model}': {first_line(exc)}") from None
+    return backbone_of(causal.eval().requires_grad_(False))
 
 
 def load_vllm_policy(cfg: PolicyConfig, gen: GenerationConfig, seed: int = 0) -> VLLMPolicy:
-    """Load the frozen policy named by `cfg.model` ('default', a local directory, or a hub id) on vLLM."""
+    """Load the frozen policy named by `cfg.model` ('default', a local directory, or a hub id) on vLLM: a
+    `VLLMStatePolicy` with `policy.vllm.hidden_states`, else a `VLLMPolicy`."""
     source = resolve_model_source(cfg.model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -276,4 +514,9 @@ def load_vllm_policy(cfg: PolicyConfig, gen: GenerationConfig, seed: int = 0) ->
     except OSError:
         generation = None
     llm = engine(cfg, source)
-    return VLLMPolicy(llm, tokenizer, gen, generation, cfg.chat_template, seed, resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    if not cfg.vllm.hidden_states:
+        return VLLMPolicy(llm, tokenizer, gen, generation, cfg.chat_template, seed, device)
+    states = StateEngine(lambda: state_engine(cfg, source), device)
+    backbone = lambda: load_backbone(source, cfg.dtype, device, cfg.model)  # noqa: E731
+    return VLLMStatePolicy(llm, tokenizer, gen, generation, states, backbone, cfg.chat_template, seed, device)

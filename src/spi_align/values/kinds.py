@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from spi_align.config import SPIConfig
 from spi_align.core.errors import SpiError
-from spi_align.core.interfaces import Policy, ValueFunction, hidden_state_policy
+from spi_align.core.interfaces import HiddenStatePolicy, Policy, ValueFunction, hidden_state_policy
 from spi_align.core.records import Prompt
 
 
@@ -113,17 +113,18 @@ class HeadValues(ValueKind):
     def guide(self, values: Sequence[Any], weights: Sequence[float]) -> ValueFunction:
         from spi_align.values.heads import HeadStack
 
-        return HiddenStateValue(HeadStack(list(values), list(weights)).to(self.policy.device))
+        stack = HeadStack(list(values), list(weights)).to(self.policy.device)
+        return HiddenStateValue(stack, hidden_state_policy(self.policy, "spi.value=heads"))
 
 
 class HiddenStateValue:
-    """`ValueFunction` reading `rows.hidden` (the policy's last hidden state of each row)."""
+    """`ValueFunction` reading the policy's last hidden state of each row (`HiddenStatePolicy.last_hidden`)."""
 
-    def __init__(self, stack: Any) -> None:
-        self.stack = stack
+    def __init__(self, stack: Any, policy: HiddenStatePolicy) -> None:
+        self.stack, self.policy = stack, policy
 
     def __call__(self, rows: Any) -> Any:
-        return self.stack(rows.hidden)
+        return self.stack(self.policy.last_hidden(rows))
 
 
 class ModelValues(ValueKind):

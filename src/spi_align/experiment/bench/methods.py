@@ -43,11 +43,11 @@ def method_keys(cfg: BenchConfig, with_value_model: bool = False, hidden_states:
     return keys
 
 
-def on_hidden(stack: HeadStack) -> Callable[[Rows], torch.Tensor]:
+def on_hidden(stack: HeadStack, policy: HiddenStatePolicy) -> Callable[[Rows], torch.Tensor]:
     """The guidance of a head stack: its value of each row's last hidden state."""
 
     def value(rows: Rows) -> torch.Tensor:
-        return stack(rows.hidden)
+        return stack(policy.last_hidden(rows))
 
     return value
 
@@ -89,7 +89,7 @@ def build_methods(policy: Policy, reward: Scorer, cfg: BenchConfig) -> dict[str,
         heads = random_heads(policy.hidden_size, cfg.spi.rounds, cfg.spi.head, cfg.seed)
         for k in range(1, cfg.spi.rounds + 1):
             stack = guidance(heads[:k], cfg, policy.device)
-            search = ChunkBeamSearch.from_config(policy, on_hidden(stack), reward, spi, f"spi-{k}")
+            search = ChunkBeamSearch.from_config(policy, on_hidden(stack, policy), reward, spi, f"spi-{k}")
             methods[keys[f"spi-{k}"]] = search.run
     if TEXT_GUIDED in keys:
         text = ChunkBeamSearch.from_config(policy, TextPartialReward(reward, policy), reward, spi, TEXT_GUIDED)
