@@ -3,7 +3,8 @@
 A `RowState` (kept in `Rows.extras`, reordered by `Rows.select`) for models that read the policy's own token ids
 (value models, the implicit-reward pair, reward models): each prompt is prefilled once and fanned out to its rows,
 then every call feeds only the response tokens sampled since the previous one, so scoring a search costs the tokens
-generated, not prefix × steps.
+generated, not prefix × steps. Models that read the policy's text through another tokenizer keep theirs in a
+`TextSideCache` (`hf/text_cache.py`), built on this one.
 """
 
 from __future__ import annotations
@@ -83,8 +84,19 @@ class SideCache:
             cache = encoder.new_cache()
             last.append(encoder.hidden(ids, mask, cache)[:, -1])
             caches.append(cache)
-        fed = torch.zeros(len(prompt_ids), dtype=torch.long, device=device)
-        return cls(encoders, caches, mask, fed, last).select(prompt_index)
+        return cls.from_prompts(encoders, caches, mask, last, prompt_ids).select(prompt_index)
+
+    @classmethod
+    def from_prompts(
+        cls,
+        encoders: Sequence[CachedEncoder],
+        caches: list[Any],
+        attention_mask: torch.Tensor,
+        last: list[torch.Tensor],
+        prompt_ids: Sequence[Sequence[int]],
+    ) -> Self:
+        """The state of freshly encoded prompts (`prompt_ids`, one row each), before any response token."""
+        return cls(encoders, caches, attention_mask, torch.zeros_like(attention_mask[:, 0]), last)
 
     def select(self, index: torch.Tensor) -> Self:
         """Rows `index` (repeats allowed); reorders the caches in place and returns self."""
@@ -113,16 +125,23 @@ class SideCache:
     def feed(self, new: NewTokens) -> list[torch.Tensor]:
         """Feed the new tokens to every encoder in one forward each; returns their hidden states (R, n, H).
         Rows with no new token keep their last hidden state."""
-        self.attention_mask = torch.cat([self.attention_mask, new.real.long()], dim=1)
-        rows = torch.arange(new.ids.shape[0], device=new.ids.device)
-        last_new = (new.count - 1).clamp(min=0)
+        out = self.feed_block(new.ids, new.real, new.count)
+        self.fed = torch.maximum(self.fed, new.length)
+        return out
+
+    def feed_block(self, ids: torch.Tensor, real: torch.Tensor, count: torch.Tensor) -> list[torch.Tensor]:
+        """Append one block of columns, `ids` (R, n) with `real` marking each row's first `count` (R,) entries, to
+        every encoder's cache in one forward each; returns their hidden states (R, n, H) and sets `last` of the rows
+        that received tokens (`fed` is the caller's)."""
+        self.attention_mask = torch.cat([self.attention_mask, real.long()], dim=1)
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        last_new = (count - 1).clamp(min=0)
         out = []
         for k, (encoder, cache) in enumerate(zip(self.encoders, self.caches, strict=True)):
-            hidden = encoder.hidden(new.ids, self.attention_mask, cache)
+            hidden = encoder.hidden(ids, self.attention_mask, cache)
             latest = hidden[rows, last_new].to(self.last[k].dtype)
-            self.last[k] = torch.where((new.count > 0)[:, None], latest, self.last[k])
+            self.last[k] = torch.where((count > 0)[:, None], latest, self.last[k])
             out.append(hidden)
-        self.fed = torch.maximum(self.fed, new.length)
         return out
 
 

@@ -6,7 +6,9 @@ policy formats every prompt (as in `spi run`). The search picks a whole answer a
 OpenAI's chunks (role, content, finish reason, optional usage, `[DONE]`) once the answer is chosen.
 
 `usage.completion_tokens` counts every token the search generated for the request (all candidates of all its
-prompts), not only the answer's; `usage.prompt_tokens` counts each prompt once. Every error is OpenAI's error
+prompts), not only the answer's; `usage.prompt_tokens` counts each prompt once. With `return_trace: true` each
+choice carries the extra field `trace`: the answer's whole record (`SearchResult.to_record()`: every candidate with
+its reward, and the tree the search recorded); in a stream, on the choice's last chunk. Every error is OpenAI's error
 object with a 4xx status (a server fault is a 500 with the same shape, never a traceback).
 """
 
@@ -193,7 +195,9 @@ class Server:
 
     # ---- running a job ------------------------------------------------------------------------------------------
 
-    def submit(self, key: BatchKey, prompts: list[Prompt]) -> tuple[Job, asyncio.Future[list[Answer]]]:
+    def submit(
+        self, key: BatchKey, prompts: list[Prompt], trace: bool = False
+    ) -> tuple[Job, asyncio.Future[list[Answer]]]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Answer]] = loop.create_future()
 
@@ -208,7 +212,7 @@ class Server:
         def deliver(outcome: list[Answer] | BaseException) -> None:
             loop.call_soon_threadsafe(settle, outcome)
 
-        job = Job(key, prompts, deliver, deadline=time.monotonic() + self.cfg.request_timeout_s)
+        job = Job(key, prompts, deliver, deadline=time.monotonic() + self.cfg.request_timeout_s, trace=trace)
         try:
             self.batcher.submit(job)
         except QueueFull as exc:
@@ -374,7 +378,7 @@ def create_app(servable: Servable, cfg: ServeConfig) -> FastAPI:
         rid: str,
     ) -> Response:
         start = time.monotonic()
-        job, future = server.submit(key, prompts)
+        job, future = server.submit(key, prompts, req.return_trace)
         stops = req.stop_strings()
         head = {"id": rid, "created": server.created, "model": req.model}
 
@@ -399,7 +403,8 @@ def create_app(servable: Servable, cfg: ServeConfig) -> FastAPI:
                 raise
             billed()
             done(200)
-            return JSONResponse(completion(kind, head, answers, stops, usage(prompt_tokens, answers)))
+            body = completion(kind, head, answers, stops, usage(prompt_tokens, answers), req.return_trace)
+            return JSONResponse(body)
 
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
@@ -415,7 +420,7 @@ def create_app(servable: Servable, cfg: ServeConfig) -> FastAPI:
                     yield sse(exc.body())
                     return
                 billed()
-                for chunk in answer_chunks(kind, head, answers, stops):
+                for chunk in answer_chunks(kind, head, answers, stops, req.return_trace):
                     yield sse(chunk)
                 if include_usage:
                     yield sse(
@@ -438,19 +443,25 @@ def create_app(servable: Servable, cfg: ServeConfig) -> FastAPI:
 CHUNK_OBJECT = {"chat": "chat.completion.chunk", "text": "text_completion"}
 
 
-def choice(kind: str, index: int, answer: Answer, stops: list[str]) -> dict[str, Any]:
-    """One choice of a whole answer (stop strings cut)."""
+def choice(kind: str, index: int, answer: Answer, stops: list[str], trace: bool = False) -> dict[str, Any]:
+    """One choice of a whole answer (stop strings cut), with the answer's record as `trace` when asked."""
     text = cut_at_stop(answer.text, stops)
     out: dict[str, Any] = {"index": index}
     out.update({"message": {"role": "assistant", "content": text}} if kind == "chat" else {"text": text})
-    return {**out, "logprobs": None, "finish_reason": finish_reason(answer, text)}
+    out = {**out, "logprobs": None, "finish_reason": finish_reason(answer, text)}
+    return {**out, "trace": answer.record} if trace else out
 
 
 def completion(
-    kind: str, head: dict[str, Any], answers: list[Answer], stops: list[str], use: dict[str, int]
+    kind: str,
+    head: dict[str, Any],
+    answers: list[Answer],
+    stops: list[str],
+    use: dict[str, int],
+    trace: bool = False,
 ) -> dict[str, Any]:
     """A `chat.completion` or `text_completion` body."""
-    choices = [choice(kind, i, a, stops) for i, a in enumerate(answers)]
+    choices = [choice(kind, i, a, stops, trace) for i, a in enumerate(answers)]
     obj = "chat.completion" if kind == "chat" else "text_completion"
     return {**head, "object": obj, "choices": choices, "usage": use, "system_fingerprint": None}
 
@@ -470,21 +481,21 @@ def opening_chunks(kind: str, head: dict[str, Any], count: int) -> list[dict[str
     ]
 
 
-def answer_chunks(kind: str, head: dict[str, Any], answers: list[Answer], stops: list[str]) -> list[dict[str, Any]]:
-    """Each choice's content, then its finish reason (chat); each choice's text with its finish reason (text)."""
+def answer_chunks(
+    kind: str, head: dict[str, Any], answers: list[Answer], stops: list[str], trace: bool = False
+) -> list[dict[str, Any]]:
+    """Each choice's content, then its finish reason (chat); each choice's text with its finish reason (text). The
+    record asked for (`trace`) rides on each choice's last chunk."""
     out = []
     for i, answer in enumerate(answers):
-        whole = choice(kind, i, answer, stops)
+        whole = choice(kind, i, answer, stops, trace)
         if kind == "chat":
             pieces = [({"content": whole["message"]["content"]}, None), ({}, whole["finish_reason"])]
             for delta, reason in pieces:
-                out.append(
-                    {
-                        **head,
-                        "object": CHUNK_OBJECT[kind],
-                        "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}],
-                    }
-                )
+                part = {"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}
+                if trace and reason is not None:
+                    part["trace"] = whole["trace"]
+                out.append({**head, "object": CHUNK_OBJECT[kind], "choices": [part]})
         else:
             out.append({**head, "object": CHUNK_OBJECT[kind], "choices": [whole]})
     return out

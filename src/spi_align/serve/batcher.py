@@ -12,6 +12,9 @@ A request that was cancelled (its client went away, or its time limit passed) be
 of it; one cancelled during its search is computed with the others and its answer discarded. When a search call
 fails, each of its requests is retried alone, so one bad request cannot fail the others.
 
+A request may ask for each answer's record (`return_trace`): its batch's search then records its tree (`trace`, when
+the search has the switch; it costs no forward pass) and every answer carries `SearchResult.to_record()`.
+
 Each request is billed the tokens generated for its own prompts: the policy counts them per prompt of the batch
 (`Cost.tokens_by_prompt`); a backend that does not is apportioned the batch's total by candidate tokens.
 """
@@ -25,6 +28,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from spi_align.config import GenerationConfig
 from spi_align.core.interfaces import Search
@@ -63,6 +67,9 @@ class Answer:
     """The policy ended the answer itself (else it was cut at max_tokens)."""
     tokens_generated: int
     """Every token the search generated for this prompt, over all its candidates."""
+    record: dict[str, Any] | None = None
+    """The search's whole record of this prompt (candidates, and its tree when it recorded one), when a request of
+    the batch asked for it."""
 
 
 class QueueFull(Exception):
@@ -82,6 +89,8 @@ class Job:
     arrived: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     """Set by the server when the client went away or the deadline passed."""
+    trace: bool = False
+    """The request asked for its answers' records (`return_trace`)."""
 
 
 class Batcher:
@@ -181,7 +190,7 @@ class Batcher:
         prompts = [p for job in live for p in job.prompts]
         started = time.monotonic()
         try:
-            answers = self.search(key, prompts)
+            answers = self.search(key, prompts, trace=any(job.trace for job in live))
         except Exception as exc:
             if len(live) > 1:
                 log.warning("a batch of %d requests failed (%s); retrying each alone", len(live), exc)
@@ -211,9 +220,12 @@ class Batcher:
         self.searches.move_to_end(shape)
         return search
 
-    def search(self, key: BatchKey, prompts: Sequence[Prompt]) -> list[Answer]:
-        """One search call over `prompts` with the key's settings; one Answer per prompt."""
+    def search(self, key: BatchKey, prompts: Sequence[Prompt], trace: bool = False) -> list[Answer]:
+        """One search call over `prompts` with the key's settings; one Answer per prompt, with its record when
+        `trace` (the search records its tree then, if it can)."""
         search = self.method(key)
+        if hasattr(search, "trace"):  # one worker thread: the switch is this call's alone
+            search.trace = trace
         policy = self.servable.policy
         base = policy.gen
         sampled = key.temperature > 0
@@ -233,7 +245,10 @@ class Batcher:
             if key.seed is not None:  # later unseeded batches must not replay this seed's stream
                 policy.reseed(secrets.randbits(63))
         counts = per_prompt_tokens(cost, results)
-        return [Answer(r.chosen.text, r.chosen.finished, n) for r, n in zip(results, counts, strict=True)]
+        return [
+            Answer(r.chosen.text, r.chosen.finished, n, r.to_record() if trace else None)
+            for r, n in zip(results, counts, strict=True)
+        ]
 
 
 def per_prompt_tokens(cost: Cost, results: Sequence[SearchResult]) -> list[int]:

@@ -3,7 +3,8 @@
 Fields are OpenAI's. Honoured: `model` (the method), `max_tokens` / `max_completion_tokens`, `temperature` (0 =
 greedy), `top_p`, `seed`, `n`, `stop` (answers are cut before the first stop string), `stream`,
 `stream_options.include_usage`; `user`, `metadata`, `store` and `service_tier` are accepted and ignored. SPI's
-beam shape is set by the extra fields `width` (W), `successors` (K) and `chunk` (L). Fields the server cannot honour
+beam shape is set by the extra fields `width` (W), `successors` (K) and `chunk` (L); the extra field `return_trace`
+asks for each answer's whole record (candidates and the search's tree) beside it. Fields the server cannot honour
 (log-probs, penalties, logit bias, tools, JSON mode, echo, suffix, best_of, token-id prompts) are refused with a
 400 that names the field when they ask for anything but the default; any other unknown field is refused too.
 """
@@ -92,6 +93,9 @@ class GenerationRequest(Strict):
     """SPI's successors per parent K."""
     chunk: int | None = Field(None, ge=1)
     """SPI's chunk length L (tokens between value-guided selections)."""
+    return_trace: bool = False
+    """Return each answer's record (`SearchResult.to_record`: every candidate with its reward, and the tree the search
+    recorded, `trace`) as the choice's extra field `trace`; off by default."""
     user: str | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None

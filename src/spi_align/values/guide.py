@@ -7,11 +7,13 @@ and keeps its own KV cache over the same rows: a `SideCache` (`spi_align.hf.side
 previous one, so the cost of a search grows with the tokens generated, not with prefix length × steps. Rows that
 stopped feed nothing and keep their last value.
 
-A value model with another tokenizer gets text: each call decodes the responses, writes prompt + response the
-way the value model reads them (`ValueModel.prompt_ids`/`response_ids`: its own chat template) and scores the
-whole sequence from scratch. Value models sharing one backbone object share its cache and its forward pass.
-Either way every token a value model's backbone computes is billed to the search's cost as "value" forward tokens
-(`Cost.forward_tokens`), so a re-tokenising guide shows what it costs.
+A value model with another tokenizer reads text, and keeps its own KV cache too: a `TextSideCache`
+(`spi_align.hf.text_cache`). Each call decodes the responses of the rows that sampled tokens since the previous one,
+writes prompt + response the way the value model reads them (`ValueModel.prompt_ids`/`responses_ids`: its own chat
+template, each prompt tokenised once per batch), and feeds only the ids past the prefix already cached: the new text
+and the few tokens at the boundary whose tokenisation changed. The values equal those of scoring each whole text from
+scratch. Value models sharing one backbone object share its cache and its forward pass. Either way every token a
+value model's backbone computes is billed to the search's cost as "value" forward tokens (`Cost.forward_tokens`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import torch
 from spi_align.core.errors import SpiError
 from spi_align.core.records import report_term
 from spi_align.core.rows import Rows
-from spi_align.hf.batches import pad_batch
 from spi_align.hf.side_cache import SideCache, row_state
+from spi_align.hf.text_cache import TextSideCache
 from spi_align.hf.tokenizers import same_tokenizer
 from spi_align.values.heads import guidance_weights, weighted_total
 from spi_align.values.model import ValueModel
@@ -39,12 +41,10 @@ class ValueModelGuide:
         models: Sequence[ValueModel],
         weights: Sequence[float],
         policy_tokenizer: Any,
-        batch_size: int = 64,
     ) -> None:
         self.weights = guidance_weights(models, weights)
         self.models = [m.eval() for m in models]
         self.policy_tokenizer = policy_tokenizer
-        self.batch_size = batch_size
         # one entry per distinct backbone: (the model whose backbone runs, indices of the models reading it)
         self.groups: list[tuple[ValueModel, list[int]]] = []
         for i, model in enumerate(self.models):
@@ -55,12 +55,13 @@ class ValueModelGuide:
             else:
                 self.groups.append((model, [i]))
         self.incremental = [same_tokenizer(lead.tokenizer, policy_tokenizer) for lead, _ in self.groups]
+        """Per group: True when it reads the policy's token ids, False when it reads the text."""
 
     @torch.no_grad()
     def __call__(self, rows: Rows) -> torch.Tensor:
         total = torch.zeros(rows.size, device=rows.length.device)
         for (lead, members), incremental in zip(self.groups, self.incremental, strict=True):
-            hidden = self._incremental(lead, rows) if incremental else self._reencoded(lead, rows)
+            hidden = self._incremental(lead, rows) if incremental else self._from_text(lead, rows)
             for i in members:
                 value = self.models[i].value(hidden)
                 report_term(f"V_{i}", self.weights[i], value)  # to a trace being recorded, if any
@@ -81,16 +82,23 @@ class ValueModelGuide:
             raise SpiError("rows carry no prompt tokens: the value model's cache cannot be prefilled")
         return SideCache.prefill([model], rows.prompt_tokens, rows.prompt_index, model.pad_id, model.device)
 
-    # --- another tokenizer: text, re-tokenised, scored whole ---------------------------------------------------
-    def _reencoded(self, model: ValueModel, rows: Rows) -> torch.Tensor:
+    # --- another tokenizer: the text, its own KV cache -----------------------------------------------------------
+    def _from_text(self, model: ValueModel, rows: Rows) -> torch.Tensor:
+        """Re-tokenise the responses that changed since the last call and feed what their tokenisation adds."""
+        key = f"value_model_text:{id(model.backbone)}"
+        state = row_state(rows.extras, key, lambda: self._prefill_text(model, rows))
+        todo = state.pending(rows.length)
+        if todo:
+            index = torch.tensor(todo, device=rows.length.device)
+            texts = self.policy_tokenizer.batch_decode(rows.token_lists(index), skip_special_tokens=True)
+            prompt_of = rows.prompt_index[index].tolist()
+            responses = model.responses_ids(texts)
+            seqs = [state.prompt_ids[p] + ids for p, ids in zip(prompt_of, responses, strict=True)]
+            state.update(todo, seqs, rows.length, model.pad_id)
+        return state.last[0]
+
+    def _prefill_text(self, model: ValueModel, rows: Rows) -> TextSideCache:
         if not rows.prompts:
             raise SpiError("rows carry no prompt texts: a value model with another tokenizer cannot read them")
-        texts = self.policy_tokenizer.batch_decode(rows.token_lists(), skip_special_tokens=True)
-        prompt_index = rows.prompt_index.tolist()
-        prompt_ids = {p: model.prompt_ids(rows.prompts[p]) for p in set(prompt_index)}
-        seqs = [prompt_ids[p] + model.response_ids(t) for p, t in zip(prompt_index, texts, strict=True)]
-        out = []
-        for start in range(0, len(seqs), self.batch_size):
-            ids, mask = pad_batch(seqs[start : start + self.batch_size], model.pad_id, device=model.device)
-            out.append(model.hidden(ids, mask)[:, -1])
-        return torch.cat(out)
+        prompt_ids = [model.prompt_ids(p) for p in rows.prompts]
+        return TextSideCache.prefill([model], prompt_ids, rows.prompt_index, model.pad_id, model.device)

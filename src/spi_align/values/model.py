@@ -13,6 +13,7 @@ and every tensor is in the safetensors file.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,12 @@ class ValueModel(nn.Module):
     def response_ids(self, text: str) -> list[int]:
         """A (partial) response's tokens, appended after `prompt_ids`."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def responses_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """`response_ids` of each text, in one tokenizer call."""
+        if not texts:
+            return []
+        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
     # --- forward --------------------------------------------------------------------------------------------------
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any | None = None) -> torch.Tensor:
