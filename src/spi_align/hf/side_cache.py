@@ -84,19 +84,13 @@ class SideCache:
             cache = encoder.new_cache()
             last.append(encoder.hidden(ids, mask, cache)[:, -1])
             caches.append(cache)
-        return cls.from_prompts(encoders, caches, mask, last, prompt_ids).select(prompt_index)
+        state = cls(encoders, caches, mask, torch.zeros_like(mask[:, 0]), last)
+        state.read_prompts(prompt_ids)
+        return state.select(prompt_index)
 
-    @classmethod
-    def from_prompts(
-        cls,
-        encoders: Sequence[CachedEncoder],
-        caches: list[Any],
-        attention_mask: torch.Tensor,
-        last: list[torch.Tensor],
-        prompt_ids: Sequence[Sequence[int]],
-    ) -> Self:
-        """The state of freshly encoded prompts (`prompt_ids`, one row each), before any response token."""
-        return cls(encoders, caches, attention_mask, torch.zeros_like(attention_mask[:, 0]), last)
+    def read_prompts(self, prompt_ids: Sequence[Sequence[int]]) -> None:
+        """Called by `prefill` once the prompts are encoded (one row each), before they are fanned out: a subclass
+        that keeps the ids it has read starts from them here."""
 
     def select(self, index: torch.Tensor) -> Self:
         """Rows `index` (repeats allowed); reorders the caches in place and returns self."""

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Self
 
 import torch
 
 from spi_align.hf.batches import pad_batch
-from spi_align.hf.side_cache import CachedEncoder, SideCache
+from spi_align.hf.side_cache import SideCache
 
 
 @dataclass
@@ -52,42 +52,28 @@ class NewText:
 
 
 class TextSideCache(SideCache):
-    """Per-row KV caches of models reading the policy's text through their own tokenizer; `last` holds each
-    encoder's state after each row's last token, `ids` the tokens it has read."""
+    """Per-row KV caches of models reading the policy's text through their own tokenizer (built by `prefill`);
+    `last` holds each encoder's state after each row's last token, `ids` the tokens it has read, `fed` their
+    number."""
 
-    def __init__(
-        self,
-        encoders: Sequence[CachedEncoder],
-        caches: list[Any],
-        attention_mask: torch.Tensor,
-        last: list[torch.Tensor],
-        prompt_ids: Sequence[Sequence[int]],
-    ) -> None:
-        rows = len(prompt_ids)
-        device = attention_mask.device
-        super().__init__(encoders, caches, attention_mask, torch.zeros(rows, dtype=torch.long, device=device), last)
+    prompt_ids: list[list[int]]
+    """The ids of each prompt of the batch (what `prefill` encoded; indexed by prompt, not reordered)."""
+    ids: list[list[int]]
+    """Per row, the token ids in the caches (prompt, then response), as the model tokenises them."""
+    columns: list[list[int]]
+    """Per row, the cache column of each of `ids`."""
+    seen: torch.Tensor
+    """(R,) policy response tokens that each row's `ids` were tokenised from."""
+    refed: int
+    """Tokens fed again because their tokenisation changed (a count for tests and logs)."""
+
+    def read_prompts(self, prompt_ids: Sequence[Sequence[int]]) -> None:
         self.prompt_ids = [list(p) for p in prompt_ids]
-        """The ids of each prompt of the batch (what `prefill` encoded; indexed by prompt, not reordered)."""
         self.ids = [list(p) for p in prompt_ids]
-        """Per row, the token ids in the caches (prompt, then response), as the model tokenises them."""
-        width = attention_mask.shape[1]
+        width = self.attention_mask.shape[1]
         self.columns = [list(range(width - len(p), width)) for p in prompt_ids]
-        """Per row, the cache column of each of `ids`."""
-        self.seen = torch.zeros(rows, dtype=torch.long, device=device)
-        """(R,) policy response tokens that each row's `ids` were tokenised from."""
+        self.seen = torch.zeros_like(self.fed)
         self.refed = 0
-        """Tokens fed again because their tokenisation changed (a count for tests and logs)."""
-
-    @classmethod
-    def from_prompts(
-        cls,
-        encoders: Sequence[CachedEncoder],
-        caches: list[Any],
-        attention_mask: torch.Tensor,
-        last: list[torch.Tensor],
-        prompt_ids: Sequence[Sequence[int]],
-    ) -> Self:
-        return cls(encoders, caches, attention_mask, last, prompt_ids)
 
     def select(self, index: torch.Tensor) -> Self:
         super().select(index)
