@@ -16,8 +16,9 @@ The tail re-encoded is therefore measured on each row rather than fixed in advan
 unstable" rule would still need the fresh tokenisation to check itself against, and a tokenizer may change more
 than k tokens, e.g. a SentencePiece merge across a space, or fewer, usually none). Whatever changed is re-encoded,
 and nothing else: a row whose whole tokenisation changed is re-encoded whole. Tokenising whole texts costs
-tokenizer time linear in the characters, as decoding the policy's tokens already does; no model forward reads
-an unchanged token twice.
+tokenizer time linear in the characters, as decoding the policy's tokens already does; a model forward reads an
+unchanged token again only when a row's ids shrank to a prefix of the cached ones (its last token is fed again, to
+read the state after it).
 
 Masked columns stay in the cache (a few per call) until the rows end. A model with sliding-window layers counts
 them (and left padding) inside its window, as the policy's own cache does with padding.
