@@ -66,7 +66,7 @@ def test_growing_sliding_layer_equals_transformers_layer_and_crops_past_the_wind
         ("update", _kv(gen, 3, 1)),
         ("reorder", torch.tensor([2, 0, 0, 1])),
         ("update", _kv(gen, 4, 1)),
-        ("crop", -1),  # the last update, after a reorder
+        ("crop", -1),  # the update after a reorder
         ("update", _kv(gen, 4, 7)),  # longer than the room: a new buffer
         ("crop", -7),
         ("update", _kv(gen, 4, 1)),

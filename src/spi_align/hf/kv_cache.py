@@ -101,10 +101,10 @@ class GrowingSlidingLayer(DynamicSlidingWindowLayer):
     is full is the visible window copied to the front of a new one (one copy per `room` positions, not one per
     step). The buffer always holds the window as it was before the last update, so `crop(-n)` of up to the last
     update's positions is a view, past the window length too (the base class raises there unless it recorded its
-    past; this layer needs no recording). `reorder_cache` gathers the rows of the buffer from the start of that
-    window. `keys` / `values` are the visible window as in the base class, whose masks and lengths
-    (`cumulative_length`) are used unchanged; after a batch operation of the base class the next update copies
-    into a new buffer.
+    past; this layer needs no recording). `reorder_cache` gathers the rows of the window and the room after it
+    (a crop must then not reach back past the reorder). `keys` / `values` are the visible window as in the base
+    class, whose masks and lengths (`cumulative_length`) are used unchanged; after a batch operation of the base
+    class the next update copies into a new buffer.
     """
 
     def __init__(self, sliding_window: int, room: int = ROOM, **kwargs: Any) -> None:
@@ -113,8 +113,6 @@ class GrowingSlidingLayer(DynamicSlidingWindowLayer):
         self.buffers: tuple[torch.Tensor, torch.Tensor] | None = None
         self.end = 0
         """Positions written in the buffers (the window ends there)."""
-        self.span = 0
-        """Positions the last update returned (the window before it plus its new positions): kept for `crop`."""
 
     def visible(self) -> int:
         """Positions of the window the next update sees: the last `sliding_window - 1` (fewer at first)."""
@@ -158,9 +156,8 @@ class GrowingSlidingLayer(DynamicSlidingWindowLayer):
         values[..., self.end : self.end + new, :] = value_states
         self.end += new
         self.cumulative_length += new
-        self.span = held + new
         self._show()
-        return keys[..., self.end - self.span : self.end, :], values[..., self.end - self.span : self.end, :]
+        return keys[..., self.end - held - new : self.end, :], values[..., self.end - held - new : self.end, :]
 
     def crop(self, tokens_to_remove: int) -> None:
         """Remove the last `-tokens_to_remove` positions (a negative count, as transformers now asks); a view as long
@@ -176,7 +173,6 @@ class GrowingSlidingLayer(DynamicSlidingWindowLayer):
             raise ValueError(f"cannot crop {n} positions: the window's buffer no longer holds what precedes them")
         self.end -= n
         self.cumulative_length = length
-        self.span = max(0, self.span - n)
         self._show()
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -184,13 +180,13 @@ class GrowingSlidingLayer(DynamicSlidingWindowLayer):
             super().reorder_cache(beam_idx)
             return
         assert self.buffers is not None  # in_buffers() is False without buffers
-        start = self.end - max(self.visible(), self.span)
+        start = self.end - self.visible()  # the window and the room after it: what precedes it is not needed
         keys, values = (b[..., start:, :].index_select(0, beam_idx.to(b.device)) for b in self.buffers)
         self.buffers, self.end = (keys, values), self.end - start
         self._show()
 
     def reset(self) -> None:
-        self.buffers, self.end, self.span = None, 0, 0
+        self.buffers, self.end = None, 0
         super().reset()
 
 
