@@ -129,3 +129,32 @@ def test_bench_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir):
     assert set(memory) == {"bon-4", "spi-2"}
     assert all(m["peak_rss_mb"] >= m["baseline_rss_mb"] > 0 and m["tokens"] > 0 for m in memory.values())
     assert "| P1 |" in (tmp_path / "b" / "bench.md").read_text()
+
+
+def test_bench_times_a_value_model_of_another_tokenizer(tmp_path, tiny_model_dir):
+    """bench.value_backbone names a model of another tokenizer: P2b and P3 measure it, read through its own
+    tokenizer on its own KV cache (the bench once refused it)."""
+    from transformers import AutoTokenizer, LlamaModel
+
+    from conftest import tiny_llama_config
+    from spi_align.data.assets import minilm_dir
+
+    bert = AutoTokenizer.from_pretrained(minilm_dir())
+    config = tiny_llama_config(bert)
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = bert.cls_token_id, bert.sep_token_id, 0
+    other = tmp_path / "wordpiece-value"
+    LlamaModel(config).save_pretrained(other)
+    bert.save_pretrained(other)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Question {i}: name a colour."}) + "\n" for i in range(2)))
+    argv = [
+        "bench", f"data.prompts={prompts}", f"policy.model={tiny_model_dir}", f"run_dir={tmp_path}", "name=b",
+        "generation.max_new_tokens=8", "spi.chunk=4", "spi.width=2", "spi.successors=2", "spi.rounds=1",
+        "bench.repeats=1", "bench.memory=false", "bench.warmup=false", "bench.plain_loop=false",
+        "bench.p3_lengths=[8,16]", f"bench.value_backbone={other}",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    out = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert "spi-vm" in out["summary"]
+    met = {c["target"]: c["met"] for c in out["targets"]}
+    assert met["P2b"] is not None and met["P3"] is not None

@@ -337,6 +337,10 @@ class BenchOptions(Section):
     value_model: bool = True
     """P2b/P3: also time SPI guided by a separate value model of the policy's size (a second copy of its backbone
     with a scalar head, sharing its tokenizer, on its own KV cache), and that value model alone on two lengths."""
+    value_backbone: str = "policy"
+    """P2b/P3's value model: 'policy' (a second copy of the policy's backbone, sharing its tokenizer), or another
+    model ('default', a local directory, a hub id). One of another tokenizer reads the policy's text through its
+    own tokenizer on its own KV cache (`hf/text_cache.py`): P2b then measures that case."""
     p3_lengths: list[Annotated[int, Field(gt=0)]] = Field([64, 256], min_length=2)
     """P3: response lengths (tokens) the value model alone is timed on; the ratio is longest / shortest."""
     backends: list[Literal["hf", "vllm"]] = []

@@ -1,7 +1,9 @@
-"""P2b and P3: a separate value model of the policy's size that shares its tokenizer, scored on its own KV cache.
+"""P2b and P3: a separate value model, scored on its own KV cache.
 
-The value model is a second copy of the policy's backbone (loaded from the same source, so same size and same
-tokenizer) with a scalar head; `values.guide.ValueModelGuide` feeds it only the tokens sampled since its last call.
+The value model is by default a second copy of the policy's backbone (loaded from the same source, so same size and
+same tokenizer) with a scalar head; `bench.value_backbone` names another model instead. `values.guide.ValueModelGuide`
+feeds it only the tokens sampled since its last call: the policy's token ids when the tokenizers match, else the
+text re-tokenised where it changed (`hf/text_cache.py`).
 P2b times SPI search guided by it against best-of-N (in the timed loop, as method 'spi-vm'). P3 times the value
 model alone on synthetic responses of two lengths, fed chunk by chunk through the same selections a search makes
 (W parents per prompt, K children each), so its time must grow with the response length, not its square.
@@ -26,17 +28,16 @@ KEY = "spi-vm"
 
 
 def load_guide(cfg: BenchConfig, policy: Policy) -> tuple[Any | None, str]:
-    """(guide, '') with a fresh copy of the policy's backbone as value model, or (None, why it is unavailable)."""
+    """(guide, '') with a fresh value model on `bench.value_backbone` ('policy': a copy of the policy's backbone), or
+    (None, why it is unavailable)."""
     try:
         from spi_align.values.guide import ValueModelGuide
         from spi_align.values.model import ValueModel
     except ImportError as exc:
         return None, f"no separate value model in this build ({exc})"
-    model = ValueModel.from_source(cfg.policy.model, dtype=getattr(torch, cfg.policy.dtype), device=str(policy.device))
-    guide = ValueModelGuide([model], [1.0], policy.tokenizer)
-    if not all(getattr(guide, "incremental", [False])):
-        return None, "the value model's tokenizer differs from the policy's: it cannot keep its own KV cache"
-    return guide, ""
+    source = cfg.policy.model if cfg.bench.value_backbone == "policy" else cfg.bench.value_backbone
+    model = ValueModel.from_source(source, dtype=getattr(torch, cfg.policy.dtype), device=str(policy.device))
+    return ValueModelGuide([model], [1.0], policy.tokenizer), ""
 
 
 def spi_with_value_model(policy: Policy, reward: Scorer, cfg: BenchConfig, guide: Any) -> Runner:
