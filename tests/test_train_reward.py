@@ -82,3 +82,20 @@ def test_the_weight_decay_is_chosen_without_the_heldout_prompts_and_both_heldout
     assert same["heldout_ranked_prompts"] == flipped["heldout_ranked_prompts"] == len(heldout_prompts(groups, seed=0))
     assert same["heldout_accuracy"] > 0.7 and same["heldout_spearman_with_labeller"] > 0.5
     assert flipped["heldout_accuracy"] < 0.3 and flipped["heldout_spearman_with_labeller"] < -0.5
+
+
+def test_the_head_fitted_is_the_one_its_training_accuracy_describes_and_has_no_offset(tiny_backbone, smol_tokenizer):
+    """The model's head after the fit scores the pairs as `train_accuracy` says, and has bias 0: Bradley–Terry
+    fixes no offset and the transformers score layer it is saved as has none."""
+    gen = torch.Generator().manual_seed(1)
+    states = torch.randn(60, tiny_backbone.config.hidden_size, generator=gen)
+    groups = [f"p{i // 6}" for i in range(60)]
+    labels = (states @ torch.randn(states.shape[1], generator=gen) + torch.randn(60, generator=gen)).tolist()
+    model = RewardModel(tiny_backbone, smol_tokenizer)
+    metrics = train_reward_head_on_states(model, states, groups, labels, RewardTrainConfig(epochs=50))
+    with torch.no_grad():
+        rewards = model.head(states).squeeze(-1)
+    pairs = preference_pairs(groups, labels)
+    assert float(model.head.bias) == 0.0
+    assert sum(bool(rewards[a] > rewards[b]) for a, b in pairs) / len(pairs) == pytest.approx(metrics["train_accuracy"])
+    assert metrics["train_accuracy"] > 0.8

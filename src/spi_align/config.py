@@ -251,6 +251,21 @@ class RewardTrainConfig(Section):
     weight_decay: list[Annotated[float, Field(ge=0)]] = Field([0.01, 0.1, 1.0], min_length=1)
     """L2 decay candidates of the head; the one with the best accuracy on the choice prompts' pairs (a split of the
     training prompts, never the held-out ones the accuracy is reported on) is used."""
+    layers: int = Field(0, ge=0)
+    """Transformer layers tuned with the head. 0: the head alone, on the policy's frozen states computed once (fast;
+    the reward then reads the policy's own states, so a finished row costs no forward). n: the top n layers, the final
+    norm and the head (started from the head fit), tuned by Bradley–Terry with transformers' `Trainer`
+    (`train/reward_trainer.py`, which `accelerate launch` spreads over GPUs); the reward model then runs its own
+    forward on every text it scores. More layers than the policy has is refused before anything is sampled."""
+    tune_lr: list[Annotated[float, Field(gt=0)]] = Field([1e-5, 5e-5], min_length=1)
+    """Learning-rate candidates when `layers` > 0; with `tune_weight_decay` and the number of epochs (1 ..
+    `tune_epochs`), chosen by pair accuracy on the choice prompts."""
+    tune_weight_decay: list[Annotated[float, Field(ge=0)]] = Field([0.0], min_length=1)
+    """AdamW weight-decay candidates when `layers` > 0 (chosen with the learning rate)."""
+    tune_epochs: int = Field(2, gt=0)
+    """Most passes over the pairs when `layers` > 0; the number used is chosen on the choice prompts."""
+    tune_batch_size: int = Field(8, gt=0)
+    """Preference pairs per optimiser step and device when `layers` > 0."""
 
 
 class BaselinesConfig(Section):
@@ -320,7 +335,8 @@ class Config(Section):
     spi: SPIConfig = SPIConfig()
     """Successive policy iterations: rounds, beam shape, value functions."""
     reward_model: RewardTrainConfig = RewardTrainConfig()
-    """How `reward: train` trains its reward model (Bradley–Terry head on the frozen policy)."""
+    """How `reward: train` trains its reward model (Bradley–Terry, on the policy's backbone: its head, or its top
+    layers too)."""
     baselines: BaselinesConfig = BaselinesConfig()
     """Optional baselines for `spi run`: DPO, BoN-I, weak-to-strong search."""
 

@@ -98,10 +98,11 @@ class ImprovedPolicy:
         for k, value in enumerate(self.values):
             with run.folder(round_folder(k)) as tmp:
                 self.kind.save(value, tmp)
-        model = getattr(self.reward, "model", None)
-        if self.cfg.reward == "train" and model is not None:
+        if self.cfg.reward == "train" and getattr(self.reward, "model", None) is not None:
+            from spi_align.scoring.reward_model import save_trained_reward
+
             with run.folder(REWARD_DIR) as tmp:
-                model.save(tmp, with_backbone=False)
+                save_trained_reward(self.reward, tmp)
         run.commit()
         return run.path
 
@@ -131,7 +132,8 @@ def load(path: str | Path, device: str | None = None) -> ImprovedPolicy:
 
 
 def load_reward(cfg: Config, folder: Path, policy: Policy) -> Scorer:
-    """The run's reward: its trained reward head on the policy (`reward: train`), or the configured scorer."""
+    """The run's reward: its trained reward head on the policy (`reward: train`), its reward model with tuned top
+    layers (`reward_model.layers` > 0: a transformers classifier of its own), or the configured scorer."""
     from spi_align.scoring import make_scorer
 
     if cfg.reward != "train":
@@ -140,6 +142,8 @@ def load_reward(cfg: Config, folder: Path, policy: Policy) -> Scorer:
     from spi_align.scoring.row_reward import PolicyHeadReward
 
     reward_dir = folder / REWARD_DIR
+    if not (reward_dir / SPEC_FILE).is_file() and (reward_dir / "config.json").is_file():
+        return make_scorer(str(reward_dir), device=str(policy.device), dtype=cfg.policy.dtype, policy=policy)
     if not (reward_dir / SPEC_FILE).is_file():
         raise SpiError(f"{folder} was run with reward: train but holds no trained reward model ({REWARD_DIR}/)")
     states = hidden_state_policy(policy, "reward: train (a reward head on the policy's own backbone)")

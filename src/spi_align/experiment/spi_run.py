@@ -1,8 +1,9 @@
 """`spi run`: the experiment around Algorithm 1 — reward model, `SuccessivePolicyIteration.fit`, evaluation, report.
 
 1. round-0 rollouts on the training prompts (plain samples of the base policy, or a sampling tree: `spi.tree`);
-2. the reward: a configured scorer, or (`reward: train`) a Bradley–Terry head trained on those rollouts' pairs
-   labelled by the evaluator;
+2. the reward: a configured scorer, or (`reward: train`) a Bradley–Terry reward model trained on those rollouts'
+   pairs labelled by the evaluator: a head on the policy's states, or (`reward_model.layers` > 0) the top layers too
+   (`experiment/tune_reward.py`, also launchable over GPUs); either is saved as a transformers reward model;
 3. `SuccessivePolicyIteration(...).fit(train_prompts)`: V_0 .. V_{K-1} (`spi.py`);
 4. every method of the registry that this run offers (sample, bon-N, spi-1..spi-K, enabled baselines) on the
    eval prompts, judged by the held-out evaluator; `report.md`, `results.json` and a plot.
@@ -32,7 +33,7 @@ from spi_align.runs.resumable import run_method
 from spi_align.runs.rundir import RunDir
 from spi_align.scoring import make_scorer
 from spi_align.scoring.finite import finite_scores
-from spi_align.scoring.reward_model import head_values
+from spi_align.scoring.reward_model import head_values, reading_pad_id
 from spi_align.scoring.train_reward import preference_pairs, train_reward_head_on_states
 from spi_align.search.registry import build_method, method_names
 from spi_align.spi import REWARD_DIR, SuccessivePolicyIteration, load_reward, round_folder
@@ -57,6 +58,11 @@ class SPIRun:
         self.evaluator: Scorer = make_scorer(cfg.evaluator, device=self.device, dtype=cfg.policy.dtype)
         # every scorer is checked and loaded before anything is sampled: a wrong spec fails here, not after round 0
         self.reward: Scorer | None = None if cfg.reward == "train" else load_reward(cfg, self.run.path, self.policy)
+        if cfg.reward == "train":  # what training the reward model will need, checked before sampling too
+            from spi_align.train.reward_trainer import check_layers
+
+            check_layers(cfg.policy.model, cfg.reward_model.layers)
+            reading_pad_id(self.policy.tokenizer)
         self._preferences: tuple[list[Prompt], list[str], list[float], list[tuple[int, int]]] | None = None
 
     def method(self, key: str, search: Any, prompts: list[Prompt]) -> tuple[list[dict[str, Any]], Cost]:
@@ -83,16 +89,18 @@ class SPIRun:
         return prompts, tokens, states
 
     def obtain_reward(self, rollouts0: list[dict[str, Any]]) -> tuple[Scorer, Rollouts | None]:
-        """The configured scorer, or (reward: train) the reward head trained once, by Bradley–Terry on the pairs of
+        """The configured scorer, or (reward: train) the reward model trained once, by Bradley–Terry on the pairs of
         `round0_preferences` (by default every ordered pair of each training prompt's round-0 samples labelled by the
-        evaluator; DPO tunes on the same); then loaded. With a trained head round 0's rollouts come back scored from
-        their states (no re-encoding)."""
+        evaluator; DPO tunes on the same), saved as a transformers reward model in `reward_model/`; then loaded.
+        With a trained head round 0's rollouts come back scored from their states (no re-encoding)."""
         if self.reward is not None:
             return self.reward, None
+        if self.cfg.reward_model.layers > 0:
+            return self.tuned_reward(rollouts0), None
         prompts, tokens, states = self.round0_states(rollouts0)
         ends = torch.stack([s.closed[-1] for s in states])
-        if not self.run.has(f"{REWARD_DIR}/spi_reward.json"):
-            from spi_align.scoring.reward_model import RewardModel
+        if not self.run.has(f"{REWARD_DIR}/config.json"):
+            from spi_align.scoring.reward_model import RewardModel, save_trained_reward
 
             _, _, labels, pairs = self.round0_preferences(rollouts0)
             log.info("training the reward model (Bradley–Terry on %d pairs labelled by the evaluator)", len(pairs))
@@ -103,13 +111,30 @@ class SPIRun:
                 model, ends, groups, labels, self.cfg.reward_model, self.cfg.seed, pairs
             )
             with self.run.folder(REWARD_DIR) as tmp:
-                model.save(tmp, with_backbone=False)
+                save_trained_reward(model, tmp)
                 self.run.write_json("reward_model.json", metrics)  # before the checkpoint counts as done
         reward = load_reward(self.cfg, self.run.path, self.policy)
         head = reward.model.head  # type: ignore[attr-defined]
         with torch.no_grad():
             rewards = head_values(head, ends).tolist()
         return reward, Rollouts(prompts, tokens, rewards, states)
+
+    def tuned_reward(self, rollouts0: list[dict[str, Any]]) -> Scorer:
+        """The reward model with its top `reward_model.layers` layers tuned on `round0_preferences`' pairs (once: the
+        pairs are written first, so the step can also run on its own, `experiment/tune_reward.py`), then loaded."""
+        from spi_align.experiment.tune_reward import PAIRS_FILE, launch_command, tune_into_run
+        from spi_align.train.reward_trainer import RewardPairs
+
+        if not self.run.has(f"{REWARD_DIR}/config.json"):
+            data = RewardPairs(*self.round0_preferences(rollouts0))
+            self.run.write_json(PAIRS_FILE, data.to_dict())
+            log.info(
+                "tuning the reward model's top %d layers on %d pairs labelled by the evaluator (to spread it over "
+                "GPUs instead: stop, run `%s`, then rerun this command)",
+                self.cfg.reward_model.layers, len(data.pairs), launch_command(self.run),
+            )  # fmt: skip
+            tune_into_run(self.run, self.cfg, data)
+        return load_reward(self.cfg, self.run.path, self.policy)
 
     def round0_preferences(
         self, rollouts0: list[dict[str, Any]]

@@ -71,6 +71,32 @@ def backbone_of(model: PreTrainedModel) -> PreTrainedModel:
     return base
 
 
+def layer_stack(backbone: torch.nn.Module) -> torch.nn.ModuleList:
+    """The backbone's stack of transformer blocks (its longest `ModuleList`)."""
+    lists = [m for m in backbone.modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise SpiError(f"{type(backbone).__name__} has no list of layers to fine-tune partially")
+    return max(lists, key=len)
+
+
+def top_layers(backbone: torch.nn.Module, layers: int) -> list[torch.nn.Module]:
+    """The parts of a backbone that tuning its top `layers` layers trains: all of it (-1), none (0), or the last
+    `layers` blocks of its stack and what follows the stack (the final norm)."""
+    if layers == -1:
+        return [backbone]
+    if layers == 0:
+        return []
+    stack = layer_stack(backbone)
+    chosen: list[torch.nn.Module] = list(stack[-layers:])
+    after = False
+    for child in backbone.children():
+        if child is stack:
+            after = True
+        elif after and any(True for _ in child.parameters()):
+            chosen.append(child)
+    return chosen
+
+
 def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -40,9 +40,10 @@ def make_scorer(spec: str, device: str = "cpu", dtype: str = "float32", policy: 
         return Polarity()
     path = Path(spec).expanduser()
     if path.is_dir():
+        from spi_align.scoring.classifier import holds_classifier
         from spi_align.scoring.reward_model import SPEC_FILE, RewardModelScorer
 
-        if (path / SPEC_FILE).is_file():
+        if (path / SPEC_FILE).is_file() and not holds_classifier(path):  # a trained head writes both: the classifier
             return RewardModelScorer.load(path, device=device)
         if not (path / "config.json").is_file():
             raise SpiError(

@@ -64,6 +64,17 @@ def is_classifier(config: Any) -> bool:
     return any(str(name).endswith(CLASSIFIER) for name in getattr(config, "architectures", None) or [])
 
 
+def holds_classifier(folder: Path) -> bool:
+    """Whether a local folder's config.json names a sequence-classification architecture (read as JSON, quickly)."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return any(str(name).endswith(CLASSIFIER) for name in config.get("architectures") or [])
+
+
 def classifier_config(spec: str) -> tuple[str, Any]:
     """(source, config) of a reward model given as a hub id or folder; one-line SpiError unless it is a sequence
     classifier with one label. Reads only the config (no weights)."""
@@ -218,7 +229,7 @@ class ClassifierReward:
         from spi_align.hf.tokenizers import same_tokenizer
 
         self.policy, self.tail = policy, None
-        if not same_tokenizer(self.tokenizer, policy.tokenizer):
+        if not same_tokenizer(_padding_as(self.tokenizer, policy.tokenizer), policy.tokenizer):
             return False
         tails = set()
         for prompt, response in PROBES:
@@ -238,10 +249,23 @@ class ClassifierReward:
         if self.tail is None or self.policy is None or not rows.prompts:
             return None
         prompt_ids = self.policy.prompt_ids(rows.prompts)
-        special = set(self.tokenizer.all_special_ids)
+        special = set(self.policy.tokenizer.all_special_ids)  # what the policy's decoding drops
         responses = rows.token_lists(index)
         seqs = [
             [*prompt_ids[p], *(t for t in tokens if t not in special), *self.tail]
             for p, tokens in zip(rows.prompt_index[index].tolist(), responses, strict=True)
         ]
         return self.score_ids(seqs)
+
+
+def _padding_as(tokenizer: Any, other: Any) -> Any:
+    """`tokenizer`, or a copy padding with `other`'s pad token: which token pads batches changes no token's id (a
+    reward model saved by `RewardModel.save_classifier` pads with the token after the turn's end, the policy with its
+    own)."""
+    if tokenizer.pad_token == other.pad_token:
+        return tokenizer
+    import copy
+
+    padded = copy.deepcopy(tokenizer)
+    padded.pad_token = other.pad_token
+    return padded

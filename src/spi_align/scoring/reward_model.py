@@ -7,11 +7,22 @@ rebuilt from pad ids would hide real end-of-turn tokens.
 
 On disk (`save`/`load`): the backbone's `model.safetensors` and config (or, saved `with_backbone=False`, just
 where to load it from), its tokenizer, `head.safetensors`, and `spi_reward.json` saying how to rebuild it.
+
+As the field ships reward models (`save_classifier`): a transformers `...ForSequenceClassification` with one label,
+the backbone under it and the head as its `score` layer, that plain `AutoModelForSequenceClassification` loads and
+`reward=<folder>` scores (`scoring/classifier.py`) with the rewards of this model. Such a classifier reads the last
+token that is not its pad token; this model reads the turn's end token, which a chat template follows with a little
+text of its own (SmolLM2: `<|im_end|>` then a newline). So the saved tokenizer and config pad with that trailing
+token (`reading_pad_id`): the classifier then reads the end token on the template's own rendering, on this model's
+text (cut after the end token), and in right-padded batches alike. Bradley–Terry fixes a reward only up to a
+constant and a transformers score layer has no bias, so the trained head has none either (`train_reward.py`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +38,8 @@ from spi_align.hf.batches import BackboneRunner
 from spi_align.hf.chat import render
 from spi_align.hf.models import to_device
 
+log = logging.getLogger(__name__)
+
 SPEC_FILE = "spi_reward.json"
 HEAD_FILE = "head.safetensors"
 FORMAT_VERSION = 1
@@ -38,6 +51,48 @@ def head_values(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
     device and dtype: how a reward head reads the end-token states the policy peeks at (and a value model's head,
     its own states)."""
     return head(hidden.to(head.weight)).squeeze(-1).float()
+
+
+def end_token_text(tokenizer: Any, prompt: Prompt, response: str, templated: bool) -> str:
+    """The text a reward model on the policy's states scores (`hf.chat.render`, earlier turns included): through the
+    chat template, cut after the turn's end token (trailing newlines dropped), which is where a policy's own row ends
+    when it stops itself; without a template the turns and the response joined as a transformers reward model
+    without a template reads them (`scoring/classifier.py`)."""
+    text = render(tokenizer, prompt, response, templated=templated)
+    return text.rstrip("\n") if templated else text
+
+
+def reading_pad_id(tokenizer: Any) -> int:
+    """The pad id under which a transformers sequence classifier reads where this module's reward model reads.
+
+    A classifier reads the last token that is not its pad token. Its rendering of a conversation (the chat template's
+    whole turn, `scoring/classifier.py`) is the end-token text (`end_token_text`) plus what the template writes after
+    the end token; when that is one token, repeated or not (SmolLM2's newline), it is the pad; when there is none, any
+    id but the text's last one does (the tokenizer's pad, else its end of sequence, unknown or start token). SpiError
+    when the template writes several different tokens there (no pad can skip them) or renders otherwise."""
+    from spi_align.scoring.classifier import PROBES
+
+    templated = bool(getattr(tokenizer, "chat_template", None))
+    tails: set[int] = set()
+    lasts: set[int] = set()
+    for prompt, response in PROBES:
+        cut = tokenizer(end_token_text(tokenizer, prompt, response, templated), add_special_tokens=not templated)
+        whole = tokenizer(render(tokenizer, prompt, response, templated=templated), add_special_tokens=not templated)
+        cut_ids, whole_ids = list(cut["input_ids"]), list(whole["input_ids"])
+        if whole_ids[: len(cut_ids)] != cut_ids or not cut_ids:
+            raise SpiError("the chat template renders a finished turn otherwise than cut at its end token")
+        tails.update(whole_ids[len(cut_ids) :])
+        lasts.add(cut_ids[-1])
+    if len(tails) > 1:
+        shown = tokenizer.convert_ids_to_tokens(sorted(tails))
+        raise SpiError(
+            f"the chat template writes {shown} after a turn's end token: a transformers classifier, which reads the "
+            "last token that is not its pad token, cannot read the end token as the reward head does"
+        )
+    if tails:
+        return tails.pop()
+    candidates = (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id, tokenizer.bos_token_id)
+    return next(int(c) for c in (*candidates, *range(len(tokenizer))) if c is not None and c not in lasts)
 
 
 class RewardModel(nn.Module):
@@ -90,12 +145,9 @@ class RewardModel(nn.Module):
         return head_values(self.head, picked)
 
     def format(self, prompt: Prompt, response: str) -> str:
-        """The text scored (`hf.chat.render`, earlier turns included): the tokenizer's chat template when it has
-        one, read at the turn's end token (trailing newlines dropped), which is where a policy's own row ends when
-        it stops itself; without a template the turns and the response one per line."""
-        if self._templated:
-            return render(self.tokenizer, prompt, response, templated=True).rstrip("\n")
-        return render(self.tokenizer, prompt, response, templated=False, separator="\n")
+        """The text scored: `end_token_text` (through the chat template when the tokenizer has one, read at the
+        turn's end token)."""
+        return end_token_text(self.tokenizer, prompt, response, self._templated)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Padded `input_ids` and `attention_mask` on the model's device, cut to `max_length`."""
@@ -138,6 +190,44 @@ class RewardModel(nn.Module):
         (out / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
         return out
 
+    def save_classifier(self, directory: str | Path) -> Path:
+        """Write this reward model as a transformers sequence classifier with one label (the module docstring): the
+        backbone under a `...ForSequenceClassification` of its architecture (in its dtype), the head as its score
+        layer, the config and a copy of the tokenizer padding with `reading_pad_id`, the chat template included.
+        Files of `save(with_backbone=False)` may sit beside them (the tokenizer is then this one)."""
+        from transformers import AutoModelForSequenceClassification
+
+        from spi_align.scoring.classifier import score_head
+
+        tokenizer = copy.deepcopy(self.tokenizer)
+        pad = reading_pad_id(tokenizer)
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad)
+        config = copy.deepcopy(self.backbone.config)
+        config.num_labels = 1
+        config.pad_token_id = pad
+        with torch.device("meta"):  # an empty shell: the backbone is this one, not a copy
+            classifier = AutoModelForSequenceClassification.from_config(config)
+        prefix = classifier.base_model_prefix
+        if type(getattr(classifier, prefix, None)) is not type(self.backbone):
+            raise SpiError(f"{type(classifier).__name__} does not hold a {type(self.backbone).__name__} backbone")
+        setattr(classifier, prefix, self.backbone)
+        shell = score_head(classifier)
+        name = next(n for n, m in classifier.named_children() if m is shell)
+        param = next(self.backbone.parameters())
+        score = nn.Linear(shell.in_features, 1, bias=shell.bias is not None, dtype=param.dtype, device=param.device)
+        bias = float(self.head.bias.detach())
+        with torch.no_grad():
+            score.weight.copy_(self.head.weight)
+            if score.bias is not None:
+                score.bias.fill_(bias)
+        if score.bias is None and bias != 0.0:
+            log.warning("%s has no bias: its rewards are this head's minus %g (the same rankings)", name, bias)
+        setattr(classifier, name, score)
+        out = Path(directory)
+        classifier.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        return out
+
     @classmethod
     def load(
         cls,
@@ -171,6 +261,24 @@ class RewardModel(nn.Module):
         model = cls(backbone, tokenizer, source=spec.get("backbone_source", ""), max_length=spec["max_length"])
         model.head.load_state_dict(load_file(path / spec["head"]["file"], device=str(model.device)))
         return model.eval()
+
+
+def save_trained_reward(reward: Any, directory: str | Path) -> Path:
+    """Write a trained reward as a run keeps it (`reward: train`): a `RewardModel` (or a scorer holding one as
+    `model`) as its head on the policy's backbone (`save(with_backbone=False)`, what the run reloads on the policy)
+    beside the transformers classifier it is (`save_classifier`); a transformers classifier (a scorer holding one and
+    its tokenizer: the top layers tuned) as it is."""
+    model = reward if isinstance(reward, RewardModel) else getattr(reward, "model", None)
+    out = Path(directory)
+    if isinstance(model, RewardModel):
+        model.save(out, with_backbone=False)
+        model.save_classifier(out)
+    elif isinstance(model, PreTrainedModel):
+        model.save_pretrained(out)
+        reward.tokenizer.save_pretrained(out)
+    else:
+        raise SpiError(f"{type(reward).__name__} is no trained reward model to save")
+    return out
 
 
 class RewardModelScorer:

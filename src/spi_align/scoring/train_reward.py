@@ -4,7 +4,9 @@ For the embedded default there is no preference data, so pairs are made: policy 
 labelled by a scorer (the evaluator), paired within each prompt by `preference_pairs` (every ordered pair whose
 labels differ, or the i-th best against the i-th worst): the one pair list both this reward model and the DPO
 baseline train on. The reward model is the frozen policy backbone with a scalar head; only the head is trained, on
-features computed once.
+features computed once (`reward_model.layers: 0`, the default; tuning the top layers as well is
+`train/reward_trainer.py`). The head has no offset: Bradley–Terry fixes a reward only up to a constant, and the
+score layer of the transformers classifier it is saved as (`RewardModel.save_classifier`) has no bias.
 """
 
 from __future__ import annotations
@@ -35,9 +37,12 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Te
     return -torch.nn.functional.logsigmoid(chosen - rejected).mean()
 
 
-def _fit_bt(chosen: torch.Tensor, rejected: torch.Tensor, cfg: RewardTrainConfig, weight_decay: float, seed: int):
-    """Full-batch Adam on the Bradley–Terry loss over features standardised by these pairs' own mean and spread;
-    returns the linear head on raw features (the standardisation folded in: reward = w·h + b)."""
+def fit_bradley_terry(
+    chosen: torch.Tensor, rejected: torch.Tensor, cfg: RewardTrainConfig, weight_decay: float, seed: int
+) -> torch.nn.Linear:
+    """Full-batch Adam (`cfg.epochs` steps at `cfg.lr`) on the Bradley–Terry loss over features standardised by these
+    pairs' own mean and spread; returns the linear head on raw features, reward = w·h (the scale folded in; the
+    bias, which the loss never moves, is 0)."""
     both = torch.cat([chosen, rejected])
     mean, scale = both.mean(0), both.std(0).clamp(min=1e-6)
     zc, zr = (chosen - mean) / scale, (rejected - mean) / scale
@@ -53,7 +58,7 @@ def _fit_bt(chosen: torch.Tensor, rejected: torch.Tensor, cfg: RewardTrainConfig
     with torch.no_grad():
         w = lin.weight[0] / scale
         lin.weight.copy_(w[None])
-        lin.bias.sub_((mean * w).sum())
+        lin.bias.zero_()
     return lin
 
 
@@ -87,7 +92,7 @@ def preference_pairs(
 
 
 def _fit_head(
-    head: torch.nn.Linear,
+    head: torch.nn.Linear | None,
     chosen: torch.Tensor,
     rejected: torch.Tensor,
     prompt_ids: Sequence[str],
@@ -110,13 +115,15 @@ def _fit_head(
     by_decay: dict[float, float] = {}
     if fit and pick:
         for wd in cfg.weight_decay:
-            by_decay[wd] = _accuracy(_fit_bt(chosen[fit], rejected[fit], cfg, wd, seed), chosen[pick], rejected[pick])
+            candidate = fit_bradley_terry(chosen[fit], rejected[fit], cfg, wd, seed)
+            by_decay[wd] = _accuracy(candidate, chosen[pick], rejected[pick])
     best = max(by_decay, key=lambda wd: (by_decay[wd], wd)) if by_decay else cfg.weight_decay[0]
-    probe = _fit_bt(chosen[train], rejected[train], cfg, best, seed) if train and test else None
-    lin = _fit_bt(chosen, rejected, cfg, best, seed)
-    with torch.no_grad():
-        head.weight.copy_(lin.weight.to(head.weight))
-        head.bias.copy_(lin.bias.to(head.bias))
+    probe = fit_bradley_terry(chosen[train], rejected[train], cfg, best, seed) if train and test else None
+    lin = fit_bradley_terry(chosen, rejected, cfg, best, seed)
+    if head is not None:
+        with torch.no_grad():
+            head.weight.copy_(lin.weight.to(head.weight))
+            head.bias.copy_(lin.bias.to(head.bias))
     metrics = {
         "pairs": len(prompt_ids),
         "heldout_pairs": len(test),
@@ -148,7 +155,7 @@ def train_reward_head(
 
 
 def train_reward_head_on_states(
-    model: RewardModel,
+    model: RewardModel | None,
     states: torch.Tensor,
     groups: Sequence[str],
     labels: Sequence[float],
@@ -158,7 +165,7 @@ def train_reward_head_on_states(
 ) -> dict[str, Any]:
     """Bradley–Terry on `pairs` of samples (default: `preference_pairs(groups, labels, cfg.pairs_per_prompt)`), from
     each sample's state at its end token (`states`, (N, H): what `model.features` reads, computed once per sample,
-    not once per pair).
+    not once per pair). `model`: whose head is fitted (None: only measure, as a top-layers tune does for its start).
 
     Besides the pair accuracies, reports the held-out within-prompt Spearman of the probe's reward with the labels
     (`heldout_spearman_with_labeller`): the probe whose pair accuracy `heldout_accuracy` is, on the same held-out
@@ -172,7 +179,8 @@ def train_reward_head_on_states(
     states = states.float()
     chosen, rejected = states[[a for a, _ in pairs]], states[[b for _, b in pairs]]
     split = prompt_split(groups, seed)
-    metrics, probe = _fit_head(model.head, chosen, rejected, [groups[a] for a, _ in pairs], cfg, seed, split)
+    head = model.head if model is not None else None
+    metrics, probe = _fit_head(head, chosen, rejected, [groups[a] for a, _ in pairs], cfg, seed, split)
     test = [i for i, g in enumerate(groups) if g in split[2]]
     if probe is not None:
         with torch.no_grad():

@@ -25,6 +25,7 @@ from spi_align.core.errors import SpiError
 from spi_align.core.records import Prompt
 from spi_align.hf.batches import BackboneRunner, pad_token_id
 from spi_align.hf.chat import render
+from spi_align.hf.models import top_layers
 from spi_align.scoring.reward_model import head_values
 
 SPEC_FILE = "value_model.json"
@@ -94,29 +95,10 @@ class ValueModel(nn.Module):
     def device(self) -> torch.device:
         return self.head.weight.device
 
-    def layers(self) -> nn.ModuleList:
-        """The backbone's stack of transformer blocks (its longest `ModuleList`)."""
-        lists = [m for m in self.backbone.modules() if isinstance(m, nn.ModuleList)]
-        if not lists:
-            raise SpiError(f"{type(self.backbone).__name__} has no list of layers to fine-tune partially")
-        return max(lists, key=len)
-
     def trained_modules(self) -> list[nn.Module]:
         """Backbone parts that training updates: all (-1), none (0), or the last n layers and what follows them
-        (the final norm)."""
-        if self.train_layers == -1:
-            return [self.backbone]
-        if self.train_layers == 0:
-            return []
-        stack = self.layers()
-        chosen: list[nn.Module] = list(stack[-self.train_layers :])
-        after = False
-        for child in self.backbone.children():
-            if child is stack:
-                after = True
-            elif after and any(True for _ in child.parameters()):
-                chosen.append(child)
-        return chosen
+        (the final norm): `hf.models.top_layers`."""
+        return top_layers(self.backbone, self.train_layers)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Freeze the backbone except `trained_modules()`; returns the head's and those modules' parameters."""

@@ -36,7 +36,7 @@ class BenchContext:
         other backends (`bench.backends`) only when `other_backends`."""
         prompts = load_prompts(cfg.data)
         policy = load_policy(cfg.policy, cfg.generation, cfg.seed)
-        reward = make_scorer(cfg.reward, device=str(policy.device))
+        reward = make_scorer(cfg.reward, device=str(policy.device), dtype=cfg.policy.dtype, policy=policy)
         ctx = cls(cfg, prompts, policy, reward, build_methods(policy, reward, cfg))
         for backend in cfg.bench.backends if other_backends else []:
             if backend != cfg.policy.backend and backend not in ctx.others:
