@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -215,13 +216,11 @@ class RewardTuner:
         self.groups = [p.id for p in data.prompts]
         self.features = self._features(model)
         fit, choice, held = prompt_split(self.groups, seed)
-        by_prompts = {
+        self.split = {  # the pairs of each side of the prompt split
             name: [pair for pair in data.pairs if self.groups[pair[0]] in ids]
             for name, ids in (("fit", fit), ("choice", choice), ("train", fit | choice), ("heldout", held))
         }
-        self.split = by_prompts
         self.heldout_samples = [i for i, g in enumerate(self.groups) if g in held]
-        self.choice_samples = [i for i, g in enumerate(self.groups) if g in choice]
         head = train_reward_head_on_states(None, self.features, self.groups, data.labels, cfg, seed, data.pairs)
         self.head_metrics = head
         self.weight_decay = float(head["weight_decay"])
@@ -241,7 +240,8 @@ class RewardTuner:
     @torch.no_grad()
     def _features(self, model: PreTrainedModel, batch_size: int = 16) -> torch.Tensor:
         """The frozen backbone's state (N, H) where the classifier reads each sample (its last non-pad token)."""
-        device = torch.device("cpu" if self.use_cpu else "cuda")
+        # each process of a launch on its own GPU (the launcher's LOCAL_RANK), before the Trainer places it there
+        device = torch.device("cpu") if self.use_cpu else torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         base = to_device(backbone_of(model), device).eval()
         order = sorted(range(len(self.ids)), key=lambda i: len(self.ids[i]))
         out = torch.zeros(len(self.ids), model.config.get_text_config().hidden_size)
