@@ -71,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run", help="the run folder (written by `spi run` up to its preference pairs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # as `spi` does: its own log lines, not the loads' reports and bars
+    hf_logging.set_verbosity_error()
     folder = Path(args.run)
     try:
         if not (folder / "config.yaml").is_file() or not (folder / PAIRS_FILE).is_file():

@@ -287,7 +287,8 @@ class RewardTuner:
                 eval_strategy="epoch" if watch else "no", logging_strategy="epoch", save_strategy="no",
                 report_to=[], seed=self.seed, use_cpu=self.use_cpu, disable_tqdm=True, remove_unused_columns=False,
                 label_names=["sample_index"], bf16=self.dtype == "bfloat16" and not self.use_cpu,
-                fp16=self.dtype == "float16" and not self.use_cpu,
+                fp16=self.dtype == "float16" and not self.use_cpu, ddp_find_unused_parameters=False,
+                log_level_replica="passive",  # every tuned parameter is used; replicas log as the caller set up
             )  # fmt: skip
             trainer = PairTrainer(
                 model=model, args=args, train_dataset=_Items(self.ids, pairs=list(pairs)),
