@@ -373,6 +373,110 @@ def test_states_equal_the_transformers_backends(vllm_policy: Any, hf_twin: HFPol
     assert after.requests - before.requests == 2 and computed <= 2 * (BLOCK + 4)  # not the whole prefixes
 
 
+def sharing_engines(policy: Any) -> VLLMStatePolicy:
+    """A state-reading policy on `policy`'s engines, with none of its read history (no peeks asked yet)."""
+    return VLLMStatePolicy(policy.llm, policy.tokenizer, policy.gen, None, policy.states, lambda: None, seed=0)
+
+
+def state_requests(policy: Any, read: Any) -> tuple[Any, int]:
+    """`read()`'s result and the number of requests it sent to the state engine."""
+    before = policy.states.prefix_cache.requests
+    result = read()
+    return result, policy.states.prefix_cache.requests - before
+
+
+def test_one_request_per_row_gives_both_states(vllm_policy: Any, hf_twin: HFPolicy) -> None:
+    """A peek's request (prefix + end token) also gives the row's last state: once peeks are asked, value heads and
+    the partial reward on the same rows cost one request per row, not two; rows that ended themselves need no
+    request when their last state is known; a row repeated in the batch is requested once. The states equal the
+    transformers backend's."""
+    ours, theirs = fixed_candidates(vllm_policy, hf_twin)
+    expected_last = hf_twin.last_hidden(theirs).float()
+    expected_peek = hf_twin.peek_end_hidden(theirs).float()
+    policy = sharing_engines(vllm_policy)
+    last, sent = state_requests(policy, lambda: policy.last_hidden(ours))  # no peek asked yet: the prefixes alone
+    assert sent == 12
+    peeked, sent = state_requests(policy, lambda: policy.peek_end_hidden(ours))
+    assert sent == 11  # row 0 ended itself: its peek is its last state, known
+    torch.testing.assert_close(last, expected_last, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(peeked, expected_peek, atol=1e-4, rtol=1e-4)
+
+    again = ours.select(torch.arange(12))
+    again.hidden = None
+    last, sent = state_requests(policy, lambda: policy.last_hidden(again))  # peeks asked: read with the end token
+    assert sent == 12
+    peeked, sent = state_requests(policy, lambda: policy.peek_end_hidden(again))
+    assert sent == 0
+    torch.testing.assert_close(last, expected_last, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(peeked, expected_peek, atol=1e-4, rtol=1e-4)
+
+    # a prefix the state engine cached to its last token (a whole number of blocks read before): the peek's request
+    # computes the end token alone, so the last state takes a request of its own
+    vllm_policy.gen = greedy(24)
+    whole = vllm_policy.extend(vllm_policy.start(PROMPTS[:1], Cost()), 2 * BLOCK - len(ours.prompt_tokens[0]), Cost())
+    assert int(whole.length[0]) + len(whole.prompt_tokens[0]) == 2 * BLOCK and not bool(whole.done[0])
+    last = sharing_engines(vllm_policy).last_hidden(whole).clone()  # caches both blocks
+    whole.hidden = None
+    _, sent = state_requests(policy, lambda: policy.peek_end_hidden(whole))
+    assert sent == 2
+    torch.testing.assert_close(whole.hidden, last, atol=1e-5, rtol=1e-5)
+
+    twice = ours.select(torch.tensor([1, 1, 2, 2, 2]))
+    twice.hidden = None
+    peeked, sent = state_requests(policy, lambda: policy.peek_end_hidden(twice))
+    assert sent == 2
+    torch.testing.assert_close(peeked, expected_peek[[1, 1, 2, 2, 2]], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(twice.hidden, expected_last[[1, 1, 2, 2, 2]], atol=1e-4, rtol=1e-4)
+
+
+class ReadsEndStates:
+    """A reward head on the policy's states after the end token: scores finished rows from them, as the reward
+    head of `reward: train` does."""
+
+    name = "head"
+
+    def __init__(self, policy: Any, head: torch.nn.Linear) -> None:
+        self.policy, self.head = policy, head
+
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        raise AssertionError("scored from the rows")
+
+    def score_rows(self, rows: Any, index: torch.Tensor, cost: Cost) -> list[float]:
+        return self.head(self.policy.end_hidden(rows, index, cost)).squeeze(-1).tolist()
+
+
+def test_state_reads_of_a_search_compute_the_chunk_and_a_partial_block(vllm_policy: Any) -> None:
+    """The chunk search guided by anchored values and a value head (the peek and the last state of every row): one
+    state request per guided row and per row scored at its end, each computing at most the new chunk, the end token
+    and the prefix's last partial block (the prefix cache holds whole blocks), besides each prompt's first read."""
+    from spi_align.values.anchored import AnchoredGuide, AnchoredValue
+    from spi_align.values.heads import HeadStack, ValueHead
+    from spi_align.values.kinds import HiddenStateValue
+    from spi_align.values.reward_guide import weighted_sum
+
+    width = successors = 2
+    chunk = 4
+    policy = sharing_engines(vllm_policy)
+    policy.gen = GenerationConfig(max_new_tokens=16)
+    hidden = policy.hidden_size
+    torch.manual_seed(3)
+    reward = torch.nn.Linear(hidden, 1)
+    anchored = AnchoredGuide(policy, reward, [AnchoredValue(ValueHead(hidden).eval(), [4], [0.5])], [1.0])
+    heads = HiddenStateValue(HeadStack([ValueHead(hidden).eval()], [1.0]), policy)
+    guide = weighted_sum([(1.0, anchored), (1.0, heads)])
+    before, cost = copy.copy(policy.states.prefix_cache), Cost()
+    search = ChunkBeamSearch(policy, guide, ReadsEndStates(policy, reward), width, successors, chunk)
+    results = search.run(PROMPTS, cost)
+    assert all(len(r.candidates) >= width * successors for r in results)
+    after = policy.states.prefix_cache
+    requests, computed = after.requests - before.requests, after.computed_tokens - before.computed_tokens
+    assert cost.value_calls >= 2 * len(PROMPTS) * width * successors  # at least two guided chunks per prompt
+    assert requests <= cost.value_calls + cost.reward_calls  # one request per guided row, one per row scored
+    assert computed == cost.forward_tokens["peek"]
+    prompts = sum(len(ids) for ids in policy.prompt_ids(PROMPTS))
+    assert computed <= prompts + requests * (chunk + 1 + BLOCK - 1)
+
+
 def test_guidance_and_parents_equal_the_transformers_backends(vllm_policy: Any, hf_twin: HFPolicy) -> None:
     """On the same candidate rows, the anchored values (a reward head on the peeked states plus a learned residual)
     and value heads on the last states give the transformers backend's values, and the search keeps the same

@@ -26,9 +26,11 @@ KV_CACHE_TOO_SMALL = (
 GPU_TAKEN = "Free memory on device cuda:0 (20.1/79.3 GiB) on startup is less than desired GPU memory utilization"
 
 
-def fake_vllm(monkeypatch: pytest.MonkeyPatch, fail: Any = None, tasks: tuple[str, ...] = ("embed",)) -> list[dict]:
+def fake_vllm(
+    monkeypatch: pytest.MonkeyPatch, fail: Any = None, tasks: tuple[str, ...] = ("token_embed",), cpu: bool = False
+) -> list[dict]:
     """Install a stand-in `vllm` module whose `LLM` records its keyword arguments (returned list, one dict per engine
-    started); `fail(kwargs)` may return an exception for the constructor to raise."""
+    started); `fail(kwargs)` may return an exception for the constructor to raise; `cpu`: the platform is a CPU."""
     calls: list[dict] = []
 
     class LLM:
@@ -49,8 +51,11 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch, fail: Any = None, tasks: tuple[st
     config = types.ModuleType("vllm.config")
     config.PoolerConfig = types.SimpleNamespace  # type: ignore[attr-defined]
     vllm.config = config  # type: ignore[attr-defined]
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: cpu)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "vllm", vllm)
     monkeypatch.setitem(sys.modules, "vllm.config", config)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
     return calls
 
 
@@ -103,7 +108,30 @@ def test_parallel_and_engine_settings_reach_both_engines_unchanged(monkeypatch, 
         **settings,
         "gpu_memory_utilization": 0.25,
     }
-    assert (pooler.seq_pooling_type, pooler.use_activation) == ("LAST", False)  # the last token's raw state
+    # every computed position's raw state (the last two are read), the prefix cache kept on
+    assert (pooler.task, pooler.tok_pooling_type, pooler.use_activation) == ("token_embed", "ALL", False)
+    assert pooler.seq_pooling_type == "LAST"  # vLLM turns prefix caching off for MEAN / CLS pooling
+
+
+@pytest.mark.parametrize(
+    ("cpu", "overrides", "generation_block", "state_block"),
+    [
+        (True, [], None, 32),  # CPUs: vLLM's 128 unless set; the state engine takes 32, the smallest they take
+        (True, ["policy.vllm.block_size=64"], 64, 64),  # set: both engines take it
+        (True, ["policy.vllm.state_engine.block_size=96"], None, 96),
+        (False, [], None, None),  # GPUs: vLLM's default (16) on both
+    ],
+)
+def test_the_state_engine_takes_small_blocks_on_cpus(
+    monkeypatch, tiny_model_dir, cpu, overrides, generation_block, state_block
+):
+    """A state read recomputes its prefix's last partial block (vLLM's prefix cache holds whole blocks): the state
+    engine's blocks are the smallest vLLM's CPU attention takes unless a block size is set."""
+    calls = fake_vllm(monkeypatch, fail=lambda kwargs: ValueError("stop here") if "runner" in kwargs else None, cpu=cpu)
+    policy = load_policy(vllm_config(tiny_model_dir, *overrides).policy, GenerationConfig(max_new_tokens=8))
+    with pytest.raises(SpiError):
+        policy.last_hidden(policy.start([Prompt("p", "Hi")], Cost()))
+    assert [call.get("block_size") for call in calls] == [generation_block, state_block]
 
 
 def test_hidden_states_off_gives_the_policy_without_states(monkeypatch, tiny_model_dir):
@@ -154,7 +182,7 @@ def test_state_engine_out_of_memory_names_its_own_settings(monkeypatch, tiny_mod
     assert setting in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("failure", ["constructor", "no embed task"])
+@pytest.mark.parametrize("failure", ["constructor", "no token_embed task"])
 def test_a_model_vllm_cannot_pool_is_one_line_naming_the_setting(monkeypatch, tiny_model_dir, failure):
     refuse = ValueError("Model architectures ['OddForCausalLM'] are not supported for pooling\nat the moment")
     if failure == "constructor":

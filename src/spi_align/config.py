@@ -55,7 +55,8 @@ class VLLMConfig(Section):
     """Automatic prefix caching: a chunk re-reads the cached KV blocks of its prefix instead of re-encoding it."""
     block_size: int | None = Field(None, gt=0)
     """Tokens per KV-cache block; only whole blocks are shared between rows. None = vLLM's (16 on GPUs, 128 on
-    CPUs, where a multiple of 32 is fastest)."""
+    CPUs, where it must be a multiple of 32), but 32 for the state engine on CPUs (a state read recomputes its
+    prefix's last partial block)."""
     kv_cache_memory_bytes: int | None = Field(None, gt=0)
     """KV-cache size in bytes (overrides `gpu_memory_utilization`; on CPUs the cache's size)."""
     extra: dict[str, Any] = {}
@@ -63,10 +64,10 @@ class VLLMConfig(Section):
     hidden_states: bool = True
     """Expose the policy's hidden states (what value heads, anchored values and the reward head read): each row's
     last-token state and its state after the end-of-turn token come from a second engine on the same weights, vLLM's
-    pooling runner (last-token pooling, no normalisation, prefix caching on), started on the first read. Passes that
-    run the policy's backbone on whole texts (round 0's teacher-forced prefix states, the reward head's text scores)
-    use a transformers copy of the weights, loaded on first use. False: no states; guidance that reads them then
-    refuses in one line."""
+    pooling runner (token pooling, no normalisation, prefix caching on: one request of prefix + end token gives
+    both), started on the first read. Passes that run the policy's backbone on whole texts (round 0's teacher-forced
+    prefix states, the reward head's text scores) use a transformers copy of the weights, loaded on first use.
+    False: no states; guidance that reads them then refuses in one line."""
     state_engine: dict[str, Any] = {}
     """Engine arguments of that state engine that differ from the generation engine's (every setting above and
     `extra` go to both): e.g. {gpu_memory_utilization: 0.3} so that both engines fit on the GPUs, or

@@ -10,14 +10,23 @@ tokens read from the cache against those computed.
 Hidden states (`VLLMStatePolicy`). vLLM 0.32's generation engine returns tokens and log-probs, not final hidden
 states (its `extract_hidden_states` speculative method writes chosen intermediate layers' states of each prompt to
 files through a KV connector, for drafter training), so the states come from a second engine on the same weights:
-vLLM's pooling runner (`runner="pooling"`, `convert="embed"`), last-token pooling with the pooler's normalisation
-off (`PoolerConfig(use_activation=False)`, also asked per request), prefix caching on. A row's state is one
-pooling request of its prefix (`last_hidden`, what value heads read), the state after the end-of-turn token one
-request of prefix + end token (`peek_end_hidden` for the anchored values and the partial reward, `end_hidden` for
-the reward head on finished rows). The state engine has cached every whole block of the prefixes it read before,
-so a read computes the tokens since (the new chunk, and the prefix's last partial block), not the prefix: billed as
-"peek" forward tokens, counted in `states.prefix_cache`. It starts on the first read (so sampling with text
-guidance never starts it), with the generation engine's settings overridden by `policy.vllm.state_engine`. Reading
+vLLM's pooling runner (`runner="pooling"`, `convert="embed"`), token pooling (`token_embed`) with the pooler's
+normalisation off, prefix caching on. A request returns the states of the positions it computed: vLLM skips the
+prefix cache for token pooling unless the request asks otherwise (`skip_reading_prefix_cache=False`), and then
+returns the uncached positions only, of which the last two are kept. So one request of prefix + end-of-turn token
+gives both the row's state after its last token (`last_hidden`, what value heads read) and after the end token
+(`peek_end_hidden` for the anchored values and the partial reward; `end_hidden` for the reward head on finished
+rows); a sequence repeated in a batch (siblings that sampled the same chunk) is requested once.
+
+Cost of a read. The state engine has cached every whole block of the prefixes it read before, so a read computes
+the tokens since: the new chunk (L), the end token, and the prefix's last partial block (the cache holds whole
+blocks only: on average half a block, recomputed by each of a parent's successors), never the whole prefix; billed
+as "peek" forward tokens, counted in `states.prefix_cache`. vLLM's CPU attention takes blocks of multiples of 32
+only, and its CPU default is 128, so the state engine takes 32 there (`CPU_STATE_BLOCK`) unless a block size is
+set. On transformers the same read costs the end token alone (the policy's own pass left the chunk's states); here
+the chunk is computed by both engines, so L + 1 + (the partial block) per row and chunk is the floor while they
+share no KV cache. The state engine starts on the first read (so sampling with text guidance never starts it),
+with the generation engine's settings overridden by `policy.vllm.state_engine`. Reading
 values from a sequence-classification export of each head instead (vLLM's classify pooling) would run the same
 backbone pass per request and give one fixed head's values rather than states: no faster, and no states to train
 on. Passes over whole texts outside the search (round 0's teacher-forced prefix states, the reward head's text
@@ -265,9 +274,25 @@ def _logprob(completion: Any) -> float:
     return float(sum(step[t].logprob for t, step in zip(completion.token_ids, completion.logprobs, strict=True)))
 
 
+@dataclass
+class StateRead:
+    """What the state engine returned for a batch of token-id sequences."""
+
+    last: torch.Tensor
+    """(n, H) fp32 states after each sequence's last token."""
+    before: torch.Tensor
+    """(n, H) fp32 states after the token before it, where `has_before` (zeros elsewhere)."""
+    has_before: list[bool]
+    """Whether the engine computed that position: a position read from its prefix cache has no state."""
+    computed: int
+    """Prompt tokens the engine computed (not read from its prefix cache)."""
+
+
 class StateEngine:
-    """The policy's hidden state after the last token of token-id sequences, from vLLM's pooling runner on the
-    policy's weights (`state_engine`): one request per sequence, in one `encode` call; started on the first read."""
+    """The policy's hidden states at the end of token-id sequences, from vLLM's pooling runner on the policy's weights
+    (`state_engine`): one request per distinct sequence, in one `encode` call; started on the first read. Each
+    request returns the states of the positions the engine computed (token pooling, the prefix cache read), of
+    which the last two are kept: the state after the sequence's last token, and the one before it."""
 
     def __init__(self, start: Callable[[], Any], device: torch.device) -> None:
         self._start = start
@@ -278,19 +303,31 @@ class StateEngine:
         self.prefix_cache = PrefixCacheStats()
         """Tokens of every state request, and how many the engine read from its prefix cache."""
 
-    def __call__(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, int]:
-        """((n, H) fp32 states after each sequence's last token, the prompt tokens the engine computed)."""
+    def __call__(self, sequences: Sequence[Sequence[int]]) -> StateRead:
+        """The states at the end of `sequences`; a sequence repeated in the batch is requested once."""
         if self.llm is None:
             with keeping_rng():
                 self.llm = self._start()
         from vllm import PoolingParams, TokensPrompt
 
-        requests = [TokensPrompt(prompt_token_ids=list(ids)) for ids in sequences]
-        unnormalised = PoolingParams(use_activation=False)  # also the engine's default; asked here all the same
-        outputs = self.llm.encode(requests, unnormalised, pooling_task="embed", use_tqdm=False)
+        slot: dict[tuple[int, ...], int] = {}
+        of = [slot.setdefault(tuple(ids), len(slot)) for ids in sequences]
+        requests = [TokensPrompt(prompt_token_ids=list(ids)) for ids in slot]
+        # the computed positions' raw states: normalisation off (also the engine's default), and the prefix cache
+        # read, which vLLM skips by default for token pooling (it would then return every position's state)
+        params = PoolingParams(use_activation=False, skip_reading_prefix_cache=False)
+        outputs = self.llm.encode(requests, params, pooling_task="token_embed", use_tqdm=False)
         computed = self.prefix_cache.count(outputs)
-        states = torch.stack([torch.as_tensor(out.outputs.data) for out in outputs]).float()
-        return states.to(self.device), computed
+        tails = [torch.as_tensor(out.outputs.data)[-2:].float() for out in outputs]
+        last = torch.stack([tail[-1] for tail in tails])
+        before = torch.stack([tail[0] if len(tail) > 1 else torch.zeros_like(tail[0]) for tail in tails])
+        index = torch.tensor(of)
+        return StateRead(
+            last[index].to(self.device),
+            before[index].to(self.device),
+            [len(tails[i]) > 1 for i in of],
+            computed,
+        )
 
 
 class VLLMStatePolicy(VLLMPolicy):
@@ -316,6 +353,8 @@ class VLLMStatePolicy(VLLMPolicy):
         self.states = states
         self._load_backbone = load_backbone
         self._peeked: tuple[weakref.ref, weakref.ref, weakref.ref, torch.Tensor] | None = None
+        self._peeking = False
+        """Whether peeks were asked: `last_hidden` then reads the peek with the last state."""
 
     @property
     def hidden_size(self) -> int:
@@ -342,9 +381,14 @@ class VLLMStatePolicy(VLLMPolicy):
 
     def last_hidden(self, rows: Rows) -> torch.Tensor:
         """(R, H) the state after each row's last token: read once per rows' state and kept in `rows.hidden` (an
-        extend clears it)."""
+        extend clears it). Once this policy has been asked for peeks, the read is the peek's (prefix + end token),
+        which gives both states from one request per row, so the peek that follows in the same guidance is free."""
         if rows.hidden is None:
-            rows.hidden = self._read(self._sequences(rows, range(rows.size), close=False), billed())
+            if self._peeking:
+                self.peek_end_hidden(rows)
+            else:
+                rows.hidden = self._read(rows, range(rows.size), close=False, cost=billed()).last
+        assert rows.hidden is not None  # for the type checker: a peek sets it
         return rows.hidden
 
     def end_hidden(self, rows: Rows, index: torch.Tensor, cost: Cost) -> torch.Tensor:
@@ -352,7 +396,7 @@ class VLLMStatePolicy(VLLMPolicy):
         max_new_tokens: a row that ended itself is read as it is, the others closed with the end token and marked
         done (never extend them again)."""
         with cost.timer("reward"):
-            states = self._read(self._sequences(rows, index.tolist(), close=True), cost)
+            states = self._read(rows, index.tolist(), close=True, cost=cost).last
         cost.policy_forwards += 1
         rows.done = rows.done.clone()  # a new tensor: a peek at these rows before is stale
         rows.done[index] = True
@@ -360,31 +404,52 @@ class VLLMStatePolicy(VLLMPolicy):
 
     def peek_end_hidden(self, rows: Rows) -> torch.Tensor:
         """States (R, H) each row would have after the end-of-turn token, without ending any row (a row that ended
-        itself: its own state). Peeking again at the same rows in the same state (the anchored values and the
-        partial reward both read these in one chunk) returns the first peek's states without a request."""
+        itself: its own state). One request per row that has not ended, of prefix + end token; it also gives the row's
+        last state, kept in `rows.hidden` (so value heads on the same rows read nothing more). With those states
+        known, rows that ended themselves need no request. Peeking again at the same rows in the same state (the
+        anchored values and the partial reward both read these in one chunk) returns the first peek's states."""
         memo = self._peeked
         if memo is not None and memo[0]() is rows and memo[1]() is rows.length and memo[2]() is rows.done:
             return memo[3]
-        states = self._read(self._sequences(rows, range(rows.size), close=True), billed())
+        self._peeking = True
+        done = rows.done.tolist()
+        if rows.hidden is not None:
+            states = rows.hidden.float().clone()
+            open_rows = [r for r in range(rows.size) if not done[r]]
+            if open_rows:
+                states[open_rows] = self._read(rows, open_rows, close=True, cost=billed()).last
+        else:
+            read = self._read(rows, range(rows.size), close=True, cost=billed())
+            states, last = read.last, read.last.clone()
+            unread = []
+            for r in range(rows.size):
+                if done[r]:
+                    continue  # read as it is: its peek is its last state
+                if read.has_before[r]:
+                    last[r] = read.before[r]
+                else:  # the prefix was cached to its last token: its state needs a request of its own
+                    unread.append(r)
+            if unread:
+                last[unread] = self._read(rows, unread, close=False, cost=billed()).last
+            rows.hidden = last
         self._peeked = (weakref.ref(rows), weakref.ref(rows.length), weakref.ref(rows.done), states)
         return states
 
-    def _sequences(self, rows: Rows, index: Sequence[int], close: bool) -> list[list[int]]:
-        """Prompt + response of rows `index`; with `close`, the rows that have not ended get the end-of-turn token."""
+    def _read(self, rows: Rows, index: Sequence[int], close: bool, cost: Cost | None) -> StateRead:
+        """The state engine's read of rows `index` (prompt + response; with `close`, the rows that have not ended
+        get the end-of-turn token); the tokens it computed billed to `cost` as "peek"."""
         response, length, done = rows.response.tolist(), rows.length.tolist(), rows.done.tolist()
         prompt_of = rows.prompt_index.tolist()
         end = [self.end_id]
-        return [
-            rows.prompt_tokens[prompt_of[r]] + response[r][: length[r]] + (end if close and not done[r] else [])
-            for r in index
-        ]
-
-    def _read(self, sequences: list[list[int]], cost: Cost | None) -> torch.Tensor:
-        """The states of `sequences`; the tokens the state engine computed billed to `cost` as "peek"."""
-        states, computed = self.states(sequences)
+        read = self.states(
+            [
+                rows.prompt_tokens[prompt_of[r]] + response[r][: length[r]] + (end if close and not done[r] else [])
+                for r in index
+            ]
+        )
         if cost is not None:
-            cost.count_forward("peek", computed)
-        return states
+            cost.count_forward("peek", read.computed)
+        return read
 
     def _append(self, rows: Rows, pieces: Sequence[tuple[int, Any]], cost: Cost) -> None:
         super()._append(rows, pieces, cost)
@@ -472,22 +537,32 @@ def engine(cfg: PolicyConfig, source: str) -> Any:
         raise start_failure(exc, cfg.model, "policy.vllm") from None
 
 
+CPU_STATE_BLOCK = 32
+"""The state engine's KV-cache block on CPUs unless one is set: the smallest vLLM's CPU attention takes (its kernels
+take multiples of 32; vLLM's CPU default is 128). A state read recomputes its prefix's last partial block (the prefix
+cache holds whole blocks only), so smaller blocks recompute less. vLLM's GPU default, 16, is kept."""
+
+
 def state_engine(cfg: PolicyConfig, source: str) -> Any:
-    """Start the state engine on `source`: vLLM's pooling runner (embedding conversion, last-token pooling, no
-    normalisation) with the generation engine's settings overridden by `cfg.vllm.state_engine`. Its tokenizer is
-    loaded (vLLM's pooling front end needs one), though requests are token ids."""
+    """Start the state engine on `source`: vLLM's pooling runner (embedding conversion, token pooling with the prefix
+    cache read, no normalisation) with the generation engine's settings overridden by `cfg.vllm.state_engine`, and
+    `CPU_STATE_BLOCK` on CPUs when neither sets `block_size`. Its tokenizer is loaded (vLLM's pooling front end needs
+    one), though requests are token ids."""
     vllm = import_vllm()
     _checked_parallelism(cfg)
     from vllm.config import PoolerConfig
+    from vllm.platforms import current_platform
 
     kwargs = cfg.vllm.state_engine_kwargs(cfg.dtype)
+    if "block_size" not in kwargs and current_platform.is_cpu():
+        kwargs["block_size"] = CPU_STATE_BLOCK
     log.info("starting vLLM's state engine (pooling) on %s: %s", source, kwargs)
-    pooler = PoolerConfig(seq_pooling_type="LAST", use_activation=False)
+    pooler = PoolerConfig(task="token_embed", seq_pooling_type="LAST", tok_pooling_type="ALL", use_activation=False)
     try:
         llm = vllm.LLM(model=source, runner="pooling", convert="embed", pooler_config=pooler, **kwargs)
     except (ValueError, TypeError, OSError, RuntimeError, MemoryError, NotImplementedError) as exc:
         raise start_failure(exc, cfg.model, "policy.vllm.state_engine", pooling=True) from None
-    if "embed" not in llm.supported_tasks:
+    if "token_embed" not in llm.supported_tasks:
         raise start_failure(ValueError(f"its pooling tasks are {list(llm.supported_tasks)}"), cfg.model, "", True)
     return llm
 
