@@ -85,7 +85,7 @@ def ridge(states: torch.Tensor, groups: list[str], labels: list[float]) -> dict:
 def layer_end_states(run: Path, prompts: list[Prompt], tokens: list[list[int]], batch: int = 16) -> torch.Tensor:
     """(N, layers + 1, H): every layer's state at the last token of [prompt, response, end of turn] (the response's
     own end token when it closed itself): one forward per rollout, every layer kept."""
-    from spi_align.config import build_config, Config
+    from spi_align.config import Config, build_config
     from spi_align.hf.batches import pad_batch, positions_from_mask
     from spi_align.policy.load import load_policy
 

@@ -241,6 +241,10 @@ class SPIConfig(Section):
 
 
 class RewardTrainConfig(Section):
+    measure: bool = True
+    """With a configured reward (not `train`): measure how it agrees with the evaluator on round 0's samples (pair
+    accuracy and within-prompt Spearman, in `reward_model.json` and the report). The evaluator labels those samples
+    once; the reward's scores of them are reused by V_0's fit."""
     pairs_per_prompt: int | None = Field(None, gt=0)
     """Preference pairs per training prompt, for the reward model and DPO alike (one pair list): None, every ordered
     pair of the prompt's round-0 samples whose labels differ; N, best vs worst, second best vs second worst, ... up

@@ -24,7 +24,7 @@ from typing import Any
 
 from spi_align.config import Config, build_config
 from spi_align.core.errors import SpiError
-from spi_align.core.interfaces import Policy, Scorer, Search, ValueFunction, hidden_state_policy
+from spi_align.core.interfaces import HiddenStatePolicy, Policy, Scorer, Search, ValueFunction, hidden_state_policy
 from spi_align.core.records import Prompt
 from spi_align.runs.resumable import run_method
 from spi_align.runs.rundir import RunDir
@@ -135,11 +135,16 @@ def load_reward(cfg: Config, folder: Path, policy: Policy) -> Scorer:
     """The run's reward: its trained reward head on the policy (`reward: train`), its reward model with tuned top
     layers (`reward_model.layers` > 0: a transformers classifier of its own), or the configured scorer."""
     from spi_align.scoring import make_scorer
-
-    if cfg.reward != "train":
-        return make_scorer(cfg.reward, device=str(policy.device), dtype=cfg.policy.dtype, policy=policy)
     from spi_align.scoring.reward_model import SPEC_FILE, RewardModel
     from spi_align.scoring.row_reward import PolicyHeadReward
+
+    if cfg.reward == "default" and cfg.policy.model == "default" and isinstance(policy, HiddenStatePolicy):
+        from spi_align.data.assets import default_reward_dir  # the shipped head, on the policy's own backbone
+
+        shipped = RewardModel.load(default_reward_dir(), device=str(policy.device), backbone=policy.backbone)
+        return PolicyHeadReward(shipped, policy)
+    if cfg.reward != "train":
+        return make_scorer(cfg.reward, device=str(policy.device), dtype=cfg.policy.dtype, policy=policy)
 
     reward_dir = folder / REWARD_DIR
     if not (reward_dir / SPEC_FILE).is_file() and (reward_dir / "config.json").is_file():

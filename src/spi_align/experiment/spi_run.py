@@ -94,7 +94,7 @@ class SPIRun:
         evaluator; DPO tunes on the same), saved as a transformers reward model in `reward_model/`; then loaded.
         With a trained head round 0's rollouts come back scored from their states (no re-encoding)."""
         if self.reward is not None:
-            return self.reward, None
+            return self.reward, self.measured_reward(rollouts0)
         if self.cfg.reward_model.layers > 0:
             return self.tuned_reward(rollouts0), None
         prompts, tokens, states = self.round0_states(rollouts0)
@@ -118,6 +118,41 @@ class SPIRun:
         with torch.no_grad():
             rewards = head_values(head, ends).tolist()
         return reward, Rollouts(prompts, tokens, rewards, states)
+
+    def measured_reward(self, rollouts0: list[dict[str, Any]]) -> Rollouts | None:
+        """Round 0's samples scored by the configured (not trained) reward, and how it agrees with the evaluator on
+        them (`ranking.agreement`, written once to `reward_model.json`: the run fitted no reward, so every training
+        prompt is held out from it); None when `reward_model.measure` is off or the figures are already written.
+
+        A reward head on this policy's own backbone (e.g. `reward: default`) reads the samples' end states (the
+        prefix states the values share); any other reward scores their text once, and the scores are handed on to
+        V_0's fit, so measuring costs only the evaluator's labels."""
+        from spi_align.scoring.ranking import agreement
+        from spi_align.scoring.row_reward import PolicyHeadReward
+        from spi_align.values.round import flatten_rollouts
+
+        if not self.cfg.reward_model.measure or self.run.has("reward_model.json") or self.reward is None:
+            return None
+        prompts, texts, labels, _ = self.round0_preferences(rollouts0)
+        states = None
+        if isinstance(self.reward, PolicyHeadReward) and self.reward.from_rows:
+            prompts, tokens, states = self.round0_states(rollouts0)
+            ends = torch.stack([s.closed[-1] for s in states])
+            with torch.no_grad():
+                rewards = head_values(self.reward.model.head, ends).tolist()
+        else:
+            _, tokens, _ = flatten_rollouts(rollouts0, {p.id: p for p in self.train_prompts})
+            rewards = finite_scores(self.reward, self.reward.score(prompts, texts), texts)
+        found = agreement(rewards, labels, [p.id for p in prompts])
+        metrics = {
+            "reward": self.cfg.reward,
+            "measured_on": "round-0 samples of every training prompt (this run fitted no reward on them)",
+            **{f"heldout_{k}": v for k, v in found.items() if k not in ("spearman", "pairs")},
+            "heldout_pairs": found["pairs"],
+            "heldout_spearman_with_labeller": found["spearman"],
+        }
+        self.run.write_json("reward_model.json", metrics)
+        return Rollouts(prompts, [list(t) for t in tokens], rewards, states)
 
     def tuned_reward(self, rollouts0: list[dict[str, Any]]) -> Scorer:
         """The reward model with its top `reward_model.layers` layers tuned on `round0_preferences`' pairs (once: the

@@ -13,13 +13,15 @@ from spi_align.core.interfaces import Policy, Scorer
 from spi_align.hf.models import looks_like_hub_id
 
 CHOICES = (
-    "'similarity', 'sentiment', 'polarity', a reward model (a sequence classifier's folder or hub id 'org/name', "
+    "'similarity', 'sentiment', 'polarity', 'default' (the reward head shipped for the default policy), "
+    "a reward model (a sequence classifier's folder or hub id 'org/name', "
     "or a directory with spi_reward.json) or 'module:function'"
 )
 
 
 def make_scorer(spec: str, device: str = "cpu", dtype: str = "float32", policy: Policy | None = None) -> Scorer:
-    """'similarity', 'sentiment' (VADER), 'polarity' (TextBlob), a reward model, or 'module:function'.
+    """'similarity', 'sentiment' (VADER), 'polarity' (TextBlob), 'default' (the reward head shipped for the default
+    policy, on its own copy of that policy's backbone), a reward model, or 'module:function'.
 
     A reward model is a transformers sequence classifier with one label (a folder or a hub id 'org/name', run on
     `device` in `dtype`; `scoring/classifier.py`) or a directory saved by `RewardModel.save` (spi_reward.json).
@@ -38,6 +40,11 @@ def make_scorer(spec: str, device: str = "cpu", dtype: str = "float32", policy: 
         from spi_align.scoring.sentiment import Polarity
 
         return Polarity()
+    if spec == "default":
+        from spi_align.data.assets import default_reward_dir
+        from spi_align.scoring.reward_model import RewardModelScorer
+
+        return RewardModelScorer.load(default_reward_dir(), device=device)
     path = Path(spec).expanduser()
     if path.is_dir():
         from spi_align.scoring.classifier import holds_classifier

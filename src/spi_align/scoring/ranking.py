@@ -90,3 +90,19 @@ def prompt_spearman(
             corrs.append((a @ b).item() / (a.norm() * b.norm()).item())
     mean = float(sum(corrs) / len(corrs)) if corrs else float("nan")
     return PromptSpearman(mean, len(corrs), constant)
+
+
+def agreement(predicted: Sequence[float], labels: Sequence[float], groups: Sequence[Hashable]) -> dict[str, float]:
+    """How a reward orders each prompt's samples against the labeller: pair accuracy over every two samples of one
+    prompt whose labels differ (`differing_pairs`; the reward ranks the better one higher: 1, a tie: ½, the other
+    way: 0) and the within-prompt Spearman (`prompt_spearman`), with the pair and prompt counts behind them."""
+    pairs = [pair for group in differing_pairs(groups, labels) for pair in group]
+    hits = [1.0 if predicted[a] > predicted[b] else 0.5 if predicted[a] == predicted[b] else 0.0 for a, b in pairs]
+    ranked = prompt_spearman(predicted, labels, groups)
+    return {
+        "accuracy": sum(hits) / len(hits) if hits else float("nan"),
+        "pairs": len(hits),
+        "spearman": ranked.mean,
+        "ranked_prompts": ranked.prompts,
+        "constant_prompts": ranked.constant,
+    }

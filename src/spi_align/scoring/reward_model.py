@@ -257,7 +257,11 @@ class RewardModel(nn.Module):
             where = spec["backbone"]
             source = path if where == "." else default_policy_dir() if where == "default" else where
             backbone = to_device(AutoModel.from_pretrained(source, dtype=_DTYPES[dtype or spec["dtype"]]), device)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        where = spec["backbone"]
+        has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+        tokenizer = AutoTokenizer.from_pretrained(
+            path if has_tokenizer or where == "." else default_policy_dir() if where == "default" else where
+        )  # a head shipped without tokenizer files reads with its backbone's
         model = cls(backbone, tokenizer, source=spec.get("backbone_source", ""), max_length=spec["max_length"])
         model.head.load_state_dict(load_file(path / spec["head"]["file"], device=str(model.device)))
         return model.eval()
