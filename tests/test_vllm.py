@@ -59,6 +59,19 @@ def engine_settings(**extra: Any) -> VLLMConfig:
     return VLLMConfig(enforce_eager=True, block_size=BLOCK, kv_cache_memory_bytes=256 << 20, **extra)
 
 
+def engine_overrides(model: Path) -> list[str]:
+    """The command-line settings of a run on the tiny model with `engine_settings`' engines."""
+    return [
+        f"policy.model={model}",
+        "policy.backend=vllm",
+        "policy.device=cpu",
+        "policy.vllm.enforce_eager=true",
+        f"policy.vllm.block_size={BLOCK}",
+        f"policy.vllm.kv_cache_memory_bytes={256 << 20}",
+        f"policy.vllm.state_engine.kv_cache_memory_bytes={128 << 20}",
+    ]
+
+
 LIVE: list[Any] = []
 """Policies whose engine is running: one at a time."""
 
@@ -214,6 +227,17 @@ def test_sampling_is_reproducible_under_reseed(vllm_policy: Any) -> None:
     assert draws[0] == draws[1]
     assert draws[0] != draws[2]
     assert draws[0][0] != draws[0][1]  # the two samples of one prompt differ
+
+
+def test_any_int_seed_is_taken(vllm_policy: Any) -> None:
+    """`spi serve` reseeds with 63-bit seeds after a seeded request, and a request's seed may be negative: vLLM's
+    workers get the seed modulo 2**32 (NumPy's limit), so seeds 2**32 apart sample the same tokens."""
+    vllm_policy.gen = GenerationConfig(max_new_tokens=8)
+    draws = []
+    for seed in (7, 2**62 + 7, -(2**32) + 7):
+        vllm_policy.reseed(seed)
+        draws.append(vllm_policy.sample(PROMPTS, 1, Cost()).token_lists())
+    assert draws[0] == draws[1] == draws[2]
 
 
 def test_chunks_read_their_prefix_from_the_cache(vllm_policy: Any) -> None:
@@ -596,13 +620,7 @@ def test_spi_run_with_anchored_values_and_a_trained_reward_runs_on_vllm(
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Question {i}: name a colour."}) + "\n" for i in range(2)))
     overrides = [
-        f"policy.model={tiny_model_dir}",
-        "policy.backend=vllm",
-        "policy.device=cpu",
-        "policy.vllm.enforce_eager=true",
-        f"policy.vllm.block_size={BLOCK}",
-        f"policy.vllm.kv_cache_memory_bytes={256 << 20}",
-        f"policy.vllm.state_engine.kv_cache_memory_bytes={128 << 20}",
+        *engine_overrides(tiny_model_dir),
         f"run_dir={tmp_path}",
         f"data.prompts={prompts}",
         f"evaluator={root / 'tests' / 'mocks' / 'scorers.py'}:vowel_share",

@@ -154,10 +154,11 @@ class VLLMPolicy(ChatPrompts):
 
     def reseed(self, seed: int) -> None:
         """Restart the sampling stream (the engine's workers and the search's generator): the same seed then gives
-        the same tokens for the same calls."""
+        the same tokens for the same calls. Any int is taken (a server's seeds are 63-bit, a request's may be
+        negative): the workers get it modulo 2**32, the most NumPy's generator, which vLLM seeds too, takes."""
         self.choice_generator.manual_seed(seed)
         try:
-            self.llm.collective_rpc(_seed_worker, args=(seed,))
+            self.llm.collective_rpc(_seed_worker, args=(seed % 2**32,))
         except TypeError as exc:
             raise SpiError(
                 f"cannot reseed vLLM's workers ({str(exc).splitlines()[0]}): run the engine core in this process "
