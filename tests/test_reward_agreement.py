@@ -69,3 +69,37 @@ def test_a_configured_reward_is_measured_against_the_evaluator_on_round_0(tmp_pa
 def test_measuring_can_be_turned_off(tmp_path, tiny_model_dir, prompt_file):
     assert _run(tmp_path, tiny_model_dir, prompt_file, "reward=sentiment", "reward_model.measure=false") == 0
     assert not (tmp_path / "m" / "reward_model.json").exists()
+
+
+def test_the_shipped_default_reward_never_saw_a_demo_prompt():
+    """The head behind `reward: default` was fitted only on training prompts the demo does not use, so the demo's
+    agreement figure for it is held out; and it reads the default policy's states."""
+    from spi_align.config import DataConfig
+    from spi_align.data.assets import default_reward_dir
+    from spi_align.data.prompts import load_prompts
+    from spi_align.experiment.demo import DEMO_DEFAULTS
+
+    folder = default_reward_dir()
+    fitted = set(json.loads((folder / "training_prompts.json").read_text()))
+    demo_train = {p.id for p in load_prompts(DataConfig(split="train", limit=DEMO_DEFAULTS["spi"]["train_prompts"]))}
+    demo_eval = {p.id for p in load_prompts(DataConfig(split="eval", limit=DEMO_DEFAULTS["data"]["limit"]))}
+    assert len(fitted) > 300 and len(demo_train) == DEMO_DEFAULTS["spi"]["train_prompts"]
+    assert not fitted & demo_train and not fitted & demo_eval
+    spec = json.loads((folder / "spi_reward.json").read_text())
+    assert spec["backbone"] == "default" and spec["head"]["in_features"] == 576  # SmolLM2-135M's hidden size
+
+
+def test_reward_default_shares_the_default_policys_backbone_and_scores_like_its_own_copy():
+    from spi_align.config import Config, build_config
+    from spi_align.core.records import Prompt
+    from spi_align.policy import load_policy
+    from spi_align.scoring import make_scorer
+    from spi_align.spi import load_reward
+
+    cfg = build_config(Config, None, ["reward=default"])
+    policy = load_policy(cfg.policy, cfg.generation, cfg.seed)
+    shared = load_reward(cfg, Path("."), policy)
+    assert shared.model.backbone is policy.backbone and shared.from_rows  # reads the rows' end states for free
+    prompts = [Prompt(id="1", text="Name a colour."), Prompt(id="2", text="Say hello.")]
+    texts = ["Blue is a colour of the sky.", "Hello! How can I help you today?"]
+    assert shared.score(prompts, texts) == pytest.approx(make_scorer("default").score(prompts, texts), abs=1e-4)
