@@ -43,7 +43,7 @@ def test_defaults_every_section_key_and_docstring(capsys):
 def test_file_and_overrides_resolve_as_spi_run(capsys):
     out = run_ok(capsys, ["config", DEMO, "spi.width=7"])
     assert "spi.width = 7" in out
-    assert 'name = "demo"' in out and 'reward = "train"' in out  # from the file
+    assert 'name = "demo"' in out and 'reward = "default"' in out  # from the file
     assert "spi.successors = 4" in out  # the file's, unchanged
 
 

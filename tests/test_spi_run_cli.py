@@ -15,9 +15,9 @@ SCORER = str(ROOT / "tests" / "mocks" / "scorers.py") + ":vowel_share"
 def tiny(tmp_path: Path, model: Path, *extra: str) -> list[str]:
     """Overrides that shrink a run to seconds on the tiny model."""
     return [
-        f"policy.model={model}", f"run_dir={tmp_path}", f"evaluator={SCORER}", "generation.max_new_tokens=8",
-        "data.batch_size=2", "spi.chunk=4", "spi.width=2", "spi.successors=2", "spi.rollouts=4", "spi.rounds=1",
-        *extra,
+        f"policy.model={model}", f"run_dir={tmp_path}", f"evaluator={SCORER}", "reward=train",
+        "generation.max_new_tokens=8", "data.batch_size=2", "spi.chunk=4", "spi.width=2", "spi.successors=2",
+        "spi.rollouts=4", "spi.rounds=1", *extra,
     ]  # fmt: skip
 
 

@@ -606,7 +606,7 @@ def test_bench_times_both_backends_side_by_side(tiny_vllm: Any, tiny_model_dir: 
 def test_spi_run_with_anchored_values_and_a_trained_reward_runs_on_vllm(
     capsys: pytest.CaptureFixture, tiny_vllm: Any, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """The default recipe (`configs/demo.yaml`: reward: train, anchored values) through `spi run` on
+    """The default recipe (`configs/demo.yaml`, anchored values, with reward: train) through `spi run` on
     `policy.backend=vllm`, shrunk to 2 prompts and 8 new tokens: the reward head is trained on the policy's states,
     round 0's value is fitted, and the search reads the states from the state engine (peek forward tokens)."""
     import json
@@ -624,6 +624,7 @@ def test_spi_run_with_anchored_values_and_a_trained_reward_runs_on_vllm(
         f"run_dir={tmp_path}",
         f"data.prompts={prompts}",
         f"evaluator={root / 'tests' / 'mocks' / 'scorers.py'}:vowel_share",
+        "reward=train",
         "generation.max_new_tokens=8",
         "data.batch_size=2",
         "spi.chunk=4",

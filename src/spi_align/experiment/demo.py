@@ -10,7 +10,7 @@ from spi_align.experiment.spi_run import spi_run
 
 DEMO_DEFAULTS: dict[str, Any] = {
     "name": "demo",
-    "reward": "train",
+    "reward": "default",  # the head shipped for the default policy, fitted on none of the demo's prompts
     "evaluator": "similarity",
     "data": {"split": "eval", "limit": 16, "batch_size": 4},
     "generation": {"max_new_tokens": 48},
