@@ -133,7 +133,8 @@ def load(path: str | Path, device: str | None = None) -> ImprovedPolicy:
 
 def load_reward(cfg: Config, folder: Path, policy: Policy) -> Scorer:
     """The run's reward: its trained reward head on the policy (`reward: train`), its reward model with tuned top
-    layers (`reward_model.layers` > 0: a transformers classifier of its own), or the configured scorer."""
+    layers (`reward_model.layers` > 0: a transformers classifier, run on the policy's lower layers when it shares
+    them, `scoring/top_layers.py`, else whole), or the configured scorer."""
     from spi_align.scoring import make_scorer
     from spi_align.scoring.reward_model import SPEC_FILE, RewardModel
     from spi_align.scoring.row_reward import PolicyHeadReward
@@ -148,6 +149,11 @@ def load_reward(cfg: Config, folder: Path, policy: Policy) -> Scorer:
 
     reward_dir = folder / REWARD_DIR
     if not (reward_dir / SPEC_FILE).is_file() and (reward_dir / "config.json").is_file():
+        from spi_align.scoring.top_layers import top_layers_reward
+
+        shared = top_layers_reward(reward_dir, policy, folder / "reward_model.json")
+        if shared is not None:
+            return shared
         return make_scorer(str(reward_dir), device=str(policy.device), dtype=cfg.policy.dtype, policy=policy)
     if not (reward_dir / SPEC_FILE).is_file():
         raise SpiError(f"{folder} was run with reward: train but holds no trained reward model ({REWARD_DIR}/)")

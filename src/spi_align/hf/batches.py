@@ -9,13 +9,18 @@ beside it share (value models, the implicit-reward pair, reward models, teacher-
 - `BackboneRunner`: the backbone's forward on new tokens, with positions from the mask and the KV cache under
   whichever argument name this transformers version takes (`past_key_values`, later `cache`): probed once; a
   runner given a cost component bills the real new tokens of each forward to the cost being timed (`billed()`).
-  Its caches are `hf/kv_cache.py`'s growing ones.
+  Its caches are `hf/kv_cache.py`'s growing ones. A runner built with `embeds=True` is fed hidden states instead of
+  token ids (`inputs_embeds`): the top layers of a model run on the states the layers below gave;
+- `LayerTap`: the states one layer of a backbone receives, captured during the forwards a caller arms it for (the
+  policy's own, which then hand a model running the layers from there up the states it needs without another
+  forward), or the backbone run only up to that layer (`below`: the layers from it up never run).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -24,6 +29,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from spi_align.core.records import billed
 from spi_align.hf.kv_cache import growing_cache
+from spi_align.hf.models import layer_stack
 
 
 def pad_batch(
@@ -59,10 +65,12 @@ def positions_from_mask(attention_mask: torch.Tensor, new_tokens: int | None = N
 class BackboneRunner:
     """A transformers backbone (no LM head) fed new tokens on top of an optional KV cache."""
 
-    def __init__(self, module: PreTrainedModel, component: str | None = None) -> None:
+    def __init__(self, module: PreTrainedModel, component: str | None = None, embeds: bool = False) -> None:
         self.module = module
         self.component = component
         """The `Cost.forward_tokens` component its forwards are billed to (None: the caller counts them itself)."""
+        self.feeds = "inputs_embeds" if embeds else "input_ids"
+        """What `hidden` is fed: token ids (B, T), or with `embeds` hidden states (B, T, H) in the module's dtype."""
         params = set(inspect.signature(module.forward).parameters)
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
         """The forward's KV-cache argument: transformers renamed `past_key_values` to `cache`."""
@@ -90,5 +98,64 @@ class BackboneRunner:
             extra[self.cache_arg] = cache
         if self.takes_use_cache:
             extra["use_cache"] = cache is not None
-        out = self.module(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        out = self.module(**{self.feeds: input_ids}, attention_mask=attention_mask, **extra)
         return out.last_hidden_state
+
+
+class _Reached(Exception):
+    """Raised by a `LayerTap` that stops a forward at its layer."""
+
+
+class LayerTap:
+    """The hidden states (B, T, H) that layer `index` of a backbone's stack receives (the output of the layers below
+    it), captured by a forward pre-hook during the forwards run inside `armed()`; other forwards of the backbone pass
+    untouched (the hook returns at once)."""
+
+    def __init__(self, backbone: torch.nn.Module, index: int) -> None:
+        stack = layer_stack(backbone)
+        if not 0 <= index < len(stack):
+            raise ValueError(f"layer {index} of a stack of {len(stack)}")
+        self.index = index
+        self.layers = len(stack)
+        self._armed = self._stop = False
+        self._states: torch.Tensor | None = None
+        self._handle = stack[index].register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self._armed:
+            self._states = args[0] if args else kwargs["hidden_states"]
+            if self._stop:
+                raise _Reached
+
+    @contextmanager
+    def armed(self) -> Iterator[None]:
+        """Capture the layer's input during the block (`take` reads the last one)."""
+        self._armed = True
+        try:
+            yield
+        finally:
+            self._armed = False
+
+    def take(self) -> torch.Tensor:
+        """The states captured by the last armed forward (then forgotten)."""
+        if self._states is None:
+            raise RuntimeError(f"no forward reached layer {self.index} while armed")
+        states, self._states = self._states, None
+        return states
+
+    def below(self, forward: Callable[[], Any]) -> torch.Tensor:
+        """Run `forward` (a forward of the backbone) only as far as the layer: the states it receives; the layers
+        from it up never run."""
+        self._stop = True
+        try:
+            with self.armed():
+                forward()
+        except _Reached:
+            pass
+        finally:
+            self._stop = False
+        return self.take()
+
+    def remove(self) -> None:
+        """Take the hook off the layer."""
+        self._handle.remove()

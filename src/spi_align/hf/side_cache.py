@@ -5,6 +5,11 @@ A `RowState` (kept in `Rows.extras`, reordered by `Rows.select`) for models that
 then every call feeds only the response tokens sampled since the previous one, so scoring a search costs the tokens
 generated, not prefix × steps. Models that read the policy's text through another tokenizer keep theirs in a
 `TextSideCache` (`hf/text_cache.py`), built on this one.
+
+`TappedStates` is what a model that shares the policy's lower layers reads instead of token ids: the states one layer
+of the policy's backbone received (`hf.batches.LayerTap`) for the tokens the policy fed since the model last took
+them, kept in the rows by the policy itself (`policy/hf.py`, `HFPolicy.tap_layer`), so the model runs only the layers
+from there up, on its own cache (`scoring/top_layers.py`).
 """
 
 from __future__ import annotations
@@ -137,6 +142,71 @@ class SideCache:
             self.last[k] = torch.where((count > 0)[:, None], latest, self.last[k])
             out.append(hidden)
         return out
+
+    def peek_block(self, ids: torch.Tensor, real: torch.Tensor) -> list[torch.Tensor]:
+        """Like `feed_block` (`real` (R, n) marks each row's first entries), but the state is left as it was: the
+        caches are cropped back after the forward (a view, no copy) and the mask and last states kept; returns each
+        encoder's hidden states (R, n, H)."""
+        mask, last = self.attention_mask, list(self.last)
+        out = self.feed_block(ids, real, real.sum(1))
+        for cache in self.caches:
+            cache.crop(-ids.shape[1])
+        self.attention_mask, self.last = mask, last
+        return out
+
+
+TAPPED = "tapped_states"
+"""The key of `TappedStates` in `Rows.extras`."""
+
+
+class TappedStates:
+    """Per-row states (`RowState`) of the tapped layer for the tokens the policy fed since a reader last took them.
+
+    `prompts` is the prompts' block (one row per prompt, left-padded, as the policy prefilled them), kept until taken,
+    so a reader encodes each prompt once and fans its own cache out to the rows (`Rows.prompt_index`); `add` appends
+    the block of each later forward (sampled tokens, end tokens that end rows) with the rows that really fed a token;
+    `peeked` is the last end-token peek's states (the peek is cropped back, so it never joins the blocks). Selecting
+    rows reorders the blocks and forgets the peek (the policy peeks the new rows again)."""
+
+    def __init__(self, source: object, prompts: torch.Tensor, prompt_mask: torch.Tensor) -> None:
+        self.source = source
+        """What tapped the states (the policy's `LayerTap`): a reader checks the rows carry its layer's states."""
+        self.prompts: tuple[torch.Tensor, torch.Tensor] | None = (prompts, prompt_mask)
+        self.blocks: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.peeked: tuple[torch.Tensor, torch.Tensor] | None = None
+        """(states (R, H) of the end token, (R,) the rows fed it) of the peek at the rows as they are, if any."""
+
+    def add(self, states: torch.Tensor, real: torch.Tensor) -> None:
+        """Append one forward's states (R, n, H) of the rows `real` (R,) that fed tokens (a decode step: n = 1)."""
+        self.blocks.append((states, real[:, None].expand(-1, states.shape[1])))
+        self.peeked = None
+
+    def select(self, index: torch.Tensor) -> Self:
+        """Rows `index` (repeats allowed); the prompts' block stays one row per prompt."""
+        self.blocks = [(states[index], real[index]) for states, real in self.blocks]
+        self.peeked = None
+        return self
+
+    def take_prompts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(states (P, T, H), attention mask (P, T)) of the prompts, handed over once."""
+        if self.prompts is None:
+            raise RuntimeError("the prompts' states were already taken")
+        prompts, self.prompts = self.prompts, None
+        return prompts
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The blocks added since the last call as one left-aligned block: (states (R, n, H), real (R, n), each row's
+        tokens first, in order), then forgotten; None if no row fed a token."""
+        if not self.blocks:
+            return None
+        states = torch.cat([s for s, _ in self.blocks], dim=1)
+        real = torch.cat([r for _, r in self.blocks], dim=1)
+        self.blocks = []
+        n = int(real.sum(1).max())
+        if n == 0:
+            return None
+        order = torch.argsort((~real).to(torch.int8), dim=1, stable=True)[:, :n]
+        return states.gather(1, order[..., None].expand(-1, -1, states.shape[-1])), real.gather(1, order)
 
 
 State = TypeVar("State")

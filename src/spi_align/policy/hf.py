@@ -21,8 +21,9 @@ from spi_align.config import GenerationConfig, PolicyConfig
 from spi_align.core.errors import SpiError
 from spi_align.core.records import Cost, Prompt, billed
 from spi_align.core.rows import GenerationSettings, Rows
-from spi_align.hf.batches import BackboneRunner, pad_batch, pad_token_id
+from spi_align.hf.batches import BackboneRunner, LayerTap, pad_batch, pad_token_id
 from spi_align.hf.models import backbone_of, resolve_device, resolve_model_source, to_device
+from spi_align.hf.side_cache import TAPPED, TappedStates
 from spi_align.policy.prompts import ChatPrompts, end_tokens
 from spi_align.policy.sampling import TokenSampler, final_logit_softcap, output_logits, token_logprob
 
@@ -62,6 +63,8 @@ class HFPolicy(ChatPrompts):
         """Draws the search's own choices (softmax selection) from probabilities on the CPU, where a GPU's generator
         cannot draw."""
         self._peeked: tuple[weakref.ref, weakref.ref, torch.Tensor] | None = None
+        self.tap: LayerTap | None = None
+        """The layer whose input the policy keeps in its rows for a model sharing the layers below (`tap_layer`)."""
         self.reseed(seed)
 
     has_hidden_states = True
@@ -99,8 +102,36 @@ class HFPolicy(ChatPrompts):
         return output_logits(self.lm_head, hidden, self.softcap)
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Cache) -> torch.Tensor:
-        """Run the backbone on new tokens; returns the last position's hidden state (R, H)."""
-        return self.runner.hidden(input_ids, attention_mask, cache)[:, -1]
+        """Run the backbone on new tokens; returns the last position's hidden state (R, H). With a tap, the tapped
+        layer's input for those tokens is captured on the way (`_keep_tapped` hands it to the rows)."""
+        if self.tap is None:
+            return self.runner.hidden(input_ids, attention_mask, cache)[:, -1]
+        with self.tap.armed():
+            return self.runner.hidden(input_ids, attention_mask, cache)[:, -1]
+
+    def tap_layer(self, index: int) -> LayerTap:
+        """Keep in the rows (`Rows.extras[TAPPED]`, a `hf.side_cache.TappedStates`) the states that layer `index` of
+        the backbone receives for every token the policy feeds (prompts, sampled tokens, end tokens; an end-token
+        peek's apart, as it is cropped back), for a model that runs its own layers from there up on them (a reward
+        model sharing the layers below: `scoring/top_layers.py`). No forward is added; one tapped layer per policy
+        (tapping another replaces it, and rows started before carry none)."""
+        if self.tap is None or self.tap.index != index:
+            if self.tap is not None:
+                self.tap.remove()
+            self.tap = LayerTap(self.backbone, index)
+        return self.tap
+
+    def _keep_tapped(self, rows: Rows, fed: torch.Tensor, peek: bool = False) -> None:
+        """Hand the tapped states of the tokens just fed (rows `fed`) to the rows' `TappedStates`: one more block, or
+        for an end-token peek its `peeked`."""
+        tapped = rows.extras.get(TAPPED)
+        if self.tap is None or not isinstance(tapped, TappedStates) or tapped.source is not self.tap:
+            return
+        states = self.tap.take()
+        if peek:
+            tapped.peeked = (states[:, -1], fed)
+        else:
+            tapped.add(states, fed)
 
     @torch.no_grad()
     def start(self, prompts: Sequence[Prompt], cost: Cost, gen: GenerationSettings | None = None) -> Rows:
@@ -115,7 +146,7 @@ class HFPolicy(ChatPrompts):
             logits = self._logits(hidden)
         cost.policy_forwards += 1
         cost.count_forward("policy_prefill", sum(len(ids) for ids in encoded))
-        return Rows.begin(
+        rows = Rows.begin(
             prompts,
             encoded,
             gen.max_new_tokens,
@@ -127,6 +158,9 @@ class HFPolicy(ChatPrompts):
             next_logits=logits,
             hidden=hidden,
         )
+        if self.tap is not None:
+            rows.extras[TAPPED] = TappedStates(self.tap, self.tap.take(), mask)
+        return rows
 
     @torch.no_grad()
     def extend(self, rows: Rows, max_tokens: int, cost: Cost) -> Rows:
@@ -156,6 +190,7 @@ class HFPolicy(ChatPrompts):
                 rows.length += active.long()
                 rows.attention_mask = mask = torch.cat([mask, active.long()[:, None]], dim=1)
                 hidden = self._forward(token[:, None], mask, cache)
+                self._keep_tapped(rows, active)
                 logits = self._logits(hidden)
                 rows.hidden = hidden if everyone else torch.where(active[:, None], hidden, last_hidden)
                 rows.next_logits = logits if everyone else torch.where(active[:, None], logits, next_logits)
@@ -185,6 +220,7 @@ class HFPolicy(ChatPrompts):
         if bool(need.any()):
             with cost.timer("reward"):
                 rows.hidden, rows.attention_mask = self._feed_end(rows, need)
+                self._keep_tapped(rows, need)
             cost.count_forward("peek", int(need.sum()))
             rows.done |= need
             cost.policy_forwards += 1
@@ -208,6 +244,7 @@ class HFPolicy(ChatPrompts):
         if self._peeked is not None and self._peeked[0]() is rows and self._peeked[1]() is rows.hidden:
             return self._peeked[2]
         hidden, _ = self._feed_end(rows, need)
+        self._keep_tapped(rows, need, peek=True)
         cache.crop(-1)
         self._peeked = (weakref.ref(rows), weakref.ref(last_hidden), hidden)
         cost = billed()  # no cost is handed in: bill the search that is timing its guidance

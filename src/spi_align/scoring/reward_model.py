@@ -280,6 +280,8 @@ def save_trained_reward(reward: Any, directory: str | Path) -> Path:
     elif isinstance(model, PreTrainedModel):
         model.save_pretrained(out)
         reward.tokenizer.save_pretrained(out)
+    elif hasattr(reward, "save_pretrained"):  # a classifier run on the policy's layers writes its own folder
+        reward.save_pretrained(out)
     else:
         raise SpiError(f"{type(reward).__name__} is no trained reward model to save")
     return out

@@ -223,10 +223,10 @@ class AnchoredValues(ValueKind):
 
     def guide(self, values: Sequence[Any], weights: Sequence[float]) -> ValueFunction:
         from spi_align.values.anchored import AnchoredGuide
-        from spi_align.values.reward_guide import TextPartialReward
+        from spi_align.values.reward_guide import partial_reward_value
 
         head = self.reward_head()
-        anchor = head if head is not None else TextPartialReward(self.reward, self.policy)
+        anchor = head if head is not None else partial_reward_value(self.reward, self.policy)
         return AnchoredGuide(self.policy, anchor, list(values), list(weights))
 
 

@@ -61,9 +61,13 @@ class TextPartialReward:
 
 
 def partial_reward_value(reward: Scorer, policy: Policy) -> ValueFunction:
-    """The cheapest exact way to score partial responses with `reward` (see the module docstring)."""
+    """The cheapest exact way to score partial responses with `reward` (see the module docstring); a reward that
+    reads partial rows its own way gives its `partial_value()` (a tuned reward on the policy's lower layers)."""
     if isinstance(reward, PolicyHeadReward) and reward.from_rows:
         return RowPartialReward(reward)
+    own = getattr(reward, "partial_value", None)
+    if own is not None:
+        return own()
     return TextPartialReward(reward, policy)
 
 
