@@ -200,3 +200,18 @@ def test_saving_writes_the_classifier_folder_as_loaded(setup, tmp_path):
     again = ClassifierReward.load(str(tmp_path / "saved"))
     texts = ["Blue.", "Waves."]
     assert again.score(PROMPTS, texts) == whole.score(PROMPTS, texts)
+
+
+def test_a_tuned_folder_as_reward_runs_on_the_policy_and_guides_the_bench(tmp_path, tiny_model_dir, smol_tokenizer):
+    from spi_align.config import BenchConfig
+    from spi_align.experiment.bench.methods import TEXT_GUIDED, build_methods
+    from spi_align.scoring import make_scorer
+
+    folder = tuned_run(tmp_path / "run", tiny_model_dir, smol_tokenizer) / "reward_model"
+    policy = tiny_policy_of(tiny_model_dir, smol_tokenizer)
+    reward = make_scorer(str(folder), policy=policy)  # `reward=<folder>`: found to share the policy's lower layer
+    assert isinstance(reward, TopLayersReward) and reward.top.layers == 1
+    assert type(make_scorer(str(folder))) is ClassifierReward  # no policy given (an evaluator): the classifier whole
+    cfg = build_config(BenchConfig, None, ["bench.backends=[hf]"])
+    search = build_methods(policy, reward, cfg)[TEXT_GUIDED].__self__
+    assert isinstance(search.value, TopLayersPartialReward)  # P1 with the tuned reward guiding

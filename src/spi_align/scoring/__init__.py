@@ -26,7 +26,8 @@ def make_scorer(spec: str, device: str = "cpu", dtype: str = "float32", policy: 
     A reward model is a transformers sequence classifier with one label (a folder or a hub id 'org/name', run on
     `device` in `dtype`; `scoring/classifier.py`) or a directory saved by `RewardModel.save` (spi_reward.json).
     `policy`: the policy whose candidates it will score; a classifier that shares its tokenizer then reads the
-    policy's token ids instead of re-encoding text.
+    policy's token ids instead of re-encoding text, and a folder tuned on its top layers runs on its lower layers
+    (`scoring/top_layers.py`, in the policy's dtype).
     """
     if spec == "similarity":
         from spi_align.scoring.similarity import ReferenceSimilarity
@@ -70,6 +71,13 @@ def make_scorer(spec: str, device: str = "cpu", dtype: str = "float32", policy: 
 def _classifier(spec: str, device: str, dtype: str, policy: Policy | None) -> Scorer:
     from spi_align.scoring.classifier import ClassifierReward
 
+    folder = Path(spec).expanduser()
+    if policy is not None and folder.is_dir():  # tuned on the policy's top layers: run on its lower ones
+        from spi_align.scoring.top_layers import top_layers_reward
+
+        shared = top_layers_reward(folder, policy)
+        if shared is not None:
+            return shared
     reward = ClassifierReward.load(spec, device=device, dtype=dtype)
     if policy is not None:
         reward.attach(policy)

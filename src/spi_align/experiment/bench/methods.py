@@ -3,7 +3,8 @@
 The heads are randomly initialised on the policy's hidden states: the bench measures cost, and a head's cost does
 not depend on its weights. All methods share one policy and one reward scorer. A backend without hidden states
 (vLLM), and every backend when several are compared, also times SPI guided by the reward on partial text
-('spi-text'), which every backend can run.
+('spi-text'), which every backend can run (a reward tuned on the policy's top layers, `reward=<run>/reward_model`,
+reads the partial rows on the policy's lower layers instead: `scoring/top_layers.py`).
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ def build_methods(policy: Policy, reward: Scorer, cfg: BenchConfig) -> dict[str,
             stack = guidance(heads[:k], cfg, policy.device)
             search = ChunkBeamSearch.from_config(policy, on_hidden(stack, policy), reward, spi, f"spi-{k}")
             methods[keys[f"spi-{k}"]] = search.run
-    if TEXT_GUIDED in keys:
-        text = ChunkBeamSearch.from_config(policy, TextPartialReward(reward, policy), reward, spi, TEXT_GUIDED)
+    if TEXT_GUIDED in keys:  # a reward tuned on the policy's top layers reads partial rows its own way
+        partial = reward.partial_value() if hasattr(reward, "partial_value") else TextPartialReward(reward, policy)
+        text = ChunkBeamSearch.from_config(policy, partial, reward, spi, TEXT_GUIDED)
         methods[TEXT_GUIDED] = text.run
     return methods
 
