@@ -86,20 +86,16 @@ def regress(
     batch_size: int,
     generator: torch.Generator,
     weight_decay: float = 0.0,
-    cosine: bool = False,
 ) -> None:
-    """Minimise mean squared error of model(x) against y in shuffled mini-batches (AdamW, optional cosine decay)."""
+    """Minimise mean squared error of model(x) against y in shuffled mini-batches (AdamW, constant rate)."""
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if cosine else None
     for _ in range(epochs):
         for idx in torch.randperm(len(y), generator=generator).split(batch_size):
             loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
-        if sched is not None:
-            sched.step()
 
 
 def prefix_values(head: torch.nn.Module, hidden: Sequence[torch.Tensor], prefix: int | None) -> list[float]:
