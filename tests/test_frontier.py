@@ -1,0 +1,80 @@
+"""The compute frontier's arithmetic: the best-of-N subset estimator pinned on hand-checked cases and against
+enumerating every subset, and the break-even arithmetic on a hand case."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+
+from spi_align.experiment.frontier_maths import argmax_weights, best_of_n_estimate, break_even, per_query
+
+
+def brute_force(rewards: list[float], scores: list[float], size: int) -> float:
+    """Mean over every `size`-subset of the score of its reward argmax, a tie broken uniformly at random."""
+    values = []
+    for subset in itertools.combinations(range(len(rewards)), size):
+        best = max(rewards[i] for i in subset)
+        values.append(np.mean([scores[i] for i in subset if rewards[i] == best]))
+    return float(np.mean(values))
+
+
+@pytest.mark.parametrize(("size", "expected"), [(1, 25.0), (2, 200 / 6), (3, 37.5), (4, 40.0)])
+def test_distinct_rewards_weigh_each_rank_by_the_subsets_it_tops(size, expected):
+    # ascending ranks 1..4 top C(i-1, N-1) of the C(4, N) subsets; given in shuffled order
+    rewards, scores = [3.0, 1.0, 4.0, 2.0], [30.0, 10.0, 40.0, 20.0]
+    assert best_of_n_estimate(rewards, scores, size) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("size", "expected"), [(1, 25.0), (2, 30.0), (3, 30.0), (4, 30.0)])
+def test_tied_rewards_share_their_probability_and_count_with_their_mean_score(size, expected):
+    # sorted: r=1 (10), r=2 (30), then a tie at r=3 (20, 40): the tie tops 5/6 of the pairs and every triple, and
+    # counts with its mean 30, never with the first or the best of its scores
+    rewards, scores = [1.0, 3.0, 3.0, 2.0], [10.0, 20.0, 40.0, 30.0]
+    assert best_of_n_estimate(rewards, scores, size) == pytest.approx(expected)
+    assert best_of_n_estimate(rewards, scores, size) == pytest.approx(brute_force(rewards, scores, size))
+
+
+def test_n_equal_to_the_samples_is_the_argmax_and_one_is_the_mean():
+    scores = [0.2, 0.9, 0.4, 0.7, 0.1]
+    assert best_of_n_estimate([5, 1, 2, 3, 4], scores, 5) == pytest.approx(0.2)
+    assert best_of_n_estimate([5, 1, 5, 3, 4], scores, 5) == pytest.approx((0.2 + 0.4) / 2)
+    assert best_of_n_estimate([5, 1, 5, 3, 4], scores, 1) == pytest.approx(np.mean(scores))
+    assert best_of_n_estimate([2.0] * 5, scores, 3) == pytest.approx(np.mean(scores))  # all tied: any N is the mean
+
+
+def test_the_estimate_equals_enumerating_every_subset_on_random_cases():
+    rng = random.Random(7)
+    for _ in range(10):
+        n = rng.randint(2, 9)
+        rewards = [float(rng.choice([0, 1, 2, 3, 4])) for _ in range(n)]  # ties are likely
+        scores = [rng.random() for _ in range(n)]
+        for size in range(1, n + 1):
+            assert best_of_n_estimate(rewards, scores, size) == pytest.approx(brute_force(rewards, scores, size))
+    weights = argmax_weights(64, 16)
+    assert weights.sum() == pytest.approx(1.0) and weights[:15].sum() == 0.0
+
+
+def test_the_estimator_refuses_n_above_the_samples():
+    with pytest.raises(ValueError, match="best-of-5"):
+        best_of_n_estimate([1.0, 2.0], [1.0, 2.0], 5)
+
+
+def test_break_even_against_the_cheapest_best_of_n_that_scores_as_high():
+    bon = [(1, 0.30, 50.0), (16, 0.60, 500.0), (4, 0.50, 150.0)]
+    # matched with BoN-4 (the smallest N whose mean is >= 0.5, not BoN-16); 100 + 1000 / Q <= 150 from Q = 20 on
+    found = break_even(0.5, search=100.0, training=1000.0, bon=bon)
+    assert (found.status, found.size, found.queries) == ("reached", 4, 20)
+    assert per_query(100.0, 1000.0, 20) == 150.0 and per_query(100.0, 1000.0, 19) > 150.0
+    assert break_even(0.5, 100.0, 1001.0, bon).queries == 21  # rounded up: at 20 queries SPI still costs more
+    assert break_even(0.5, 100.0, 0.0, bon).queries == 1
+    assert break_even(0.55, 100.0, 1000.0, bon).size == 16  # BoN-4 no longer matches: 1000 / 400 -> 3 queries
+    assert break_even(0.55, 100.0, 1000.0, bon).queries == 3
+    never = break_even(0.5, search=150.0, training=10.0, bon=bon)
+    assert (never.status, never.size, never.queries) == ("never", 4, None)
+    assert never.describe() == "never (BoN-4)"
+    missed = break_even(0.61, 100.0, 1000.0, bon)
+    assert (missed.status, missed.size, missed.describe()) == ("not reached", None, "not reached")
+    assert found.describe() == "20 queries (BoN-4)"
