@@ -1,5 +1,5 @@
-"""The compute frontier's arithmetic: the best-of-N subset estimator pinned on hand-checked cases and against
-enumerating every subset, and the break-even arithmetic on a hand case."""
+"""The compute frontier: the best-of-N subset estimator pinned on hand-checked cases and against enumerating every
+subset, the break-even arithmetic on a hand case, and the training compute records a sweep cell shares."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import random
 
 import numpy as np
 import pytest
+import yaml
 
+from spi_align.config import to_yaml
 from spi_align.experiment.frontier_maths import argmax_weights, best_of_n_estimate, break_even, per_query
+from spi_align.experiment.sweep import expand, round0_key, share_round0
+from spi_align.experiment.sweep_spec import load_spec
 
 
 def brute_force(rewards: list[float], scores: list[float], size: int) -> float:
@@ -78,3 +82,26 @@ def test_break_even_against_the_cheapest_best_of_n_that_scores_as_high():
     missed = break_even(0.61, 100.0, 1000.0, bon)
     assert (missed.status, missed.size, missed.describe()) == ("not reached", None, "not reached")
     assert found.describe() == "20 queries (BoN-4)"
+
+
+def test_a_sweep_cell_that_shares_round_0_also_gets_what_its_fits_cost(tmp_path):
+    # the frontier counts the reward model's and V_k's fits as training: a cell copying them copies their costs too
+    spec_path = tmp_path / "spec.yaml"
+    config = {"spi": {"tree": [], "value": "heads", "rounds": 2}}
+    grid = {"spi.chunk": [4, 8], "baselines.dpo": [False, True]}
+    written = {"dir": str(tmp_path / "sweeps"), "config": config, "grid": grid}
+    spec_path.write_text(yaml.safe_dump(written, sort_keys=False))
+    spec, folder = load_spec(spec_path)
+    donor, with_dpo, other_chunk, _ = expand(spec, folder)
+    assert round0_key(donor.config) == round0_key(other_chunk.config)
+    donor.path.mkdir(parents=True)
+    (donor.path / "config.yaml").write_text(to_yaml(donor.config))
+    for k in (0, 1):
+        (donor.path / "values" / f"round-{k}").mkdir(parents=True)
+        (donor.path / "values" / f"round-{k}.cost.json").write_text('{"cost": {}}')
+    (donor.path / "reward_model").mkdir()
+    (donor.path / "reward_model.cost.json").write_text('{"cost": {}}')
+    copied = share_round0(other_chunk)
+    assert {"reward_model.cost.json", "values/round-0.cost.json"} <= set(copied)
+    assert "values/round-1.cost.json" not in copied  # round 1 depends on the search (its chunk): not shared
+    assert {"values/round-1", "values/round-1.cost.json"} <= set(share_round0(with_dpo))  # only a baseline differs

@@ -12,7 +12,8 @@ scores every rollout with the reward, and trains V_k on every prefix of them wit
 (`values/kinds.py`). π_k is the chunk beam search (Algorithm 2) guided by Σ_{i<k} γ V_i/β_i, plus w · the reward
 on the partial response when `spi.reward_guide` = w > 0. Every step is saved in `workdir` when it finishes and
 skipped when it is already there, so an interrupted `fit` resumes. A checkpoint and its metrics are one unit: the
-metrics are written before the checkpoint folder is renamed into place, so a round that counts as done has both.
+metrics are written before the checkpoint folder is renamed into place, so a round that counts as done has both;
+the fit's compute (`values/round-k.cost.json`, training in the compute frontier) is written with them.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import Any
 from spi_align.config import Config, build_config
 from spi_align.core.errors import SpiError
 from spi_align.core.interfaces import HiddenStatePolicy, Policy, Scorer, Search, ValueFunction, hidden_state_policy
-from spi_align.core.records import Prompt
-from spi_align.runs.resumable import run_method
+from spi_align.core.records import Cost, Prompt
+from spi_align.runs.resumable import run_method, save_cost
 from spi_align.runs.rundir import RunDir
 from spi_align.scoring.finite import finite_scores
 from spi_align.search.registry import MethodContext, build_method, method_names
@@ -36,10 +37,22 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 REWARD_DIR = "reward_model"
+REWARD_COST = "reward_model.cost.json"
+"""The compute of fitting the reward model (reward: train): seconds, and the forward tokens the fit runs (a head fit
+runs none: it reads round 0's prefix states); a tuning of top layers launched on its own records none."""
+STATES_DIR = "rollouts-0.states"
+"""Round 0's rollouts with their prefix states (`spi run`), shared by the reward model and V_0."""
+STATES_COST = f"{STATES_DIR}.cost.json"
+"""The compute of those prefix states: the forward tokens of their teacher-forced pass and end tokens."""
 
 
 def round_folder(k: int) -> str:
     return f"values/round-{k}"
+
+
+def fit_cost_file(k: int) -> str:
+    """The compute of V_k's fit (seconds, and the forward tokens it ran), written with its checkpoint."""
+    return f"{round_folder(k)}.cost.json"
 
 
 class ImprovedPolicy:
@@ -224,11 +237,14 @@ class SuccessivePolicyIteration:
             return self.kind.load(folder)
         data = data if data is not None else self.scored(records, prompts)
         log.info("round %d: training V_%d (%s) on %d rollouts", k, k, self.kind.name, len(data))
-        value, metrics = self.kind.fit(data)
+        cost = Cost()
+        with cost.timer("fit"):  # the fit's forwards (states it reads, a value model's passes) bill to it
+            value, metrics = self.kind.fit(data)
         with self.run.folder(round_folder(k)) as tmp:
             self.kind.save(value, tmp)
             # metrics before the checkpoint's rename: a rerun skips a round whose checkpoint exists, so both or neither
             self.run.write_json(f"{round_folder(k)}.json", metrics)
+            save_cost(self.run, fit_cost_file(k), cost)
         return value
 
     def fit(

@@ -37,10 +37,11 @@ class Prompt:
 FORWARD_COMPONENTS = ("policy_prefill", "policy_decode", "peek", "value", "reward")
 """What `Cost.forward_tokens` counts, by the model that ran the forward:
 
-- policy_prefill: prompt tokens the policy encoded (its prefill);
+- policy_prefill: prompt tokens the policy encoded (its prefill), and in training the tokens of the teacher-forced
+  passes over whole rollouts that prefix states are read from (`values/prefix_states.py`);
 - policy_decode: sampled tokens fed back through the policy (a vLLM engine does not feed a request's last token);
 - peek: end-of-turn tokens fed to the policy so that a reward head reads the state after it (`end_hidden` on
-  rows cut at max_new_tokens, `peek_end_hidden` on partial responses);
+  rows cut at max_new_tokens, `peek_end_hidden` on partial responses, and the closed prefix states of training);
 - value: separate value models (their own backbone, their own KV cache); value heads on the policy's states add 0;
 - reward: every reward forward, on partial or finished responses: reward models scoring text, the implicit-reward
   pair (also when it guides weak-to-strong search), sentence encoders. A scorer that is no transformer (a lexicon,

@@ -29,14 +29,22 @@ from spi_align.experiment.baselines import Baselines
 from spi_align.experiment.pipeline import evaluate
 from spi_align.experiment.report import write_report
 from spi_align.policy import load_policy
-from spi_align.runs.resumable import run_method
+from spi_align.runs.resumable import run_method, save_cost
 from spi_align.runs.rundir import RunDir
 from spi_align.scoring import make_scorer
 from spi_align.scoring.finite import finite_scores
 from spi_align.scoring.reward_model import head_values, reading_pad_id
 from spi_align.scoring.train_reward import preference_pairs, train_reward_head_on_states
 from spi_align.search.registry import build_method, method_names
-from spi_align.spi import REWARD_DIR, SuccessivePolicyIteration, load_reward, round_folder
+from spi_align.spi import (
+    REWARD_COST,
+    REWARD_DIR,
+    STATES_COST,
+    STATES_DIR,
+    SuccessivePolicyIteration,
+    load_reward,
+    round_folder,
+)
 from spi_align.values.kinds import Rollouts
 
 log = logging.getLogger(__name__)
@@ -77,15 +85,18 @@ class SPIRun:
         from spi_align.values.round import flatten_rollouts
 
         prompts, tokens, _ = flatten_rollouts(rollouts0, {p.id: p for p in self.train_prompts})
-        name = "rollouts-0.states"
+        name = STATES_DIR
         if self.run.has(f"{name}/{STATES_FILE}"):
             return prompts, tokens, load_states(self.run.file(name))
         spi = self.cfg.spi
         lengths = decision_lengths(spi.chunk, self.cfg.generation.max_new_tokens) if spi.value == "anchored" else []
         log.info("prefix states of %d round-0 rollouts at lengths %s and their ends", len(tokens), lengths)
-        states = prefix_states(self.policy, prompts, tokens, lengths)
+        cost = Cost()
+        with cost.timer("prefix_states"):
+            states = prefix_states(self.policy, prompts, tokens, lengths)
         with self.run.folder(name) as tmp:
             save_states(states, tmp)
+            save_cost(self.run, STATES_COST, cost)  # training compute, with its checkpoint
         return prompts, tokens, states
 
     def obtain_reward(self, rollouts0: list[dict[str, Any]]) -> tuple[Scorer, Rollouts | None]:
@@ -107,12 +118,15 @@ class SPIRun:
             hidden = hidden_state_policy(self.policy, "reward: train (a reward head on the policy's states)")
             model = RewardModel(hidden.backbone, self.policy.tokenizer, source=self.cfg.policy.model)
             groups = [p.id for p in prompts]
-            metrics = train_reward_head_on_states(
-                model, ends, groups, labels, self.cfg.reward_model, self.cfg.seed, pairs
-            )
+            cost = Cost()
+            with cost.timer("fit"):
+                metrics = train_reward_head_on_states(
+                    model, ends, groups, labels, self.cfg.reward_model, self.cfg.seed, pairs
+                )
             with self.run.folder(REWARD_DIR) as tmp:
                 save_trained_reward(model, tmp)
                 self.run.write_json("reward_model.json", metrics)  # before the checkpoint counts as done
+                save_cost(self.run, REWARD_COST, cost)
         reward = load_reward(self.cfg, self.run.path, self.policy)
         head = reward.model.head  # type: ignore[attr-defined]
         with torch.no_grad():
@@ -168,7 +182,10 @@ class SPIRun:
                 "GPUs instead: stop, run `%s`, then rerun this command)",
                 self.cfg.reward_model.layers, len(data.pairs), launch_command(self.run),
             )  # fmt: skip
-            tune_into_run(self.run, self.cfg, data)
+            cost = Cost()
+            with cost.timer("fit"):
+                tune_into_run(self.run, self.cfg, data)
+            save_cost(self.run, REWARD_COST, cost)  # seconds only: the tuning's own forwards are not counted
         return load_reward(self.cfg, self.run.path, self.policy)
 
     def round0_preferences(

@@ -134,12 +134,12 @@ def round0_paths(config: Config) -> list[str]:
     """Round 0's artefacts before any value function (rollouts, reward model, sample and best-of-N evaluations):
     they depend on neither the search, the value settings nor the baselines."""
     stems = ["rollouts-0", "eval-sample", f"eval-bon-{config.spi.candidates}"]
-    return _stem_files(stems) + ["reward_model", "reward_model.json"]
+    return _stem_files(stems) + ["reward_model", "reward_model.json", "reward_model.cost.json"]
 
 
 def value0_paths(config: Config) -> list[str]:
-    """V_0: depends on round 0 and the value settings."""
-    return ["values/round-0", "values/round-0.json"]
+    """V_0 (with its metrics and its fit's recorded compute): depends on round 0 and the value settings."""
+    return ["values/round-0", "values/round-0.json", "values/round-0.cost.json"]
 
 
 def baseline_paths(config: Config) -> list[str]:
@@ -155,7 +155,7 @@ def search_paths(config: Config) -> list[str]:
     """SPI's own rounds ≥ 1 (rollouts, value functions, evaluations): shared between runs that differ only in
     which baselines they add."""
     rounds = range(1, config.spi.rounds + 1)
-    values = [f"values/round-{k}{ext}" for k in rounds for ext in ("", ".json")]
+    values = [f"values/round-{k}{ext}" for k in rounds for ext in ("", ".json", ".cost.json")]
     return _stem_files([f"rollouts-{k}" for k in rounds] + [f"eval-spi-{k}" for k in rounds]) + values
 
 

@@ -77,6 +77,17 @@ def _resume(run: RunDir, out: str, cost_file: str) -> tuple[list[dict[str, Any]]
     return records[:covered], cost
 
 
+def save_cost(run: RunDir, name: str, cost: Cost) -> None:
+    """Write `name` (`<step>.cost.json`): the compute of a step that is not a method run, e.g. a fit or the prefix
+    states of training (read back by `load_cost`)."""
+    run.write_json(name, {"cost": _cost_fields(cost)})
+
+
+def load_cost(run: RunDir, name: str) -> Cost | None:
+    """The cost a `.cost.json` file of the run records (`run_method`'s or `save_cost`'s); None when it has none."""
+    return Cost.from_dict(run.read_json(name)["cost"]) if run.has(name) else None
+
+
 def batch_seed(seed: int, key: str, batch: int) -> int:
     """A seed for one batch of one method, stable across processes."""
     return zlib.crc32(f"{seed}/{key}/{batch}".encode())

@@ -11,6 +11,9 @@ the response's columns after t masked out and position P + t (P = prompt length)
 So all prefix lengths cost one pass plus one token each, instead of one re-encoding per prefix. With
 `closed=False` only the h_t are computed (one pass, no cache): the teacher-forced features the value heads are
 trained on (`features.response_hidden_states`).
+
+Inside a timed cost (`Cost.timer`, e.g. the training steps `spi run` records) the pass bills its tokens to it: the
+teacher-forced tokens as `policy_prefill`, the end tokens fed for e_t as `peek`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from spi_align.core.records import Prompt
+from spi_align.core.records import Prompt, billed
 from spi_align.hf.batches import pad_batch
 
 
@@ -62,6 +65,8 @@ def prefix_states(
         width = ids.shape[1]
         cache = runner.new_cache() if closed else None
         hidden = runner.hidden(ids, mask, cache).float()
+        if (cost := billed()) is not None:
+            cost.count_forward("policy_prefill", int(mask.sum()))
         per_row = [sorted({t for t in lengths if 0 < t <= len(r)} | ({len(r)} if r else set())) for r in batch_r]
         ends: list[dict[int, torch.Tensor]] = [{} for _ in batch_r]
         for t in sorted({t for ts in per_row for t in ts}) if cache is not None else []:
@@ -84,6 +89,8 @@ def prefix_states(
             step_mask[rows, -1] = 1
             token = torch.full((len(seqs), 1), end_id, dtype=torch.long, device=device)
             fed = runner.hidden(token, step_mask, cache)[:, -1].float()
+            if (cost := billed()) is not None:
+                cost.count_forward("peek", len(need))
             cache.crop(-1)
             for row in need:
                 ends[row][t] = fed[row]
