@@ -1,19 +1,26 @@
 """The compute frontier: the best-of-N subset estimator pinned on hand-checked cases and against enumerating every
-subset, the break-even arithmetic on a hand case, and the training compute records a sweep cell shares."""
+subset, the break-even arithmetic on a hand case, bad frontier configs as one line, and `spi run` with the frontier
+on the tiny model writing its table, JSON and plot, then resuming without sampling again."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from spi_align.cli import main
 from spi_align.config import to_yaml
 from spi_align.experiment.frontier_maths import argmax_weights, best_of_n_estimate, break_even, per_query
 from spi_align.experiment.sweep import expand, round0_key, share_round0
 from spi_align.experiment.sweep_spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SCORER = str(ROOT / "tests" / "mocks" / "scorers.py") + ":vowel_share"
 
 
 def brute_force(rewards: list[float], scores: list[float], size: int) -> float:
@@ -105,3 +112,114 @@ def test_a_sweep_cell_that_shares_round_0_also_gets_what_its_fits_cost(tmp_path)
     assert {"reward_model.cost.json", "values/round-0.cost.json"} <= set(copied)
     assert "values/round-1.cost.json" not in copied  # round 1 depends on the search (its chunk): not shared
     assert {"values/round-1", "values/round-1.cost.json"} <= set(share_round0(with_dpo))  # only a baseline differs
+
+
+def write_prompts(path: Path, count: int = 4) -> Path:
+    path.write_text("".join(json.dumps({"prompt": f"Question {i}: name a colour."}) + "\n" for i in range(count)))
+    return path
+
+
+FRONTIER_YAML = """\
+name: frontier
+frontier: {enabled: true, samples: 8, budgets: [[2, 2, 4], [1, 2, 4]], queries: [10, 1000]}
+"""
+
+
+def tiny(tmp_path: Path, model: Path, *extra: str) -> list[str]:
+    """`spi run` on the tiny model in seconds, with the frontier (its section in the config file): 8 samples per
+    prompt, SPI-1 at two budgets, plain round-0 samples (4 per prompt)."""
+    prompts = write_prompts(tmp_path / "prompts.jsonl")
+    config = tmp_path / "frontier.yaml"
+    config.write_text(FRONTIER_YAML)
+    return [
+        "run", str(config), f"data.prompts={prompts}", f"policy.model={model}", f"run_dir={tmp_path}",
+        f"evaluator={SCORER}", "reward=train", "generation.max_new_tokens=8", "data.batch_size=2", "spi.chunk=4",
+        "spi.width=2", "spi.successors=2", "spi.rollouts=4", "spi.rounds=1", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("frontier.sizes=[1,16]", "best-of-16 needs at least 16 samples (frontier.samples is 8)"),
+        ("frontier.budgets=[]", "frontier.budgets: List should have at least 1 item"),
+        ("frontier.budgets=[[2,2]]", "frontier.budgets.0: List should have at least 3 items"),
+        ("frontier.budgets=[[2,0,4]]", "frontier.budgets.0.1: Input should be greater than 0"),
+        ("frontier.rounds=[2]", "frontier.rounds names SPI-2 but only 1 rounds are trained"),
+        ("frontier.queries=[]", "frontier.queries: List should have at least 1 item"),
+    ],
+)
+def test_a_bad_frontier_config_is_one_line(capsys, tmp_path, tiny_model_dir, override, message):
+    assert main([*tiny(tmp_path, tiny_model_dir), override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "frontier").exists()
+
+
+def test_spi_run_writes_the_frontier_and_resumes_without_sampling_again(tmp_path, tiny_model_dir, monkeypatch):
+    assert main(tiny(tmp_path, tiny_model_dir)) == 0
+    run = tmp_path / "frontier"
+    data = json.loads((run / "frontier.json").read_text())
+    records = [json.loads(line) for line in (run / "eval-bon-8.jsonl").read_text().splitlines()]
+    judged = {r["id"]: r["judge"] for r in map(json.loads, (run / "frontier-judge.jsonl").read_text().splitlines())}
+
+    # best-of-N from the 8 samples: N = 1 is every sample's mean, N = 8 the judge of the reward's argmax
+    assert [b["size"] for b in data["bon"]] == [1, 2, 4, 8]
+    means = [np.mean(judged[r["id"]]) for r in records]
+    assert data["bon"][0]["judge_by_prompt"] == pytest.approx(means)
+    argmax = []
+    for r in records:
+        rewards = [c["score"] for c in r["candidates"]]
+        best = [s for s, x in zip(judged[r["id"]], rewards, strict=True) if x == max(rewards)]
+        argmax.append(np.mean(best))
+    assert data["bon"][-1]["judge_by_prompt"] == pytest.approx(argmax)
+    assert data["bon"][-1]["judge_mean"] == pytest.approx(np.mean(argmax))
+    lo, hi = data["bon"][-1]["judge_ci"]
+    assert lo <= data["bon"][-1]["judge_mean"] <= hi
+    cost = json.loads((run / "eval-bon-8.cost.json").read_text())["cost"]
+    assert data["bon"][1]["generated_tokens"] == pytest.approx(cost["tokens_generated"] / 4 * 2 / 8)
+    prefill = cost["forward_tokens"]["policy_prefill"] / 4
+    rest = (cost["total_forward_tokens"] / 4 - prefill) / 8
+    assert data["bon"][2]["forward_tokens"] == pytest.approx(prefill + 4 * rest)
+
+    # SPI at both budgets, the run's own W, K, L as its plain spi-1, evaluated with the other methods
+    results = json.loads((run / "results.json").read_text())["results"]
+    assert [s["method"] for s in data["spi"]] == ["spi-1", "spi-1-w1k2l4"]
+    assert {"spi-1", "spi-1-w1k2l4"} <= set(results)
+    small = next(s for s in data["spi"] if s["budget"] == [1, 2, 4])
+    assert small["judge_mean"] == pytest.approx(np.mean(results["spi-1-w1k2l4"]["evaluator"]))
+    assert small["generated_tokens"] == results["spi-1-w1k2l4"]["cost"]["tokens_generated"] / 4
+
+    # training: round 0's rollouts, its prefix states (a teacher-forced pass over prompt + response of each of the 4
+    # rollouts per prompt), the reward model's and V_0's fits, all recorded by the run
+    training = small["training"]
+    assert set(training["parts"]) == {"rollouts-0", "prefix states", "reward model fit", "V_0 fit"}
+    assert training["not_recorded"] == []
+    rollouts = json.loads((run / "rollouts-0.cost.json").read_text())["cost"]
+    states = training["parts"]["prefix states"]["forward_tokens"]
+    assert states["policy_prefill"] == 4 * rollouts["forward_tokens"]["policy_prefill"] + rollouts["tokens_generated"]
+    assert training["generated_tokens"] == rollouts["tokens_generated"]
+    assert training["forward_tokens"] == sum(p["total_forward_tokens"] for p in training["parts"].values())
+    per_query = small["per_query"]["10"]["forward_tokens"]
+    assert per_query == pytest.approx(small["forward_tokens"] + training["forward_tokens"] / 10)
+    for key in ("generated_tokens", "forward_tokens"):
+        assert small["break_even"][key]["status"] in ("reached", "never", "not reached")
+
+    report = (run / "report.md").read_text()
+    assert "## Compute frontier" in report and "| bon-8 |" in report and "| spi-1-w1k2l4 | 1, 2, 4 |" in report
+    assert (run / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # resume: a torn judge file is completed, and nothing is sampled again
+    samples, judge = (run / "eval-bon-8.jsonl").read_bytes(), (run / "frontier-judge.jsonl").read_bytes()
+    lines = judge.splitlines(keepends=True)
+    (run / "frontier-judge.jsonl").write_bytes(lines[0] + lines[1][:10])
+    (run / "frontier.json").unlink()
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("the resumed run sampled again")
+
+    monkeypatch.setattr("spi_align.policy.hf.HFPolicy.start", no_sampling)
+    assert main(tiny(tmp_path, tiny_model_dir)) == 0
+    assert (run / "eval-bon-8.jsonl").read_bytes() == samples
+    assert (run / "frontier-judge.jsonl").read_bytes() == judge
+    assert json.loads((run / "frontier.json").read_text()) == data

@@ -314,6 +314,46 @@ class BaselinesConfig(Section):
         return self.bon_implicit or self.w2s
 
 
+class FrontierConfig(Section):
+    """The compute frontier of `spi run` (`experiment/frontier.py`): the judge score of best-of-N at every N and of
+    SPI at several beam budgets, against generated tokens and forward tokens per prompt, SPI's training cost spread
+    over the queries served, and the query count from which SPI costs no more than best-of-N of equal judge score."""
+
+    enabled: bool = False
+    """Measure the frontier in `spi run` (a table and JSON, `frontier.json`, in the report, and `frontier.png`)."""
+    samples: int = Field(64, gt=0)
+    """n: samples per eval prompt drawn once (the method 'bon-n', resumable like every method), each scored by the
+    reward and by the evaluator once; every best-of-N of `sizes` is estimated from them."""
+    sizes: list[Annotated[int, Field(gt=0)]] = []
+    """The N of best-of-N on the frontier (each ≤ `samples`; [] = the powers of two up to `samples`: 1, 2, 4, ..., 64
+    by default), each estimated over all N-subsets of the n samples by the unbiased subset estimator
+    (`experiment/frontier_maths.py`), not from the first N samples."""
+    budgets: list[Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=3, max_length=3)]] = Field(
+        [[4, 4, 16], [2, 4, 16], [8, 4, 16]], min_length=1
+    )
+    """SPI's beam budgets [W, K, L] on the frontier; each is evaluated like the run's own SPI-k (method
+    'spi-k-wWkKlL'; the run's own W, K, L is its 'spi-k', evaluated once)."""
+    rounds: list[Annotated[int, Field(gt=0)]] = []
+    """The SPI rounds k placed at every budget (each ≤ `spi.rounds`); [] = every trained round."""
+    queries: list[Annotated[int, Field(gt=0)]] = Field([1_000, 100_000], min_length=1)
+    """Query counts Q over which SPI's training cost is spread in the table and plot: per-query cost = search cost +
+    training cost / Q."""
+
+    @model_validator(mode="after")
+    def _sizes_within_samples(self) -> FrontierConfig:
+        over = [n for n in self.sizes if n > self.samples]
+        if over:
+            raise ValueError(f"best-of-{over[0]} needs at least {over[0]} samples (frontier.samples is {self.samples})")
+        return self
+
+    @property
+    def bon_sizes(self) -> list[int]:
+        """The N of best-of-N on the frontier, ascending, once each (`sizes`, or its default)."""
+        if self.sizes:
+            return sorted(set(self.sizes))
+        return [2**i for i in range(self.samples.bit_length()) if 2**i <= self.samples]
+
+
 class Config(Section):
     seed: int = 0
     """Seed for sampling and splits; the same seed gives the same run."""
@@ -344,6 +384,15 @@ class Config(Section):
     layers too)."""
     baselines: BaselinesConfig = BaselinesConfig()
     """Optional baselines for `spi run`: DPO, BoN-I, weak-to-strong search."""
+    frontier: FrontierConfig = FrontierConfig()
+    """The compute frontier for `spi run`: best-of-N at every N and SPI at several budgets, training cost included."""
+
+    @model_validator(mode="after")
+    def _frontier_rounds_trained(self) -> Config:
+        over = [k for k in self.frontier.rounds if k > self.spi.rounds]
+        if over:
+            raise ValueError(f"frontier.rounds names SPI-{over[0]} but only {self.spi.rounds} rounds are trained")
+        return self
 
 
 class BenchOptions(Section):

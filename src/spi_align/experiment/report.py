@@ -281,9 +281,15 @@ def value_kind(spi: Any) -> str:
 
 
 def write_report(
-    run: Any, cfg: Any, results: dict[str, dict[str, Any]], values: dict[int, dict[str, Any]], baseline: str
+    run: Any,
+    cfg: Any,
+    results: dict[str, dict[str, Any]],
+    values: dict[int, dict[str, Any]],
+    baseline: str,
+    sections: Sequence[str] = (),
 ) -> str:
-    """report.md, results.json and evaluator_by_round.png in the run directory; returns the markdown."""
+    """report.md, results.json and evaluator_by_round.png in the run directory; returns the markdown. `sections`:
+    further markdown sections (e.g. the compute frontier), shown after the reward model's."""
     headers, rows = results_table(results, baseline)
     spi = cfg.spi
     n_eval = len(next(iter(results.values()))["evaluator"])
@@ -298,6 +304,7 @@ def write_report(
         text += "\n" + value_tables(values)
     if run.has("reward_model.json"):
         text += "\n" + reward_model_table(run.read_json("reward_model.json"))
+    text += "".join("\n" + section for section in sections)
     text += "\n![evaluator by method](evaluator_by_round.png)\n"
     plot_rounds(results, run.file("evaluator_by_round.png"), f"{run.path.name}: evaluator score")
     run.write_json("results.json", {"results": results, "values": {str(k): v for k, v in values.items()}})

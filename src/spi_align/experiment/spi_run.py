@@ -5,8 +5,11 @@
    pairs labelled by the evaluator: a head on the policy's states, or (`reward_model.layers` > 0) the top layers too
    (`experiment/tune_reward.py`, also launchable over GPUs); either is saved as a transformers reward model;
 3. `SuccessivePolicyIteration(...).fit(train_prompts)`: V_0 .. V_{K-1} (`spi.py`);
-4. every method of the registry that this run offers (sample, bon-N, spi-1..spi-K, enabled baselines) on the
-   eval prompts, judged by the held-out evaluator; `report.md`, `results.json` and a plot.
+4. every method of the registry that this run offers (sample, bon-N, spi-1..spi-K, enabled baselines, SPI at the
+   compute frontier's budgets) on the eval prompts, judged by the held-out evaluator;
+5. with `frontier.enabled`, the compute frontier (`experiment/frontier.py`): best-of-N at every N from one set of
+   n samples per prompt, the SPI points, SPI's recorded training cost and the break-even query count;
+6. `report.md`, `results.json` and a plot (with the frontier: `frontier.json` and `frontier.png` too).
 
 Every step writes its artefacts into the run directory as soon as it finishes (atomically), and is skipped
 when they are already there, so rerunning the same command resumes after the last finished step. A checkpoint's
@@ -26,6 +29,7 @@ from spi_align.core.interfaces import Scorer, hidden_state_policy
 from spi_align.core.records import Cost, Prompt
 from spi_align.data.prompts import load_prompts
 from spi_align.experiment.baselines import Baselines
+from spi_align.experiment.frontier import compute_frontier
 from spi_align.experiment.pipeline import evaluate
 from spi_align.experiment.report import write_report
 from spi_align.policy import load_policy
@@ -221,6 +225,8 @@ class SPIRun:
         ctx.extras["baselines"] = Baselines(
             cfg, self.run, self.policy, reward, lambda: self.preference_pairs(rollouts0)
         )
+        if cfg.frontier.enabled:
+            ctx.extras["frontier"] = cfg.frontier  # offers SPI at the frontier's budgets
         results: dict[str, dict[str, Any]] = {}
         for key in method_names(ctx):
             log.info("evaluating %s on %d eval prompts", key, len(self.eval_prompts))
@@ -235,7 +241,12 @@ class SPIRun:
             for k in range(cfg.spi.rounds)
             if self.run.has(f"{round_folder(k)}.json")
         }
-        report = write_report(self.run, cfg, results, values, baseline=f"bon-{ctx.candidates}")
+        sections = []
+        if cfg.frontier.enabled:
+            sections.append(
+                compute_frontier(self.run, cfg, ctx, self.method, self.eval_prompts, self.evaluator, results)
+            )
+        report = write_report(self.run, cfg, results, values, baseline=f"bon-{ctx.candidates}", sections=sections)
         log.info("report: %s", self.run.file("report.md"))
         return report
 
