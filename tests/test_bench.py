@@ -66,6 +66,14 @@ def test_targets_are_met_or_not_by_their_limits():
     assert memory_check({}, KEYS, 2).met is None
 
 
+def test_recording_row_is_spi_1_traced_over_untraced():
+    t = trials({"bon-16": [10, 10, 10], "spi-1": [10.5, 11, 10.2], "spi-1-untraced": [10, 10, 10]})
+    keys = {"bon": "bon-16", "spi-1": "spi-1", "spi-1-untraced": "spi-1-untraced"}
+    rows = {c.target: c for c in timing_checks(t, keys, 1)}
+    assert rows["recording"].measured == "1.050× [1.020–1.100]" and rows["recording"].met is None
+    assert "recording" not in {c.target for c in timing_checks(t, {"bon": "bon-16", "spi-1": "spi-1"}, 1)}
+
+
 def test_value_model_targets_unmeasured_say_why_and_quadratic_reference():
     checks = value_model_checks([], KEYS, None, "no value model here", 16)
     assert [(c.target, c.met, c.note) for c in checks] == [(t, None, "no value model here") for t in ("P2b", "P3")]
@@ -114,13 +122,16 @@ def test_bench_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir):
     ]  # fmt: skip
     assert main(argv) == 0
     out = json.loads((tmp_path / "b" / "bench.json").read_text())
-    methods = ["sample-4", "bon-4", "spi-1", "spi-2", "spi-vm"]
+    methods = ["sample-4", "bon-4", "spi-1", "spi-1-untraced", "spi-2", "spi-vm"]
     assert list(out["summary"]) == methods
     assert sorted((t["method"], t["repeat"]) for t in out["trials"]) == sorted((m, r) for m in methods for r in (0, 1))
     # the same seed every run: plain loop and best-of-N sample the same tokens
     assert {t["tokens"] for t in out["trials"] if t["method"] in ("sample-4", "bon-4")} == {out["trials"][0]["tokens"]}
     met = {c["target"]: c["met"] for c in out["targets"]}
-    assert set(met) >= {"P1", "P2", "P4", "memory", "P2b", "P3"}
+    assert set(met) >= {"P1", "P2", "P4", "memory", "P2b", "P3", "recording"}
+    # SPI-1 records its tree and the untraced copy does not; recording changes no sampled token
+    tokens = {(t["method"], t["repeat"]): t["tokens"] for t in out["trials"]}
+    assert all(tokens[("spi-1", r)] == tokens[("spi-1-untraced", r)] for r in (0, 1))
     assert met["P2b"] is not None and met["P3"] is not None  # the tiny value model was measured
     p3 = out["p3"]
     assert p3["lengths"] == [8, 16] and all(len(runs) == 2 for runs in p3["runs"].values())

@@ -400,6 +400,9 @@ class BenchOptions(Section):
     """Timed runs of every method; medians and min–max are over these (odd repeats run the methods in reverse)."""
     plain_loop: bool = True
     """Also time a plain batched sampling loop (`policy.sample`, W·K samples per prompt): P4's reference."""
+    untraced: bool = True
+    """Also time SPI-1 with its tree not recorded ('spi-1-untraced'): every SPI method records its tree as `spi run`
+    does (`ChunkBeamSearch.trace`), and this row shows what recording costs (P1 is met with recording on)."""
     warmup: bool = True
     """Run every method once on one prompt before timing (lazy initialisation and first allocations untimed)."""
     memory: bool = True

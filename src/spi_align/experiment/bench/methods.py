@@ -26,17 +26,22 @@ from spi_align.values.reward_guide import TextPartialReward
 
 TEXT_GUIDED = "spi-text"
 """SPI guided by the reward on partial text: reads no hidden states, so every backend runs it."""
+UNTRACED = "spi-1-untraced"
+"""SPI-1 with its tree not recorded: the reference of the recording cost."""
 
 
 def method_keys(cfg: BenchConfig, with_value_model: bool = False, hidden_states: bool = True) -> dict[str, str]:
     """Roles → method keys: 'sample' (P4's reference loop, when timed), 'bon', 'spi-1'..'spi-R' (when the policy
-    exposes hidden states), 'spi-text' (without them, or when other backends are compared), and 'spi-vm' (SPI
-    guided by a separate value model) when it is timed."""
+    exposes hidden states; every SPI method records its tree) and 'spi-1-untraced' (SPI-1 recording nothing, when
+    timed), 'spi-text' (without hidden states, or when other backends are compared), and 'spi-vm' (SPI guided by a
+    separate value model) when it is timed."""
     n = cfg.spi.candidates  # W·K per prompt for every method (compute-matched)
     keys = {"sample": f"sample-{n}"} if cfg.bench.plain_loop else {}
     keys["bon"] = f"bon-{n}"
     if hidden_states:
         keys.update({f"spi-{k}": f"spi-{k}" for k in range(1, cfg.spi.rounds + 1)})
+        if cfg.bench.untraced:
+            keys[UNTRACED] = UNTRACED
     if not hidden_states or cfg.bench.backends:
         keys[TEXT_GUIDED] = TEXT_GUIDED
     if with_value_model:
@@ -92,6 +97,10 @@ def build_methods(policy: Policy, reward: Scorer, cfg: BenchConfig) -> dict[str,
             stack = guidance(heads[:k], cfg, policy.device)
             search = ChunkBeamSearch.from_config(policy, on_hidden(stack, policy), reward, spi, f"spi-{k}")
             methods[keys[f"spi-{k}"]] = search.run
+            if k == 1 and UNTRACED in keys:
+                untraced = ChunkBeamSearch.from_config(policy, on_hidden(stack, policy), reward, spi, UNTRACED)
+                untraced.trace = False
+                methods[UNTRACED] = untraced.run
     if TEXT_GUIDED in keys:  # a reward tuned on the policy's top layers reads partial rows its own way
         partial = reward.partial_value() if hasattr(reward, "partial_value") else TextPartialReward(reward, policy)
         text = ChunkBeamSearch.from_config(policy, partial, reward, spi, TEXT_GUIDED)

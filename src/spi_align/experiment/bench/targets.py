@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from spi_align.experiment.bench.methods import UNTRACED
 from spi_align.experiment.bench.timing import Spread, Trial, paired_ratio
 
 P1_MAX = 1.15
@@ -46,6 +47,19 @@ def timing_checks(trials: Sequence[Trial], keys: dict[str, str], rounds: int) ->
     for k in range(1, rounds + 1):
         r = paired_ratio(trials, keys[f"spi-{k}"], bon)
         checks.append(Check("P1", f"SPI-{k} / {bon} wall time", fmt_ratio(r), f"≤ {P1_MAX}×", r.median <= P1_MAX))
+    if UNTRACED in keys:  # the recording's cost: P1 holds with it on, and it runs no extra forward pass
+        r = paired_ratio(trials, keys["spi-1"], keys[UNTRACED])
+        note = "every SPI row records its tree (as spi run does); this row times SPI-1 recording nothing"
+        checks.append(
+            Check(
+                "recording",
+                "SPI-1 recording its tree / SPI-1 recording nothing, wall time",
+                fmt_ratio(r),
+                "—",
+                None,
+                note,
+            )
+        )
     for k in range(2, rounds + 1):
         r = paired_ratio(trials, keys[f"spi-{k}"], keys[f"spi-{k - 1}"])
         extra = Spread(r.median - 1, r.min - 1, r.max - 1)
