@@ -594,7 +594,16 @@ def test_bench_times_both_backends_side_by_side(tiny_vllm: Any, tiny_model_dir: 
         gc.collect()
         cleanup_dist_env_and_memory()
     timed = set(result["summary"])
-    assert {"sample-4", "bon-4", "spi-1", "spi-1-untraced", "spi-text", "vllm:sample-4", "vllm:bon-4", "vllm:spi-text"} == timed
+    assert {
+        "sample-4",
+        "bon-4",
+        "spi-1",
+        "spi-1-untraced",
+        "spi-text",
+        "vllm:sample-4",
+        "vllm:bon-4",
+        "vllm:spi-text",
+    } == timed
     assert all(result["summary"][k]["tokens"]["median"] > 0 for k in timed)
     p1 = [c["what"] for c in result["targets"] if c["target"] == "P1"]
     assert any(w.startswith("hf: SPI (reward on partial text)") for w in p1)
