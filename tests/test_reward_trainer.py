@@ -58,3 +58,23 @@ def test_no_pairs_is_one_clear_error(tiny_model_dir):
     data = RewardPairs([Prompt("a", "Hi?")], ["Hello."], [1.0], [])
     with pytest.raises(SpiError, match="no preference pairs"):
         tune_reward_model(str(tiny_model_dir), data, RewardTrainConfig(layers=1), Path("unused"))
+
+
+def test_measure_reports_the_held_out_figures_without_the_last_tune(tiny_model_dir, monkeypatch):
+    from spi_align.data.prompts import prompt_split
+
+    data = long_is_better(10)
+    cfg = RewardTrainConfig(layers=1, tune_lr=[1e-4, 1e-3], tune_epochs=2, tune_batch_size=9)
+    tuner = RewardTuner(str(tiny_model_dir), data, cfg, device="cpu")
+    tuned_on: list[int] = []
+    tune = tuner.tune
+    monkeypatch.setattr(tuner, "tune", lambda pairs, *a, **k: (tuned_on.append(len(pairs)), tune(pairs, *a, **k))[1])
+    metrics = tuner.measure()
+
+    fit, choice, held = prompt_split([p.id for p in data.prompts], 0)
+    on = {name: sum(data.prompts[a].id in ids for a, _ in data.pairs) for name, ids in [("fit", fit), ("held", held)]}
+    assert tuned_on == [on["fit"], on["fit"], len(data.pairs) - on["held"]]  # two candidates, then the probe: no final
+    assert metrics["heldout_pairs"] == on["held"] > 0 and metrics["lr"] in cfg.tune_lr and metrics["epochs"] in (1, 2)
+    assert 0.0 <= metrics["heldout_accuracy"] <= 1.0 and -1.0 <= metrics["heldout_spearman_with_labeller"] <= 1.0
+    assert 0.0 <= metrics["head_heldout_accuracy"] <= 1.0 and metrics["tuned_parameters"] > 0
+    assert "train_accuracy" not in metrics

@@ -9,15 +9,29 @@ and the within-prompt Spearman with the evaluator's labels (prompts with constan
 
 Levers: features (the end state the reward head reads today, the state before the end token, the mean over the
 closed prefixes, the end state at a middle layer chosen on the choice prompts), pairs kept by label margin,
-pointwise (ridge on per-prompt centred labels) vs pairwise (Bradley–Terry) loss, and data size (a share of the fit
-prompts). Writes `levers.md` and `levers.json` beside this script.
+pointwise (ridge on per-prompt centred labels) vs pairwise (Bradley–Terry) loss, data size (a share of the fit
+prompts), and layers tuned: the top n transformer layers, the final norm and the head tuned by the library's own
+trainer (`train/reward_trainer.py`, `RewardTuner.measure`: what `reward_model.layers: n` runs, without its last
+tune on every pair), on the classifier's rendering of each (prompt, response). The trainer splits by
+`prompt_split(its samples' prompt ids, seed)`; a prompt's side is a hash of (seed, id) alone (`prompt_draw`), so on
+any subset of the prompts it is the side this script's split gives, which `layers_tuned` checks. Its learning rate,
+AdamW decay and epochs (and the starting head's decay) are chosen on the choice prompts' pairs, its figures read on
+the held-out prompts' samples and all their differing pairs, as for every other row. Tuning runs every layer forward
+on every pair, so it is capped (`--layer-prompts` fit + choice prompts, `--layer-pairs` best-vs-worst pairs each;
+held-out prompts all unless `--layer-heldout`), and the row also gives the head alone fitted on the same capped
+pairs and features (the trainer's own start), the comparison the cap leaves fair. Writes `levers.md` and
+`levers.json` beside this script (or in `--out`); `--only layers` computes only the layers-tuned rows and merges them
+into the tables there (a row of the same n and caps is replaced, every other row kept).
 
     python results/reward-levers/levers.py runs/task1-round0 runs/task1-prompts/fit.jsonl
+    python results/reward-levers/levers.py runs/task1-round0 runs/task1-prompts/fit.jsonl --only layers --layers 2 4
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -26,18 +40,21 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from spi_align.config import DataConfig, RewardTrainConfig
+from spi_align.config import Config, DataConfig, RewardTrainConfig, build_config
+from spi_align.core.errors import SpiError
 from spi_align.core.records import Prompt
 from spi_align.data.prompts import load_prompts, prompt_split
+from spi_align.hf.models import resolve_model_source
 from spi_align.runs.files import read_jsonl
 from spi_align.scoring import make_scorer
 from spi_align.scoring.ranking import prompt_spearman
-from spi_align.scoring.train_reward import all_pairs, train_reward_head_on_states
+from spi_align.scoring.train_reward import all_pairs, preference_pairs, train_reward_head_on_states
 from spi_align.values.prefix_states import load_states
 from spi_align.values.round import flatten_rollouts
 
 HERE = Path(__file__).parent
 SEED = 0
+LAYERS = "layers tuned"
 
 
 def bt(states: torch.Tensor, groups: list[str], labels: list[float], pairs=None) -> dict:
@@ -85,7 +102,6 @@ def ridge(states: torch.Tensor, groups: list[str], labels: list[float]) -> dict:
 def layer_end_states(run: Path, prompts: list[Prompt], tokens: list[list[int]], batch: int = 16) -> torch.Tensor:
     """(N, layers + 1, H): every layer's state at the last token of [prompt, response, end of turn] (the response's
     own end token when it closed itself): one forward per rollout, every layer kept."""
-    from spi_align.config import Config, build_config
     from spi_align.hf.batches import pad_batch, positions_from_mask
     from spi_align.policy.load import load_policy
 
@@ -107,19 +123,108 @@ def layer_end_states(run: Path, prompts: list[Prompt], tokens: list[list[int]], 
     return torch.cat(out)
 
 
-def main(run_dir: str, fit_file: str) -> None:
-    run = Path(run_dir)
-    train = load_prompts(DataConfig(prompts=fit_file, split="train"))
+def layers_tuned(
+    source: str, prompts: list[Prompt], texts: list[str], labels: list[float], layers: int,
+    max_prompts: int | None, pairs_per_prompt: int | None, max_heldout: int | None, tune_lr: list[float] | None,
+) -> dict:  # fmt: skip
+    """The top `layers` layers tuned by `RewardTuner.measure` on the samples of at most `max_prompts` fit + choice
+    prompts (the first by id; None: all) with at most `pairs_per_prompt` best-vs-worst pairs each (None: every
+    differing pair), and of at most `max_heldout` held-out prompts (the first by id) with all their differing pairs;
+    the metrics, with the setting and the caps."""
+    from spi_align.train.reward_trainer import RewardPairs, RewardTuner
+
+    groups = [p.id for p in prompts]
+    fit_ids, choice_ids, held_ids = prompt_split(groups, SEED)
+    kept = set(sorted(fit_ids | choice_ids)[:max_prompts]) | set(sorted(held_ids)[:max_heldout])
+    rows = [i for i, g in enumerate(groups) if g in kept]
+    sub_groups = [groups[i] for i in rows]
+    sub_labels = [labels[i] for i in rows]
+    # the trainer splits its own samples' prompts: the same sides as the split above (a hash of seed and id alone)
+    if prompt_split(sub_groups, SEED) != (fit_ids & kept, choice_ids & kept, held_ids & kept):
+        raise SpiError("the capped prompts split otherwise than the whole set: raise --layer-prompts/--layer-heldout")
+    capped = preference_pairs(sub_groups, sub_labels, pairs_per_prompt)
+    pairs = [pr for pr in capped if sub_groups[pr[0]] not in held_ids]
+    pairs += [pr for pr in all_pairs(sub_groups, sub_labels) if sub_groups[pr[0]] in held_ids]
+    data = RewardPairs([prompts[i] for i in rows], [texts[i] for i in rows], sub_labels, pairs)
+    cfg = RewardTrainConfig(layers=layers, **({"tune_lr": tune_lr} if tune_lr else {}))
+    metrics = RewardTuner(source, data, cfg, SEED, device="cpu").measure()
+    trained = [g for g in kept if g not in held_ids]
+    setting = (
+        f"top {layers} layers + final norm + head, Bradley–Terry by the library's Trainer from the head fit "
+        f"(lr {metrics['lr']:g}, {metrics['epochs']} epoch(s) chosen on choice pairs); "
+        f"{len(trained)} fit + choice prompts, "
+        + (f"≤ {pairs_per_prompt} best-vs-worst pairs each" if pairs_per_prompt else "every differing pair")
+        + f", {len(kept & held_ids)} held-out prompts; head alone on the same: "
+        f"{metrics['head_heldout_accuracy']:.3f} / {metrics['head_heldout_spearman_with_labeller']:.3f}"
+    )
+    caps = {"layers": layers, "max_prompts": max_prompts, "pairs_per_prompt": pairs_per_prompt,
+            "max_heldout": max_heldout, "tune_lr": cfg.tune_lr}
+    return {"setting": setting, "key": caps, "fit_choice_prompts": len(trained),
+            "heldout_prompts": len(kept & held_ids), "samples": len(rows), **metrics}
+
+
+def write_tables(out: Path, rows: list[dict], groups: list[str], labels: list[float], merge: bool) -> None:
+    """`levers.json` and `levers.md` in `out`; with `merge`, `rows` replace the rows there of the same lever and
+    setting (a layers-tuned row: of the same n and caps) and are added after the others."""
+
+    def key(row: dict) -> str:
+        return json.dumps([row["lever"], row.get("key", row["setting"])], sort_keys=True)
+
+    if merge and (out / "levers.json").is_file():
+        new = {key(r): r for r in rows}
+        old = json.loads((out / "levers.json").read_text())
+        rows = [new.pop(key(r), r) for r in old] + list(new.values())
+    (out / "levers.json").write_text(json.dumps(rows, indent=1) + "\n")
+    fit_ids, choice_ids, held_ids = prompt_split(groups, SEED)
+    lines = ["| lever | setting | held-out pair accuracy | held-out Spearman with the evaluator | CPU s |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['lever']} | {r['setting']} | {r['heldout_accuracy']:.3f} | "
+                     f"{r['heldout_spearman_with_labeller']:.3f} | {r['cpu_s']} |")
+    lines.append(f"\n{len(fit_ids)} fit, {len(choice_ids)} choice, {len(held_ids)} held-out prompts; "
+                 f"{len(groups)} rollouts, {len(all_pairs(groups, labels))} ordered pairs whose labels differ.")
+    (out / "levers.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    run = Path(args.run)
+    if not (run / "config.yaml").is_file() or not (run / "rollouts-0.jsonl").is_file():
+        raise SpiError(f"{run} holds no round 0 (config.yaml and rollouts-0.jsonl)")
+    cfg = build_config(Config, run / "config.yaml", [])
+    source = resolve_model_source(cfg.policy.model)
+    train = load_prompts(DataConfig(prompts=args.fit_file, split="train"))
     rollouts = read_jsonl(run / "rollouts-0.jsonl")
-    prompts, tokens, _ = flatten_rollouts(rollouts, {p.id: p for p in train})
-    states = load_states(run / "rollouts-0.states")
+    by_id = {p.id: p for p in train}
+    if missing := {r["id"] for r in rollouts} - set(by_id):
+        raise SpiError(f"{args.fit_file} lacks {len(missing)} prompts of {run}'s round 0 (e.g. {min(missing)})")
+    prompts, tokens, _ = flatten_rollouts(rollouts, by_id)
     groups = [p.id for p in prompts]
     from transformers import AutoTokenizer
 
-    from spi_align.data.assets import default_policy_dir
-
-    texts = AutoTokenizer.from_pretrained(default_policy_dir()).batch_decode(tokens, skip_special_tokens=True)
+    texts = AutoTokenizer.from_pretrained(source).batch_decode(tokens, skip_special_tokens=True)
     labels = [float(s) for s in make_scorer("similarity").score(prompts, texts)]
+    rows: list[dict] = []
+
+    def lever(name: str, fn) -> None:
+        t0, w0 = time.process_time(), time.perf_counter()
+        m = fn()
+        cpu, wall = round(time.process_time() - t0, 1), round(time.perf_counter() - w0, 1)
+        rows.append({"lever": name, "setting": m.pop("setting"), "cpu_s": cpu, "wall_s": wall, **m})
+        print(json.dumps(rows[-1]), flush=True)
+
+    if args.only is None:
+        rows += state_levers(run, prompts, tokens, groups, labels)
+    for n in args.layers:
+        lever(LAYERS, lambda n=n: layers_tuned(source, prompts, texts, labels, n, args.layer_prompts,
+                                               args.layer_pairs, args.layer_heldout, args.tune_lr))
+    write_tables(Path(args.out), rows, groups, labels, merge=args.only is not None)
+
+
+def state_levers(run: Path, prompts: list[Prompt], tokens: list[list[int]], groups: list[str],
+                 labels: list[float]) -> list[dict]:
+    """Every lever on the frozen policy's states (features, loss, pairs by margin, data size, middle layers)."""
+    states = load_states(run / "rollouts-0.states")
     end = torch.stack([s.closed[-1] for s in states]).float()
     before = torch.stack([s.hidden[-1] for s in states]).float()
     mean_closed = torch.stack([s.closed.mean(0) for s in states]).float()
@@ -163,17 +268,51 @@ def main(run_dir: str, fit_file: str) -> None:
     mid = layers[:, best]
     lever("features", f"layer {best} end state ‖ last-layer mean closed",
           lambda: bt(torch.cat([mid, mean_closed], 1), groups, labels))
+    return rows
 
-    (HERE / "levers.json").write_text(json.dumps(rows, indent=1) + "\n")
-    lines = ["| lever | setting | held-out pair accuracy | held-out Spearman with the evaluator | CPU s |",
-             "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['lever']} | {r['setting']} | {r['heldout_accuracy']:.3f} | "
-                     f"{r['heldout_spearman_with_labeller']:.3f} | {r['cpu_s']} |")
-    lines.append(f"\n{len(fit_ids)} fit, {len(choice_ids)} choice, {len(held_ids)} held-out prompts; "
-                 f"{len(prompts)} rollouts, {len(pairs)} ordered pairs whose labels differ.")
-    (HERE / "levers.md").write_text("\n".join(lines) + "\n")
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    def cap(text: str) -> int | None:
+        if text == "all":
+            return None
+        if not text.isdigit() or int(text) == 0:
+            raise argparse.ArgumentTypeError(f"not a positive count or 'all': {text}")
+        return int(text)
+
+    def positive(text: str) -> int:
+        if not text.isdigit() or int(text) == 0:
+            raise argparse.ArgumentTypeError(f"not a positive integer: {text}")
+        return int(text)
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="the run folder with round 0 (config.yaml, rollouts-0.jsonl, rollouts-0.states)")
+    parser.add_argument("fit_file", help="the training prompts file round 0 was rolled out on")
+    parser.add_argument("--only", choices=["layers"], help="only the layers-tuned rows, merged in --out")
+    parser.add_argument("--layers", type=positive, nargs="+", default=[2], help="top layers tuned, one row each")
+    # The default caps aim at ~20 CPU minutes a row. Measured (RewardTuner, top 2 layers, on a random model shaped
+    # like SmolLM2-135M, task-1-like texts of 128 tokens on average, 1 thread, niced on a busy machine): a forward
+    # ~0.3 CPU s a sample, a tuning epoch ~0.95 CPU s a pair. `measure` runs a forward over every sample (the
+    # head's features), 2 lr candidates x 2 epochs on the fit pairs reading the choice samples after each epoch, the
+    # probe (<= 2 epochs) on fit + choice pairs and a read of the held-out samples: with 7.9 samples a prompt and
+    # all 102 held-out prompts, ~470 s + 4 s a fit/choice prompt + 5 s a fit/choice pair (worst case, 2 epochs
+    # chosen), so 50 prompts x 2 pairs is ~1170 CPU s; the lead's own forward pass (levers.md: 0.44 CPU s a sample
+    # with every layer kept) says it may be up to ~1.4x that. Each n in --layers costs a row of its own.
+    parser.add_argument("--layer-prompts", type=cap, default=50, help="fit + choice prompts tuned on (or 'all')")
+    parser.add_argument("--layer-pairs", type=cap, default=2, help="best-vs-worst pairs a fit/choice prompt")
+    parser.add_argument("--layer-heldout", type=cap, default=None, help="held-out prompts read (default all)")
+    parser.add_argument("--tune-lr", type=float, nargs="+", help="learning-rate candidates (default the library's)")
+    parser.add_argument("--out", default=str(HERE), help="where levers.json and levers.md are (default beside this)")
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        main()
+    except SpiError as exc:
+        print(f"levers: error: {exc}", file=sys.stderr)
+        sys.exit(2)

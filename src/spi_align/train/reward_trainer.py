@@ -20,7 +20,8 @@ Every choice is made on other prompts than the figures reported (`data/prompts.p
 rate, weight decay) candidate is tuned on the fit prompts' pairs and read on the choice prompts' pairs after every
 epoch; the best (learning rate, weight decay, epochs) is tuned again on every pair but the held-out prompts' and read
 there (`heldout_accuracy`, `heldout_spearman_with_labeller`, the names the head fit reports), and last on all pairs:
-the model saved. The head-only fit's held-out figures come along as `head_heldout_*`.
+the model saved. The head-only fit's held-out figures come along as `head_heldout_*`. `RewardTuner.measure` stops
+before the last tune: the figures alone, for comparing settings.
 """
 
 from __future__ import annotations
@@ -326,9 +327,10 @@ class RewardTuner:
             return cfg.tune_lr[0], cfg.tune_weight_decay[0], cfg.tune_epochs, by_setting
         return best[1], best[2], best[3], by_setting
 
-    def run(self, out: str | Path) -> dict[str, Any]:
-        """Choose, measure on the held-out prompts, tune on every pair and save the model and tokenizer in `out`
-        (written by the main process); returns the metrics."""
+    def measure(self) -> dict[str, Any]:
+        """Choose (learning rate, weight decay, epochs) on the choice prompts, tune with them on every pair but the
+        held-out prompts' and read the held-out prompts (`heldout_accuracy`, `heldout_spearman_with_labeller`, and
+        the head-only fit's `head_heldout_*`): every figure `run` reports but the final model's. Nothing is saved."""
         lr, wd, epochs, by_setting = self.choose()
         metrics: dict[str, Any] = {
             "layers": self.cfg.layers,
@@ -353,11 +355,18 @@ class RewardTuner:
             metrics["heldout_spearman_with_labeller"] = ranked.mean
             metrics["heldout_ranked_prompts"] = ranked.prompts
             metrics["heldout_constant_prompts"] = ranked.constant
-        final, losses, _ = self.tune(self.data.pairs, lr, wd, epochs)
-        metrics["train_accuracy"] = pair_accuracy(self.rewards(final, range(len(self.ids))), self.data.pairs)
-        metrics["train_loss_by_epoch"] = losses
         for key in ("heldout_accuracy", "heldout_spearman_with_labeller"):
             metrics[f"head_{key}"] = self.head_metrics.get(key, float("nan"))
+        metrics["tuned_parameters"] = self.tuned_parameters
+        return metrics
+
+    def run(self, out: str | Path) -> dict[str, Any]:
+        """`measure`, then tune on every pair with the chosen setting and save the model and tokenizer in `out`
+        (written by the main process); returns the metrics."""
+        metrics = self.measure()
+        final, losses, _ = self.tune(self.data.pairs, metrics["lr"], metrics["weight_decay"], metrics["epochs"])
+        metrics["train_accuracy"] = pair_accuracy(self.rewards(final, range(len(self.ids))), self.data.pairs)
+        metrics["train_loss_by_epoch"] = losses
         metrics["tuned_parameters"] = self.tuned_parameters
         final.save_model(str(out))
         if final.is_world_process_zero():
