@@ -170,6 +170,10 @@ def test_the_page_runs_in_a_real_browser(browser, tmp_path, tiny_causal_lm, smol
     assert browser.js("document.querySelectorAll('svg.tree .node.chosen').length") == 1
     assert browser.js("document.querySelectorAll('#detail .side .cands li').length") == 4  # best-of-4 beside it
     assert browser.js("document.querySelector('#prompts tbody tr:first-child td').textContent") == "0"
+    # counts in the run's tables show no decimals (tokens), scores three
+    cells = browser.js("[...document.querySelector('table').querySelectorAll('tbody td')].map(c => c.textContent)")
+    tokens = json.loads((run / "results.json").read_text())["results"]["spi-1"]["cost"]["tokens_generated"]
+    assert str(tokens) in cells and f"{tokens}.000" not in cells
     # clicking a chunk shows the response up to it; sorting and filtering work from the headers and buttons
     chosen = record["trace"]["chosen"]
     browser.js(

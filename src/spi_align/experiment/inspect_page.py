@@ -234,7 +234,8 @@ function signed(x) { return x === null || x === undefined ? "\u2014" : (x > 0 ? 
 
 function grid(headers, rows, current) {
   const body = rows.map(row => el("tr", {class: current !== undefined && row[0] === current ? "current" : null},
-    ...row.map(cell => el("td", {class: typeof cell === "number" ? "num" : null}, fmt(cell)))));
+    ...row.map(cell => el("td", {class: typeof cell === "number" ? "num" : null},
+      fmt(cell, Number.isInteger(cell) ? 0 : 3)))));  // counts (tokens, prompts, lengths) without decimals
   return el("table", {class: "grid"}, el("thead", {}, el("tr", {}, ...headers.map(h => el("th", {}, h)))),
     el("tbody", {}, ...body));
 }
