@@ -60,7 +60,7 @@ def test_no_pairs_is_one_clear_error(tiny_model_dir):
         tune_reward_model(str(tiny_model_dir), data, RewardTrainConfig(layers=1), Path("unused"))
 
 
-def test_measure_reports_the_held_out_figures_without_the_last_tune(tiny_model_dir, monkeypatch):
+def test_measure_reports_the_held_out_figures_without_the_last_tune(tiny_model_dir, monkeypatch, tmp_path):
     from spi_align.data.prompts import prompt_split
 
     data = long_is_better(10)
@@ -78,3 +78,16 @@ def test_measure_reports_the_held_out_figures_without_the_last_tune(tiny_model_d
     assert 0.0 <= metrics["heldout_accuracy"] <= 1.0 and -1.0 <= metrics["heldout_spearman_with_labeller"] <= 1.0
     assert 0.0 <= metrics["head_heldout_accuracy"] <= 1.0 and metrics["tuned_parameters"] > 0
     assert "train_accuracy" not in metrics
+
+    # the probe the held-out figures were read on is kept, and saved it is a classifier that reads the same
+    from transformers import AutoModelForSequenceClassification
+
+    assert tuner.probe is not None
+    tuner.save(tuner.probe, tmp_path / "probe")
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "probe").eval()
+    held_samples = [i for i, p in enumerate(data.prompts) if p.id in held]
+    with torch.no_grad():
+        rewards = {i: float(model(input_ids=torch.tensor([tuner.ids[i]])).logits[0, 0]) for i in held_samples}
+    held_pairs = [pr for pr in data.pairs if data.prompts[pr[0]].id in held]
+    assert pair_accuracy(rewards, held_pairs) == pytest.approx(metrics["heldout_accuracy"])
+    assert not (tmp_path / "probe" / "training_args.bin").exists()

@@ -126,11 +126,13 @@ def layer_end_states(run: Path, prompts: list[Prompt], tokens: list[list[int]], 
 def layers_tuned(
     source: str, prompts: list[Prompt], texts: list[str], labels: list[float], layers: int,
     max_prompts: int | None, pairs_per_prompt: int | None, max_heldout: int | None, tune_lr: list[float] | None,
+    save: Path | None = None,
 ) -> dict:  # fmt: skip
     """The top `layers` layers tuned by `RewardTuner.measure` on the samples of at most `max_prompts` fit + choice
     prompts (the first by id; None: all) with at most `pairs_per_prompt` best-vs-worst pairs each (None: every
     differing pair), and of at most `max_heldout` held-out prompts (the first by id) with all their differing pairs;
-    the metrics, with the setting and the caps."""
+    the metrics, with the setting and the caps. `save`: a folder for the model the held-out figures were read on
+    (tuned on the fit + choice pairs), a reward model `reward=` takes."""
     from spi_align.train.reward_trainer import RewardPairs, RewardTuner
 
     groups = [p.id for p in prompts]
@@ -147,7 +149,10 @@ def layers_tuned(
     pairs += [pr for pr in all_pairs(sub_groups, sub_labels) if sub_groups[pr[0]] in held_ids]
     data = RewardPairs([prompts[i] for i in rows], [texts[i] for i in rows], sub_labels, pairs)
     cfg = RewardTrainConfig(layers=layers, **({"tune_lr": tune_lr} if tune_lr else {}))
-    metrics = RewardTuner(source, data, cfg, SEED, device="cpu").measure()
+    tuner = RewardTuner(source, data, cfg, SEED, device="cpu")
+    metrics = tuner.measure()
+    if save is not None and tuner.probe is not None:  # the model the held-out figures were read on
+        tuner.save(tuner.probe, save)
     trained = [g for g in kept if g not in held_ids]
     setting = (
         f"top {layers} layers + final norm + head, Bradley–Terry by the library's Trainer from the head fit "
@@ -217,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
         rows += state_levers(run, prompts, tokens, groups, labels)
     for n in args.layers:
         lever(LAYERS, lambda n=n: layers_tuned(source, prompts, texts, labels, n, args.layer_prompts,
-                                               args.layer_pairs, args.layer_heldout, args.tune_lr))
+                                               args.layer_pairs, args.layer_heldout, args.tune_lr,
+                                               Path(args.save) / f"layers-{n}" if args.save else None))
     write_tables(Path(args.out), rows, groups, labels, merge=args.only is not None)
 
 
@@ -301,6 +307,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--layer-pairs", type=cap, default=2, help="best-vs-worst pairs a fit/choice prompt")
     parser.add_argument("--layer-heldout", type=cap, default=None, help="held-out prompts read (default all)")
     parser.add_argument("--tune-lr", type=float, nargs="+", help="learning-rate candidates (default the library's)")
+    parser.add_argument("--save", help="a folder for each layers-tuned model read on the held-out prompts (layers-N)")
     parser.add_argument("--out", default=str(HERE), help="where levers.json and levers.md are (default beside this)")
     return parser.parse_args(argv)
 

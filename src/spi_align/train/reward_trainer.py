@@ -226,6 +226,7 @@ class RewardTuner:
         self.head_metrics = head
         self.weight_decay = float(head["weight_decay"])
         self.tuned_parameters = 0
+        self.probe: PairTrainer | None = None  # `measure`'s model read on the held-out prompts
 
     def fresh(self) -> PreTrainedModel:
         """The policy's weights as a classifier with one label, fp32, the reading pad id in its config."""
@@ -330,7 +331,8 @@ class RewardTuner:
     def measure(self) -> dict[str, Any]:
         """Choose (learning rate, weight decay, epochs) on the choice prompts, tune with them on every pair but the
         held-out prompts' and read the held-out prompts (`heldout_accuracy`, `heldout_spearman_with_labeller`, and
-        the head-only fit's `head_heldout_*`): every figure `run` reports but the final model's. Nothing is saved."""
+        the head-only fit's `head_heldout_*`): every figure `run` reports but the final model's. Nothing is saved;
+        the model read on the held-out prompts stays in `probe` (None without held-out prompts) for `save`."""
         lr, wd, epochs, by_setting = self.choose()
         metrics: dict[str, Any] = {
             "layers": self.cfg.layers,
@@ -343,8 +345,10 @@ class RewardTuner:
             "choice_accuracy_by_setting": by_setting,
             "heldout_accuracy": float("nan"),
         }
+        self.probe = None
         if self.split["train"] and self.split["heldout"]:
             probe, _, _ = self.tune(self.split["train"], lr, wd, epochs)
+            self.probe = probe
             rewards = self.rewards(probe, self.heldout_samples)
             metrics["heldout_accuracy"] = pair_accuracy(rewards, self.split["heldout"])
             ranked = prompt_spearman(
@@ -368,11 +372,16 @@ class RewardTuner:
         metrics["train_accuracy"] = pair_accuracy(self.rewards(final, range(len(self.ids))), self.data.pairs)
         metrics["train_loss_by_epoch"] = losses
         metrics["tuned_parameters"] = self.tuned_parameters
-        final.save_model(str(out))
-        if final.is_world_process_zero():
+        self.save(final, out)
+        return metrics
+
+    def save(self, trainer: PairTrainer, out: str | Path) -> None:
+        """Save `trainer`'s model and the tokenizer in `out` as a transformers sequence classifier (written by the
+        main process)."""
+        trainer.save_model(str(out))
+        if trainer.is_world_process_zero():
             self.tokenizer.save_pretrained(str(out))
             (Path(out) / "training_args.bin").unlink(missing_ok=True)  # the trainer's pickle: no part of the model
-        return metrics
 
 
 def _by_index(predictions: Any, indices: Any) -> dict[int, float]:
