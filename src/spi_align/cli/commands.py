@@ -20,8 +20,10 @@ console = Console()
 def cmd_assets(args: argparse.Namespace) -> int:
     from spi_align.data import assets
 
-    if args.fetch:
+    if args.fetch == []:
         assets.fetch_all()
+    for name in args.fetch or []:
+        assets.fetch_asset(name)
     table = Table(title=f"spi_align assets (cache: {assets.cache_dir()})")
     for column in ("name", "what", "present", "size (MB)", "path"):
         table.add_column(column)

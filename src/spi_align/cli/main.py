@@ -24,8 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spi", description="Inference-time successive policy iterations.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("assets", help="list the embedded default assets (and fetch what is missing)")
-    p.add_argument("--fetch", action="store_true", help="fetch and convert whatever is missing")
+    p = sub.add_parser("assets", help="list the embedded assets (and fetch what is missing)")
+    p.add_argument(
+        "--fetch",
+        nargs="*",
+        metavar="NAME",
+        help="fetch and convert whatever is missing: the defaults, or the assets named (e.g. gemma3-270m, optional)",
+    )
 
     p = sub.add_parser("generate", help="plain sampling or best-of-N over a prompt file")
     _add_config_args(p)

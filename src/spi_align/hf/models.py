@@ -1,4 +1,5 @@
-"""Where models come from: the embedded default, a local directory, or a hub id; their configs; and which device."""
+"""Where models come from: an embedded model (the default, or the optional Gemma), a local directory, or a hub id; their
+configs; and which device."""
 
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def resolve_model_source(spec: str) -> str:
-    """'default' → the cached embedded policy; an existing path → itself; 'org/name' → the hub id.
+    """'default' → the cached embedded policy; 'gemma3-270m' → the cached optional one (fetched on first use); an
+    existing path → itself; 'org/name' → the hub id.
 
     A spec that looks like a path but does not exist is an error here, not a hub lookup.
     """
-    if spec == "default":
-        from spi_align.data.assets import default_policy_dir
+    from spi_align.data.assets import embedded_model_dir
 
-        return str(default_policy_dir())
+    embedded = embedded_model_dir(spec)
+    if embedded is not None:
+        return str(embedded)
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():

@@ -117,12 +117,13 @@ class RewardModel(nn.Module):
     def from_pretrained(
         cls, source: str | Path, dtype: str = "float32", device: str = "cpu", max_length: int = 1024
     ) -> RewardModel:
-        """A fresh head on a pretrained backbone: 'default' (SmolLM2), a local directory or a hub id."""
+        """A fresh head on a pretrained backbone: an embedded model ('default', 'gemma3-270m'), a local directory or a
+        hub id."""
         from transformers import AutoModel, AutoTokenizer
 
-        from spi_align.data.assets import default_policy_dir
+        from spi_align.data.assets import embedded_model_dir
 
-        path = default_policy_dir() if str(source) == "default" else source
+        path = embedded_model_dir(str(source)) or source
         backbone = AutoModel.from_pretrained(path, dtype=_DTYPES[dtype]).to(device)
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(backbone, tokenizer, source=str(source), max_length=max_length)
@@ -244,7 +245,7 @@ class RewardModel(nn.Module):
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 
-        from spi_align.data.assets import default_policy_dir
+        from spi_align.data.assets import embedded_model_dir
 
         path = Path(directory)
         try:
@@ -255,12 +256,12 @@ class RewardModel(nn.Module):
             raise SpiError(f"{path / SPEC_FILE}: unsupported format {spec.get('format')!r}")
         if backbone is None:
             where = spec["backbone"]
-            source = path if where == "." else default_policy_dir() if where == "default" else where
+            source = path if where == "." else embedded_model_dir(where) or where
             backbone = to_device(AutoModel.from_pretrained(source, dtype=_DTYPES[dtype or spec["dtype"]]), device)
         where = spec["backbone"]
         has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
         tokenizer = AutoTokenizer.from_pretrained(
-            path if has_tokenizer or where == "." else default_policy_dir() if where == "default" else where
+            path if has_tokenizer or where == "." else embedded_model_dir(where) or where
         )  # a head shipped without tokenizer files reads with its backbone's
         model = cls(backbone, tokenizer, source=spec.get("backbone_source", ""), max_length=spec["max_length"])
         model.head.load_state_dict(load_file(path / spec["head"]["file"], device=str(model.device)))
