@@ -266,6 +266,34 @@ def test_chunks_read_their_prefix_from_the_cache(vllm_policy: Any) -> None:
     )
 
 
+def test_rows_that_share_their_prefix_go_as_one_request(vllm_policy: Any) -> None:
+    """The K successors of a parent (rows with one prefix) are one request for K samples, so the engine computes
+    the prefix's uncached tail once; the samples still differ, and rows whose prefixes differ go one by one."""
+    vllm_policy.gen = GenerationConfig(max_new_tokens=24)
+    rows = vllm_policy.start(PROMPTS, Cost()).select(torch.arange(3).repeat_interleave(4))
+    before = copy.copy(vllm_policy.prefix_cache)
+    cost = Cost()
+    rows = vllm_policy.extend(rows, 8, cost)
+    assert vllm_policy.prefix_cache.requests - before.requests == 3  # one per prompt, not one per row
+    assert rows.length.tolist() == [8] * 12 and cost.tokens_generated == 96
+    fanned = rows.token_lists()
+    assert all(len({tuple(t) for t in fanned[4 * p : 4 * p + 4]}) > 1 for p in range(3))  # K draws, not K copies
+    # fan out two parents of the first prompt, twice each: two requests of two samples, each continuing its parent
+    rows = rows.select(torch.tensor([0, 0, 1, 1]))
+    before = copy.copy(vllm_policy.prefix_cache)
+    rows = vllm_policy.extend(rows, 8, Cost())
+    assert vllm_policy.prefix_cache.requests - before.requests == 2
+    grown = rows.token_lists()
+    assert [t[:8] for t in grown] == [fanned[0], fanned[0], fanned[1], fanned[1]]
+    # greedy rows go one request each (vLLM takes no n > 1 greedy): two equal rows, two requests, equal tokens
+    vllm_policy.gen = greedy(24)
+    rows = vllm_policy.start(PROMPTS[:1], Cost()).select(torch.tensor([0, 0]))
+    before = copy.copy(vllm_policy.prefix_cache)
+    rows = vllm_policy.extend(rows, 8, Cost())
+    assert vllm_policy.prefix_cache.requests - before.requests == 2
+    assert rows.token_lists()[0] == rows.token_lists()[1]
+
+
 def test_best_of_n_and_sampling_run_unchanged(vllm_policy: Any) -> None:
     vllm_policy.gen = GenerationConfig(max_new_tokens=16)
     reward, cost = DistinctCharacters(), Cost()
@@ -603,11 +631,13 @@ def test_bench_times_both_backends_side_by_side(tiny_vllm: Any, tiny_model_dir: 
         "vllm:sample-4",
         "vllm:bon-4",
         "vllm:spi-text",
+        "vllm:spi-1",
     } == timed
     assert all(result["summary"][k]["tokens"]["median"] > 0 for k in timed)
     p1 = [c["what"] for c in result["targets"] if c["target"] == "P1"]
     assert any(w.startswith("hf: SPI (reward on partial text)") for w in p1)
     assert any(w.startswith("vllm: SPI (reward on partial text)") for w in p1)
+    assert any(w.startswith("vllm: SPI-1 (value heads on the policy's states)") for w in p1)
     assert result["environment"]["backends"]["vllm"]["prefix_cache"]["requests"] > 0
     assert "vllm:bon-4" in (tmp_path / "bench" / "bench.md").read_text()
 

@@ -193,7 +193,12 @@ class VLLMPolicy(ChatPrompts):
 
     def extend(self, rows: Rows, max_tokens: int, cost: Cost) -> Rows:
         """Sample up to `max_tokens` more tokens for every unfinished row, in place, in one `generate`; returns
-        `rows`, with the rows' settings. A row stops at an end-of-turn token or at `max_new_tokens`."""
+        `rows`, with the rows' settings. A row stops at an end-of-turn token or at `max_new_tokens`.
+
+        Sampled rows that share their whole prefix (the K successors a search fans a parent out to) go as one
+        request for that many samples: the engine computes the prefix's uncached tail once, not once per row, as
+        best-of-N's one request per prompt does. Greedy rows go one request each (vLLM takes one greedy sample a
+        request)."""
         from vllm.inputs import TokensPrompt
 
         gen = self.gen if rows.gen is None else rows.gen
@@ -203,18 +208,28 @@ class VLLMPolicy(ChatPrompts):
             return rows
         response, length = rows.response.tolist(), rows.length.tolist()
         prompt_of = rows.prompt_index.tolist()
-        requests, params, by_budget = [], [], {}
+        groups: dict[tuple[Any, ...], list[int]] = {}
         for r in live:
-            prefix = rows.prompt_tokens[prompt_of[r]] + response[r][: length[r]]
-            requests.append(TokensPrompt(prompt_token_ids=prefix))
             budget = min(max_tokens, limit - length[r])
-            if budget not in by_budget:
-                by_budget[budget] = self.sampling_params(budget, gen=gen)
-            params.append(by_budget[budget])
+            key = (prompt_of[r], budget, *response[r][: length[r]]) if gen.do_sample else (r,)
+            groups.setdefault(key, []).append(r)
+        requests, params, by_shape = [], [], {}
+        for members in groups.values():
+            r = members[0]
+            requests.append(TokensPrompt(prompt_token_ids=rows.prompt_tokens[prompt_of[r]] + response[r][: length[r]]))
+            shape = (min(max_tokens, limit - length[r]), len(members))
+            if shape not in by_shape:
+                by_shape[shape] = self.sampling_params(*shape, gen=gen)
+            params.append(by_shape[shape])
         with cost.timer("decode"):
             outputs = self.llm.generate(requests, params, use_tqdm=False)
         self._count(outputs, cost)
-        self._append(rows, [(r, out.outputs[0]) for r, out in zip(live, outputs, strict=True)], cost)
+        pieces = [
+            (r, completion)
+            for members, out in zip(groups.values(), outputs, strict=True)
+            for r, completion in zip(members, sorted(out.outputs, key=lambda c: c.index), strict=True)
+        ]
+        self._append(rows, pieces, cost)
         return rows
 
     def sample(self, prompts: Sequence[Prompt], n: int, cost: Cost, gen: GenerationSettings | None = None) -> Rows:

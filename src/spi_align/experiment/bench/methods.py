@@ -109,7 +109,9 @@ def build_methods(policy: Policy, reward: Scorer, cfg: BenchConfig) -> dict[str,
 
 
 def backend_methods(backend: str, policy: Policy, reward: Scorer, cfg: BenchConfig) -> dict[str, Runner]:
-    """What another backend is timed on: the methods every backend runs (sampling loop, best-of-N, 'spi-text'),
-    keyed 'BACKEND:method'."""
+    """What another backend is timed on: the methods every backend runs (sampling loop, best-of-N, 'spi-text') and,
+    where that backend reads the policy's hidden states, SPI-1 guided by value heads on them; keyed
+    'BACKEND:method'."""
     methods = build_methods(policy, reward, cfg)
-    return {f"{backend}:{k}": r for k, r in methods.items() if not k.startswith("spi-") or k == TEXT_GUIDED}
+    kept = {TEXT_GUIDED, "spi-1"}
+    return {f"{backend}:{k}": r for k, r in methods.items() if not k.startswith("spi-") or k in kept}

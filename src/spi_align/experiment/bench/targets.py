@@ -141,8 +141,9 @@ def quadratic_ratio(short: int, long: int, chunk: int) -> float:
 
 
 def backend_checks(trials: Sequence[Trial], primary: str, others: Sequence[str], keys: dict[str, str]) -> list[Check]:
-    """Per backend, P1 with the guidance every backend runs (SPI on the reward of partial text / best-of-N), and
-    each other backend's best-of-N speed against the primary's (informative, no limit)."""
+    """Per backend, P1 with the guidance every backend runs (SPI on the reward of partial text / best-of-N), for each
+    other backend that reads the policy's states also P1 of SPI-1 on value heads (the primary's is in the main P1
+    rows), and each other backend's best-of-N speed against the primary's (informative, no limit)."""
     if not others and "spi-text" not in keys:
         return []
     timed = {t.method for t in trials}
@@ -153,6 +154,11 @@ def backend_checks(trials: Sequence[Trial], primary: str, others: Sequence[str],
         if spi in timed and bon in timed:
             r = paired_ratio(trials, spi, bon)
             what = f"{backend}: SPI (reward on partial text) / {keys['bon']} wall time"
+            checks.append(Check("P1", what, fmt_ratio(r), f"≤ {P1_MAX}×", r.median <= P1_MAX))
+        heads = f"{prefix}spi-1"
+        if prefix and heads in timed and bon in timed:
+            r = paired_ratio(trials, heads, bon)
+            what = f"{backend}: SPI-1 (value heads on the policy's states) / {keys['bon']} wall time"
             checks.append(Check("P1", what, fmt_ratio(r), f"≤ {P1_MAX}×", r.median <= P1_MAX))
         if prefix and bon in timed:
             r = paired_ratio(trials, bon, keys["bon"], metric="tokens_per_s")
