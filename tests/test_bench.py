@@ -74,6 +74,16 @@ def test_recording_row_is_spi_1_traced_over_untraced():
     assert "recording" not in {c.target for c in timing_checks(t, {"bon": "bon-16", "spi-1": "spi-1"}, 1)}
 
 
+def test_the_default_recipes_guidance_has_a_p1_row_of_its_own():
+    t = trials({"bon-16": [10, 10, 10], "spi-1": [10, 10, 10], "spi-anchored": [12, 11, 12.5]})
+    keys = {"bon": "bon-16", "spi-1": "spi-1", "spi-anchored": "spi-anchored"}
+    rows = [c for c in timing_checks(t, keys, 1) if c.target == "P1"]
+    anchored = [c for c in rows if "anchored" in c.what]
+    assert len(rows) == 2 and len(anchored) == 1
+    assert anchored[0].measured == "1.200× [1.100–1.250]" and anchored[0].met is False  # 1.2 > 1.15
+    assert len([c for c in timing_checks(t, {"bon": "bon-16", "spi-1": "spi-1"}, 1) if c.target == "P1"]) == 1
+
+
 def test_value_model_targets_unmeasured_say_why_and_quadratic_reference():
     checks = value_model_checks([], KEYS, None, "no value model here", 16)
     assert [(c.target, c.met, c.note) for c in checks] == [(t, None, "no value model here") for t in ("P2b", "P3")]
@@ -122,7 +132,7 @@ def test_bench_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir):
     ]  # fmt: skip
     assert main(argv) == 0
     out = json.loads((tmp_path / "b" / "bench.json").read_text())
-    methods = ["sample-4", "bon-4", "spi-1", "spi-1-untraced", "spi-2", "spi-vm"]
+    methods = ["sample-4", "bon-4", "spi-1", "spi-1-untraced", "spi-2", "spi-anchored", "spi-vm"]
     assert list(out["summary"]) == methods
     assert sorted((t["method"], t["repeat"]) for t in out["trials"]) == sorted((m, r) for m in methods for r in (0, 1))
     # the same seed every run: plain loop and best-of-N sample the same tokens
@@ -133,6 +143,10 @@ def test_bench_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir):
     tokens = {(t["method"], t["repeat"]): t["tokens"] for t in out["trials"]}
     assert all(tokens[("spi-1", r)] == tokens[("spi-1-untraced", r)] for r in (0, 1))
     assert met["P2b"] is not None and met["P3"] is not None  # the tiny value model was measured
+    # the default recipe's guidance peeks an end token each chunk (value heads on the last state do not), with P1
+    assert any(c["what"].startswith("SPI-1 guided by anchored values") for c in out["targets"] if c["target"] == "P1")
+    extra = {(t["method"], t["repeat"]): t["forward_tokens"] - t["tokens"] for t in out["trials"]}
+    assert all(extra[("spi-anchored", r)] > extra[("spi-1", r)] for r in (0, 1))
     p3 = out["p3"]
     assert p3["lengths"] == [8, 16] and all(len(runs) == 2 for runs in p3["runs"].values())
     assert p3["ratio"]["median"] > 0

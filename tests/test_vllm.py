@@ -632,12 +632,15 @@ def test_bench_times_both_backends_side_by_side(tiny_vllm: Any, tiny_model_dir: 
         "vllm:bon-4",
         "vllm:spi-text",
         "vllm:spi-1",
+        "spi-anchored",
+        "vllm:spi-anchored",
     } == timed
     assert all(result["summary"][k]["tokens"]["median"] > 0 for k in timed)
     p1 = [c["what"] for c in result["targets"] if c["target"] == "P1"]
     assert any(w.startswith("hf: SPI (reward on partial text)") for w in p1)
     assert any(w.startswith("vllm: SPI (reward on partial text)") for w in p1)
     assert any(w.startswith("vllm: SPI-1 (value heads on the policy's states)") for w in p1)
+    assert any(w.startswith("vllm: SPI-1 (anchored values)") for w in p1)
     assert result["environment"]["backends"]["vllm"]["prefix_cache"]["requests"] > 0
     assert "vllm:bon-4" in (tmp_path / "bench" / "bench.md").read_text()
 

@@ -405,6 +405,10 @@ class BenchOptions(Section):
     untraced: bool = True
     """Also time SPI-1 with its tree not recorded ('spi-1-untraced'): every SPI method records its tree as `spi run`
     does (`ChunkBeamSearch.trace`), and this row shows what recording costs (P1 is met with recording on)."""
+    anchored: bool = True
+    """Also time SPI-1 guided as the default recipe guides it ('spi-anchored'): anchored values, a reward head and a
+    round's head on the state after an end-of-turn token fed to every row at each chunk (the end-token peek), with
+    randomly initialised heads; where the policy exposes hidden states, on every backend timed."""
     warmup: bool = True
     """Run every method once on one prompt before timing (lazy initialisation and first allocations untimed)."""
     memory: bool = True
