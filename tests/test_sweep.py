@@ -204,6 +204,22 @@ def test_a_cell_that_only_adds_baselines_reuses_round_0_and_spi_but_not_other_ba
     assert not (with_dpo.path / "eval-dpo.jsonl").exists()
 
 
+def test_cells_with_other_beam_shapes_share_round_0_and_best_of_n_only_at_the_same_candidate_count(tmp_path):
+    variants = [{"spi.width": 4, "spi.successors": 4}, {"spi.width": 2, "spi.successors": 8}, {"spi.width": 2}]
+    spec, folder = load_spec(write_spec(tmp_path, {"variants": variants}))
+    square, wide, narrow = expand(spec, folder)
+    assert round0_key(square.config) == round0_key(wide.config) == round0_key(narrow.config)
+    square.path.mkdir(parents=True)
+    (square.path / "config.yaml").write_text(to_yaml(square.config))
+    for name in ("rollouts-0.jsonl", "eval-bon-16.jsonl", "eval-spi-1.jsonl"):
+        (square.path / name).write_text('{"id": "0"}\n')
+    (square.path / "values" / "round-0").mkdir(parents=True)
+    # W = 2, K = 8 is compared with the same best-of-16; SPI's own search is never shared
+    assert sorted(share_round0(wide)) == ["eval-bon-16.jsonl", "rollouts-0.jsonl", "values/round-0"]
+    # W = 2, K = 4 is compared with best-of-8, which nothing computed yet
+    assert sorted(share_round0(narrow)) == ["rollouts-0.jsonl", "values/round-0"]
+
+
 def test_a_cell_with_another_value_kind_reuses_rollouts_and_reward_model_but_not_v0(tmp_path):
     spec, folder = load_spec(write_spec(tmp_path, {"grid": {"spi.value": ["heads", "model"]}}))
     heads, model = expand(spec, folder)

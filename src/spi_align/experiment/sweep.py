@@ -45,6 +45,8 @@ from spi_align.experiment.sweep_spec import Cell, SweepSpec, load_spec
 
 SEARCH_ONLY = (
     "spi.rounds",
+    "spi.width",
+    "spi.successors",
     "spi.chunk",
     "spi.selection",
     "spi.temperature",
@@ -53,7 +55,8 @@ SEARCH_ONLY = (
     "spi.base_logprob",
     "spi.reward_guide",
 )
-"""Settings that change only the guided search (rounds ≥ 1 and SPI's evaluation), never round 0's work; except
+"""Settings that change only the guided search (rounds ≥ 1 and SPI's evaluation), never round 0's work (W and K
+also name the compute-matched best-of-(W·K), whose file is shared only between cells with the same W·K); except
 `spi.chunk` when round 0 is a sampling tree (it branches at chunk boundaries) or V_0 is anchored (fitted at the
 decision lengths L, 2L, ...): see `leave_out_for`."""
 VALUE_SETTINGS = (
