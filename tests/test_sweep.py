@@ -204,7 +204,9 @@ def test_a_cell_that_only_adds_baselines_reuses_round_0_and_spi_but_not_other_ba
     assert not (with_dpo.path / "eval-dpo.jsonl").exists()
 
 
-def test_cells_with_other_beam_shapes_share_round_0_and_best_of_n_only_at_the_same_candidate_count(tmp_path):
+def test_cells_with_other_beam_shapes_share_round_0_its_states_and_best_of_n_only_at_the_same_candidate_count(
+    tmp_path,
+):
     variants = [{"spi.width": 4, "spi.successors": 4}, {"spi.width": 2, "spi.successors": 8}, {"spi.width": 2}]
     spec, folder = load_spec(write_spec(tmp_path, {"variants": variants}))
     square, wide, narrow = expand(spec, folder)
@@ -214,10 +216,14 @@ def test_cells_with_other_beam_shapes_share_round_0_and_best_of_n_only_at_the_sa
     for name in ("rollouts-0.jsonl", "eval-bon-16.jsonl", "eval-spi-1.jsonl"):
         (square.path / name).write_text('{"id": "0"}\n')
     (square.path / "values" / "round-0").mkdir(parents=True)
+    (square.path / "rollouts-0.states").mkdir()  # round 0's prefix states: not computed again
+    (square.path / "rollouts-0.states" / "states.safetensors").write_bytes(b"states")
+    round0 = ["rollouts-0.jsonl", "rollouts-0.states", "values/round-0"]
     # W = 2, K = 8 is compared with the same best-of-16; SPI's own search is never shared
-    assert sorted(share_round0(wide)) == ["eval-bon-16.jsonl", "rollouts-0.jsonl", "values/round-0"]
+    assert sorted(share_round0(wide)) == sorted(["eval-bon-16.jsonl", *round0])
+    assert (wide.path / "rollouts-0.states" / "states.safetensors").read_bytes() == b"states"
     # W = 2, K = 4 is compared with best-of-8, which nothing computed yet
-    assert sorted(share_round0(narrow)) == ["rollouts-0.jsonl", "values/round-0"]
+    assert sorted(share_round0(narrow)) == round0
 
 
 def test_a_cell_with_another_value_kind_reuses_rollouts_and_reward_model_but_not_v0(tmp_path):

@@ -141,8 +141,11 @@ def round0_paths(config: Config) -> list[str]:
 
 
 def value0_paths(config: Config) -> list[str]:
-    """V_0 (with its metrics and its fit's recorded compute): depends on round 0 and the value settings."""
-    return ["values/round-0", "values/round-0.json", "values/round-0.cost.json"]
+    """V_0 (with its metrics and its fit's recorded compute), and round 0's prefix states (read at the decision
+    lengths when V_0 is anchored): depend on round 0 and the value settings."""
+    from spi_align.spi import STATES_COST, STATES_DIR  # late: it loads torch, which a dry run never needs
+
+    return ["values/round-0", "values/round-0.json", "values/round-0.cost.json", STATES_DIR, STATES_COST]
 
 
 def baseline_paths(config: Config) -> list[str]:
