@@ -693,6 +693,64 @@ def test_spi_run_with_anchored_values_and_a_trained_reward_runs_on_vllm(
     assert len(records) == 2 and all(0 < c["num_tokens"] <= 8 for r in records for c in r["candidates"])
 
 
+# Another family: Gemma 3's layout (sliding-window layers, scaled embeddings) at toy width, its own engine.
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma_dir(tmp_path_factory: pytest.TempPathFactory, _smol_tokenizer_once: Any) -> Path:
+    """A tiny random `Gemma3ForCausalLM`: two sliding-window layers (window 8, shorter than every prompt) then a
+    full-attention one, heads of 32 (vLLM's CPU attention), saved with the SmolLM2 tokenizer and its vocabulary."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=len(_smol_tokenizer_once),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        sliding_window=8,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config).to(torch.float32).eval()
+    model.generation_config.eos_token_id = 2
+    model.generation_config.pad_token_id = 2
+    path = tmp_path_factory.mktemp("tiny-vllm-gemma3")
+    model.save_pretrained(path)
+    _smol_tokenizer_once.save_pretrained(path)
+    return path
+
+
+def test_gemma3_runs_on_vllm_with_the_transformers_tokens_and_states(tiny_gemma_dir: Path) -> None:
+    """The Gemma 3 family on vLLM: greedy tokens and log-probs, chunked extension, and the states a value head or
+    the end-token peek reads (from the state engine) equal the transformers backend's, past the sliding window."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    policy = start_engine(str(tiny_gemma_dir), max_new_tokens=24)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir, dtype=torch.float32)
+        hf = HFPolicy(model, AutoTokenizer.from_pretrained(tiny_gemma_dir), greedy(24))
+        policy.gen = greedy(24)
+        ours, theirs = policy.sample(PROMPTS, 1, Cost()), hf.sample(PROMPTS, 1, Cost())
+        assert min(len(ids) for ids in ours.prompt_tokens) > 8  # every prompt is longer than the window
+        assert ours.token_lists() == theirs.token_lists()
+        torch.testing.assert_close(ours.logprob, theirs.logprob, rtol=1e-3, atol=1e-3)
+        ours = policy.extend(policy.extend(policy.start(PROMPTS, Cost()), 6, Cost()), 6, Cost())
+        theirs = hf.extend(hf.extend(hf.start(PROMPTS, Cost()), 6, Cost()), 6, Cost())
+        assert ours.token_lists() == theirs.token_lists()
+        for read in ("last_hidden", "peek_end_hidden"):
+            torch.testing.assert_close(getattr(policy, read)(ours), getattr(hf, read)(theirs), rtol=1e-3, atol=1e-3)
+    finally:
+        stop_engine(policy)
+
+
 # The embedded default (SmolLM2): its own engine, started after the tiny one is stopped.
 
 

@@ -208,16 +208,16 @@ class VLLMPolicy(ChatPrompts):
             return rows
         response, length = rows.response.tolist(), rows.length.tolist()
         prompt_of = rows.prompt_index.tolist()
-        groups: dict[tuple[Any, ...], list[int]] = {}
+        groups: dict[tuple[Any, ...], list[int]] = {}  # (budget, ...) -> rows of one request
         for r in live:
             budget = min(max_tokens, limit - length[r])
-            key = (prompt_of[r], budget, *response[r][: length[r]]) if gen.do_sample else (r,)
+            key = (budget, prompt_of[r], *response[r][: length[r]]) if gen.do_sample else (budget, r)
             groups.setdefault(key, []).append(r)
         requests, params, by_shape = [], [], {}
-        for members in groups.values():
+        for (budget, *_), members in groups.items():
             r = members[0]
             requests.append(TokensPrompt(prompt_token_ids=rows.prompt_tokens[prompt_of[r]] + response[r][: length[r]]))
-            shape = (min(max_tokens, limit - length[r]), len(members))
+            shape = (budget, len(members))
             if shape not in by_shape:
                 by_shape[shape] = self.sampling_params(*shape, gen=gen)
             params.append(by_shape[shape])
