@@ -263,6 +263,24 @@ def test_table_rows_from_hand_made_results():
     assert "judge" not in table.split("\n\n", 2)[2]  # no judge column without judge results
 
 
+def test_data_size_is_the_rollouts_v0_was_fitted_on_when_the_cell_recorded_them(tmp_path: Path) -> None:
+    """With the whole training split (train_prompts None) the config gives no size: the fit's own count is read
+    (a tree's rows that ended early make it fewer than prompts × leaves); without either it is n/a, not 0."""
+    results = {
+        "bon-16": {"evaluator": [0.5, 0.5], "reward": [1, 1], "cost": {"tokens_generated": 20}},
+        "spi-1": {"evaluator": [0.9, 0.1], "reward": [1, 1], "cost": {"tokens_generated": 20}},
+    }
+    cfg = Config.model_validate({"spi": {"train_prompts": None, "tree": [4, 2]}})
+    assert cell_rows({}, cfg, results, "bon-16", tmp_path)[0]["data_size"] is None
+    (tmp_path / "values").mkdir()
+    (tmp_path / "values" / "round-0.json").write_text(json.dumps({"rollouts": 3601, "prompts": 459}))
+    rows = cell_rows({}, cfg, results, "bon-16", tmp_path)
+    assert rows[0]["data_size"] == 3601
+    assert "| 3601 | spi-1 |" in render_table(rows, [], "bon-16", "t")
+    cfg = Config.model_validate({"spi": {"train_prompts": 32, "tree": [4, 2]}})
+    assert cell_rows({}, cfg, results, "bon-16")[0]["data_size"] == 256
+
+
 def test_sweep_report_shapes_table_and_figures(tmp_path):
     variants = [{"spi.selection": "diversity"}, {"spi.selection": "top"}, {"spi.selection": "softmax"}]
     path = write_spec(tmp_path, {"name": "r", "grid": {"spi.chunk": [4, 16]}, "variants": variants})

@@ -55,7 +55,7 @@ def cell_rows(
                 "settings": settings,
                 "round": int(method[4:]),
                 "method": method,
-                "data_size": (config.spi.train_prompts or 0) * config.spi.round0_rollouts,
+                "data_size": _data_size(config, cell_dir),
                 "prompts": len(outcome),
                 "win": outcome.count(1.0) / len(outcome),
                 "tie": outcome.count(0.5) / len(outcome),
@@ -70,6 +70,17 @@ def cell_rows(
             }
         )
     return rows
+
+
+def _data_size(config: Any, cell_dir: Path | None) -> int | None:
+    """Rollouts V_0 was fitted on: the count its fit recorded (`values/round-0.json`), else training prompts ×
+    round-0 rollouts from the config; None when neither says (the whole training split, not yet fitted)."""
+    if cell_dir is not None and (cell_dir / "values" / "round-0.json").exists():
+        recorded = json.loads((cell_dir / "values" / "round-0.json").read_text()).get("rollouts")
+        if recorded is not None:
+            return int(recorded)
+    prompts = config.spi.train_prompts
+    return None if prompts is None else prompts * config.spi.round0_rollouts
 
 
 def _ratio(x: float | None) -> str:
@@ -89,7 +100,11 @@ def render_table(rows: list[dict[str, Any]], keys: list[str], baseline: str, tit
     body = []
     for r in rows:
         lo, hi = r["ci"]
-        line: list[object] = [*(r["settings"].get(k, "") for k in keys), r["data_size"], r["method"]]
+        line: list[object] = [
+            *(r["settings"].get(k, "") for k in keys),
+            r["data_size"] if r["data_size"] is not None else "n/a",
+            r["method"],
+        ]
         line += [_pct(r["win"]), _pct(r["tie"]), f"{_pct(r['win_half_tie'])} [{_pct(lo)}, {_pct(hi)}]"]
         line += [_pct(r["reward_win_half_tie"])]
         line += [_pct(r["judge_win_half_tie"])] if has_judge else []
