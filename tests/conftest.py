@@ -163,3 +163,31 @@ def save_tiny_classifier(folder: Path, tokenizer: Any, seed: int = 0, num_labels
 def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory, _smol_tokenizer_once: Any) -> Path:
     """A tiny random sequence-classification reward model (num_labels 1) saved with the SmolLM2 tokenizer."""
     return save_tiny_classifier(tmp_path_factory.mktemp("tiny-classifier"), _smol_tokenizer_once)
+
+
+def tiny_gemma3(seed: int = 0, vocab_size: int = 262144, hidden_size: int = 32, head_dim: int = 16) -> Any:
+    """Gemma 3's layout at toy width: two sliding-window layers (window 8) then a full-attention one, SmolLM2's
+    special ids (the tests' tokenizer); by default its full 262,144-token vocabulary."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=head_dim,
+        sliding_window=8,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = Gemma3ForCausalLM(config).to(torch.float32).eval()
+    model.generation_config.eos_token_id = 2
+    return model

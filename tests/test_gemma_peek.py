@@ -7,41 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 from transformers.cache_utils import DynamicSlidingWindowLayer
 
-from conftest import make_policy
+from conftest import make_policy, tiny_gemma3
 from spi_align.core.records import Cost, Prompt
 from spi_align.hf.batches import BackboneRunner
 from spi_align.hf.kv_cache import GrowingLayer, GrowingSlidingLayer
 
 WINDOW = 8
 PROMPTS = [Prompt("a", "Hi"), Prompt("b", "Tell me a long story about the sea and the sky, please.")]
-
-
-def tiny_gemma3(seed: int = 0) -> Gemma3ForCausalLM:
-    """Gemma 3's layout at toy width: its full 262,144-token vocabulary, two sliding-window layers (window 8) then a
-    full-attention one, SmolLM2's special ids (the tests' tokenizer)."""
-    config = Gemma3TextConfig(
-        vocab_size=262144,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        sliding_window=WINDOW,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    model = Gemma3ForCausalLM(config).to(torch.float32).eval()
-    model.generation_config.eos_token_id = 2
-    return model
 
 
 def _kv(gen: torch.Generator, rows: int, new: int) -> tuple[torch.Tensor, torch.Tensor]:

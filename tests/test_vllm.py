@@ -700,27 +700,9 @@ def test_spi_run_with_anchored_values_and_a_trained_reward_runs_on_vllm(
 def tiny_gemma_dir(tmp_path_factory: pytest.TempPathFactory, _smol_tokenizer_once: Any) -> Path:
     """A tiny random `Gemma3ForCausalLM`: two sliding-window layers (window 8, shorter than every prompt) then a
     full-attention one, heads of 32 (vLLM's CPU attention), saved with the SmolLM2 tokenizer and its vocabulary."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    from conftest import tiny_gemma3
 
-    config = Gemma3TextConfig(
-        vocab_size=len(_smol_tokenizer_once),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        sliding_window=8,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    model = Gemma3ForCausalLM(config).to(torch.float32).eval()
-    model.generation_config.eos_token_id = 2
+    model = tiny_gemma3(vocab_size=len(_smol_tokenizer_once), hidden_size=64, head_dim=32)
     model.generation_config.pad_token_id = 2
     path = tmp_path_factory.mktemp("tiny-vllm-gemma3")
     model.save_pretrained(path)
