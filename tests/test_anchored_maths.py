@@ -126,6 +126,25 @@ def test_fit_anchored_per_depth_reports_alpha_at_each_length():
     assert value.alphas[0] > 0 and value.alphas[1] == 0.0
     assert metrics["alpha_at_4"] == value.alphas[0] and metrics["alpha_at_8"] == 0.0
     assert metrics["heldout_spearman_at_4"] > metrics["heldout_partial_reward_spearman_at_4"] + 0.2
+    # the judge's labels are never fitted on: the same value and figures, and ranked against labels equal to the
+    # reward the judge figures are the reward's, against their negation the reward's negated (no ties here)
+    for sign in (1.0, -1.0):
+        again, judged = fit_anchored(
+            states,
+            rewards,
+            groups,
+            head,
+            [4, 8],
+            ridge=1e-3,
+            seed=0,
+            per_depth=True,
+            labels=[sign * r for r in rewards],
+        )
+        assert again.alphas == value.alphas and {k: v for k, v in judged.items() if "judge" not in k} == metrics
+        for t in (4, 8):
+            for name in ("", "partial_reward_"):
+                got = judged[f"heldout_{name}judge_spearman_at_{t}"]
+                assert got == pytest.approx(sign * metrics[f"heldout_{name}spearman_at_{t}"], abs=1e-9)
 
 
 def test_alpha_at_a_length_is_the_last_decision_lengths_and_survives_save_and_load(tmp_path):

@@ -285,6 +285,75 @@ def test_spi_value_backbone_set_to_the_reward_model(tiny_classifier_dir, tiny_po
     close(model.head.weight, reward.model.score.weight)
 
 
+def test_value_backbone_reward_starts_from_the_runs_reward_whatever_its_kind(
+    tmp_path, tiny_classifier_dir, tiny_policy
+):
+    from spi_align.scoring.reward_model import RewardModel
+    from spi_align.scoring.row_reward import PolicyHeadReward
+    from spi_align.values.model_round import from_reward, load_value_model, new_value_model
+
+    spi = SPIConfig(value="model", value_backbone="reward", value_train_layers=0)
+    # a transformers classifier: loaded whole from where the reward came from, its score head included
+    classifier = make_scorer(str(tiny_classifier_dir))
+    model = new_value_model(spi, tiny_policy, "tiny", classifier)
+    assert model.source == str(tiny_classifier_dir)
+    close(model.head.weight, classifier.model.score.weight)
+    # spi's reward head on the policy's own states (reward: train): the policy's backbone with that head
+    head_model = RewardModel(tiny_policy.backbone, tiny_policy.tokenizer, source="tiny")
+    with torch.no_grad():
+        head_model.head.weight.normal_()
+        head_model.head.bias.fill_(0.25)
+    on_states = PolicyHeadReward(head_model, tiny_policy)
+    value = from_reward(on_states, spi, tiny_policy, "tiny")
+    assert value.backbone is tiny_policy.backbone  # head only trained: shared, never modified
+    close(value.head.weight, head_model.head.weight)
+    assert float(value.head.bias.detach()) == pytest.approx(0.25)
+    ids = torch.tensor([tiny_policy.prompt_ids(PROMPTS[:1])[0]])
+    with torch.no_grad():
+        states = tiny_policy.backbone(input_ids=ids).last_hidden_state[0]
+        close(value(ids, torch.ones_like(ids))[0], head_model.head(states.float())[:, 0])  # R read at every prefix
+    value.save(tmp_path / "v")  # rebuilt on the policy's backbone from the source it saved
+    loaded = load_value_model(tmp_path / "v", spi, tiny_policy, "tiny")
+    assert loaded.backbone is tiny_policy.backbone
+    close(loaded(ids, torch.ones_like(ids)), value(ids, torch.ones_like(ids)))
+    # a reward that scores text has no model to start from: one clear error
+    with pytest.raises(SpiError, match="no model it can load"):
+        from_reward(make_scorer("sentiment"), spi, tiny_policy, "tiny")
+
+
+def test_value_backbone_reward_with_a_text_reward_is_refused_by_the_config(capsys):
+    assert main(["demo", "reward=similarity", "spi.value=model", "spi.value_backbone=reward"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reward 'similarity' scores text" in err[0]
+
+
+def test_spi_run_starts_each_rounds_value_model_from_the_reward_it_trained(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    from spi_align.scoring.reward_model import HEAD_FILE
+    from spi_align.values.model import WEIGHTS_FILE
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Question {i}: name a colour."}) + "\n" for i in range(6)))
+    scorer = str(Path(__file__).parent / "mocks" / "scorers.py") + ":vowel_share"
+    argv = [
+        "demo", f"data.prompts={prompts}", f"policy.model={tiny_model_dir}", f"run_dir={tmp_path}", "name=vr",
+        f"evaluator={scorer}", "reward=train", "generation.max_new_tokens=6", "data.batch_size=3", "spi.chunk=3",
+        "spi.width=2", "spi.successors=2", "spi.tree=[]", "spi.rollouts=3", "spi.rounds=2", "spi.value=model",
+        "spi.value_backbone=reward", "spi.value_train_layers=0", "spi.value_epochs=1", "spi.value_lr=1e-9",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    run = tmp_path / "vr"
+    weight = load_file(run / "reward_model" / HEAD_FILE)["weight"]
+    for k in range(2):  # each round starts from the reward head (a learning rate of 1e-9 keeps it there)
+        spec = json.loads((run / "values" / f"round-{k}" / "value_model.json").read_text())
+        assert spec["backbone_source"] == str(tiny_model_dir.resolve())
+        head = load_file(run / "values" / f"round-{k}" / WEIGHTS_FILE)["head.weight"]
+        close(head, weight, tol=1e-4)
+    results = json.loads((run / "results.json").read_text())["results"]
+    assert {"spi-1", "spi-2"} <= set(results)
+
+
 def test_a_value_model_cannot_start_from_a_multi_label_classifier(tmp_path, smol_tokenizer):
     folder = save_tiny_classifier(tmp_path / "three", smol_tokenizer, num_labels=3)
     with pytest.raises(SpiError, match="num_labels=3"):

@@ -37,3 +37,10 @@ def test_text_reward_on_prefixes_is_ranked_against_the_final_reward(tiny_causal_
     # at t=1 the values (0, 1, 1) have average ranks (1, 2.5, 2.5) against (1, 2, 3): Spearman = 0.866
     assert got["heldout_partial_reward_spearman_at_1"] == pytest.approx(0.8660, abs=1e-4)
     assert got["heldout_partial_reward_spearman_at_end"] == pytest.approx(1.0)
+    assert not any("judge" in key for key in got)
+    # against a judge that ranks them 2, 3, 1: at t=1 ranks (1, 2.5, 2.5) vs (2, 3, 1), centred (−1, ½, ½) and
+    # (0, 1, −1): covariance 0, ρ = 0; at the end (1, 2, 3) vs (2, 3, 1): ρ = 1 − 6·(1 + 1 + 4)/(3·8) = −0.5
+    judged = partial_reward_spearman(policy, CountScorer(), prompts, tokens, finals, (1, None), labels=[2.0, 3.0, 1.0])
+    assert judged["heldout_partial_reward_judge_spearman_at_1"] == pytest.approx(0.0, abs=1e-9)
+    assert judged["heldout_partial_reward_judge_spearman_at_end"] == pytest.approx(-0.5)
+    assert {k: v for k, v in judged.items() if "judge" not in k} == got  # the reward's figures are unchanged

@@ -95,3 +95,34 @@ def test_the_reward_model_table_shows_a_dash_for_an_undefined_figure(tmp_path):
     row = _row(table, "10")
     assert row["heldout_accuracy"] == UNDEFINED and row["choice_accuracy"] == "0.750"
     assert "choice_accuracy_by_weight_decay" not in row and "nan" not in text
+
+
+def test_spi_run_ranks_every_rounds_value_against_the_judge_too(tmp_path, tiny_model_dir):
+    """`spi run` labels each round's rollouts with the evaluator (round 0's labels are the reward model's training
+    labels), and every V_k reports its held-out ranking against them beside the reward's, in its JSON and report."""
+    import json
+    from pathlib import Path
+
+    from conftest import write_prompt_file
+    from spi_align.cli import main
+
+    scorer = str(Path(__file__).parent / "mocks" / "scorers.py") + ":vowel_share"
+    argv = [
+        "demo", f"data.prompts={write_prompt_file(tmp_path, 12)}", f"policy.model={tiny_model_dir}",
+        f"run_dir={tmp_path}", "name=j", f"evaluator={scorer}", "reward=train", "generation.max_new_tokens=8",
+        "data.batch_size=4", "data.limit=2", "spi.chunk=4", "spi.width=2", "spi.successors=2", "spi.tree=[]",
+        "spi.rollouts=4", "spi.rounds=2", "spi.value=heads", "spi.train_prompts=12",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    for k in range(2):
+        metrics = json.loads((tmp_path / "j" / "values" / f"round-{k}.json").read_text())
+        ranked = [key for key in metrics if key.startswith("heldout_spearman_at_")]
+        assert ranked, metrics
+        for key in ranked:
+            for judged in (
+                key.replace("heldout_", "heldout_judge_"),
+                key.replace("_spearman", "_partial_reward_judge_spearman"),
+            ):
+                assert judged in metrics and (math.isnan(metrics[judged]) or -1 <= metrics[judged] <= 1), judged
+    by_length, _ = _tables((tmp_path / "j" / "report.md").read_text(), "Value functions")
+    assert "heldout_judge_spearman" in by_length[0] and "heldout_partial_reward_judge_spearman" in by_length[0]

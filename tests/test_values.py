@@ -159,3 +159,26 @@ def test_heldout_metrics_count_prompts_a_value_scored_all_alike():
     assert metrics["heldout_spearman_at_8"] == 0.0 and metrics["heldout_constant_prompts_at_8"] == held
     assert metrics["heldout_spearman_at_16"] == pytest.approx(1.0) and metrics["heldout_constant_prompts_at_16"] == 0
     assert metrics["heldout_ranked_prompts_at_8"] == metrics["heldout_ranked_prompts_at_end"] == held
+
+
+def test_heldout_metrics_rank_the_same_values_against_the_judge():
+    """V = the reward itself, on 20 prompts of three rollouts with rewards 0, 1, 2 and judge labels 1, 0, 2: with the
+    reward every held-out prompt ranks perfectly (ρ = 1); with the judge ranks (1, 2, 3) against (2, 1, 3) give
+    ρ = 1 − 6·(1 + 1 + 0)/(3·8) = 0.5 on every prompt. Without labels no judge figure is reported."""
+    from spi_align.values.round import PREFIXES, heldout_metrics
+
+    groups = [f"p{i}" for i in range(20) for _ in range(3)]
+    rewards = [float(j) for _ in range(20) for j in range(3)]
+    labels = [float(x) for _ in range(20) for x in (1, 0, 2)]
+    tokens = [[5, 6, 7]] * len(groups)
+
+    def probe(fit_idx, test_idx):
+        return lambda prefix: [rewards[i] for i in test_idx]
+
+    metrics = heldout_metrics(tokens, rewards, groups, 0, probe, labels)
+    assert metrics["heldout_ranked_prompts_at_end"] > 0
+    for prefix in PREFIXES:
+        at = f"at_{prefix or 'end'}"
+        assert metrics[f"heldout_spearman_{at}"] == pytest.approx(1.0)
+        assert metrics[f"heldout_judge_spearman_{at}"] == pytest.approx(0.5)
+    assert not any("judge" in key for key in heldout_metrics(tokens, rewards, groups, 0, probe))

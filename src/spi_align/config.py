@@ -208,9 +208,10 @@ class SPIConfig(Section):
     during the search); 'model': a separate value model per round (backbone + scalar head, fine-tuned by eq. 12,
     with its own KV cache; the one kind a backend without hidden states, vLLM, can train)."""
     value_backbone: str = "policy"
-    """For value=model: start from the policy's weights ('policy'), or from a model directory / hub id
-    ('default' = the embedded SmolLM2, 'gemma3-270m' = the embedded Gemma-3-270M), e.g. a smaller or other-family
-    model (weak-to-strong)."""
+    """For value=model: start from the policy's weights ('policy'), from the run's reward model ('reward', the
+    paper's recipe: V starts as the reward model read at every prefix, its score head included; a transformers
+    reward model or reward: train), or from a model directory / hub id ('default' = the embedded SmolLM2,
+    'gemma3-270m' = the embedded Gemma-3-270M), e.g. a smaller or other-family model (weak-to-strong)."""
     value_train_layers: int = Field(2, ge=-1)
     """For value=model: fine-tune the head and the backbone's last n layers (0 = head only, -1 = everything)."""
     value_epochs: int = Field(2, gt=0)
@@ -395,6 +396,16 @@ class Config(Section):
         over = [k for k in self.frontier.rounds if k > self.spi.rounds]
         if over:
             raise ValueError(f"frontier.rounds names SPI-{over[0]} but only {self.spi.rounds} rounds are trained")
+        return self
+
+    @model_validator(mode="after")
+    def _value_from_a_reward_model(self) -> Config:
+        text = self.reward in ("similarity", "sentiment", "polarity") or ":" in self.reward
+        if self.spi.value == "model" and self.spi.value_backbone == "reward" and text:
+            raise ValueError(
+                f"spi.value_backbone=reward starts the value model from the reward model, but reward '{self.reward}' "
+                "scores text: use a transformers reward model (hub id or folder), reward: train, or another backbone"
+            )
         return self
 
 

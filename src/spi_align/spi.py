@@ -183,6 +183,9 @@ class SuccessivePolicyIteration:
         self.policy, self.reward, self.cfg, self.run = policy, reward, cfg, workdir
         self.kind = make_value_kind(policy, cfg.spi, cfg.policy.model, cfg.seed)
         self.values: list[Any] = []
+        self.labeller: Scorer | None = None
+        """The held-out evaluator, when set (`spi run` sets it): it labels each round's rollouts once more so that
+        every V_k's held-out ranking is also reported against the judge (`Rollouts.labels`); never fitted on."""
 
     def improved(self) -> ImprovedPolicy:
         """The policy improved by the value functions trained so far."""
@@ -224,7 +227,15 @@ class SuccessivePolicyIteration:
             rewards = finite_scores(self.reward, self.reward.score(flat_prompts, texts), texts)
         else:
             rewards = [float(s) for s in scores if s is not None]
-        return Rollouts(flat_prompts, [list(t) for t in tokens], rewards)
+        return self.labelled(Rollouts(flat_prompts, [list(t) for t in tokens], rewards))
+
+    def labelled(self, data: Rollouts) -> Rollouts:
+        """`data` with the labeller's score of each rollout (as it is when there is no labeller or it has them)."""
+        if self.labeller is None or data.labels is not None:
+            return data
+        texts = self.policy.tokenizer.batch_decode(data.tokens, skip_special_tokens=True)
+        data.labels = finite_scores(self.labeller, self.labeller.score(data.prompts, texts), texts)
+        return data
 
     def fit_round(
         self, k: int, records: Sequence[dict[str, Any]], prompts: Sequence[Prompt], data: Rollouts | None = None
@@ -235,7 +246,7 @@ class SuccessivePolicyIteration:
         folder = self.run.file(round_folder(k))
         if self.kind.saved(folder):
             return self.kind.load(folder)
-        data = data if data is not None else self.scored(records, prompts)
+        data = self.labelled(data) if data is not None else self.scored(records, prompts)
         log.info("round %d: training V_%d (%s) on %d rollouts", k, k, self.kind.name, len(data))
         cost = Cost()
         with cost.timer("fit"):  # the fit's forwards (states it reads, a value model's passes) bill to it

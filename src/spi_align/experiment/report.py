@@ -184,8 +184,10 @@ UNDEFINED = "—"
 VALUE_LEGEND = (
     "Within-prompt Spearman with the final reward, per prefix length: `heldout_*` on the held-out training prompts "
     "(no choice or fit reported on saw them; `heldout_ranked_prompts` of them rank, `*constant_prompts` of those got "
-    "one value for every rollout and count as 0), `choice_*` on the prompts the settings were chosen on (optimistic). "
-    f"{UNDEFINED}: not measured or undefined."
+    "one value for every rollout and count as 0), `choice_*` on the prompts the settings were chosen on (optimistic); "
+    "`*judge_spearman`: the same values ranked against the evaluator's score of each rollout instead of the reward "
+    "(the judge, never fitted on), `*partial_reward_*`: the reward on the partial response alone, the zero-shot "
+    f"baseline. {UNDEFINED}: not measured or undefined."
 )
 
 

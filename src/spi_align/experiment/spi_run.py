@@ -135,7 +135,8 @@ class SPIRun:
         head = reward.model.head  # type: ignore[attr-defined]
         with torch.no_grad():
             rewards = head_values(head, ends).tolist()
-        return reward, Rollouts(prompts, tokens, rewards, states)
+        labels = self.round0_preferences(rollouts0)[2]  # the evaluator's, read already: the judge of V_0's ranking
+        return reward, Rollouts(prompts, tokens, rewards, states, labels=list(labels))
 
     def measured_reward(self, rollouts0: list[dict[str, Any]]) -> Rollouts | None:
         """Round 0's samples scored by the configured (not trained) reward, and how it agrees with the evaluator on
@@ -217,6 +218,7 @@ class SPIRun:
     def execute(self) -> str:
         cfg = self.cfg
         algorithm = SuccessivePolicyIteration(self.policy, None, cfg, self.run)
+        algorithm.labeller = self.evaluator  # every V_k's held-out ranking is also read against the judge
         rollouts0 = algorithm.rollouts(0, self.train_prompts)  # needs no reward yet
         reward, scored0 = self.obtain_reward(rollouts0)
         algorithm.reward = reward

@@ -168,6 +168,8 @@ class ClassifierReward:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name or f"reward_model({type(model).__name__})"
+        self.source: str | Path = ""
+        """Where it was loaded from (hub id or folder; '' when built from a model in memory)."""
         self.batch_size = batch_size
         self.pad_id = agree_on_pad(self.name, tokenizer, model.config)
         self.templated = getattr(tokenizer, "chat_template", None) is not None
@@ -184,7 +186,9 @@ class ClassifierReward:
             raise SpiError(f"unknown dtype '{dtype}' for reward model '{spec}': use {', '.join(DTYPES)}")
         model, tokenizer = load_classifier(spec, device, DTYPES[dtype])
         name = f"reward_model({Path(spec.rstrip('/')).name})"
-        return cls(model, tokenizer, name=name, batch_size=batch_size)
+        reward = cls(model, tokenizer, name=name, batch_size=batch_size)
+        reward.source = spec
+        return reward
 
     # --- text --------------------------------------------------------------------------------------------------
     def render(self, prompt: Prompt, response: str) -> str:

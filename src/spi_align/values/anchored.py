@@ -282,12 +282,15 @@ def fit_anchored(
     tokens: Sequence[Sequence[int]] | None = None,
     rank_weights: Sequence[float] = (0.0,),
     per_depth: bool = False,
+    labels: Sequence[float] | None = None,
 ) -> tuple[AnchoredValue, dict[str, Any]]:
     """The residual head u with its α per length, and its held-out ranking next to the anchor's (choices on the choice
     prompts, the ranking on held-out prompts: the module docstring). `anchor`: the
     reward head on the closed states, or any `Anchor` (e.g. `TextAnchor`); `tokens`: the rollouts' tokens, so
     shared prefixes get their leaves' mean reward (tree targets); `rank_weights`: the ranking-loss weights λ to
-    choose from; `per_depth`: α chosen at each length on its own."""
+    choose from; `per_depth`: α chosen at each length on its own; `labels`: the judge's score of each rollout, never
+    fitted on, against which the held-out ranking is reported too (`heldout_partial_reward_judge_spearman_at_<t>`,
+    `heldout_judge_spearman_at_<t>`; a shared prefix's target is its leaves' mean label, as for the reward)."""
     x, final, keys, index = boundary_rows(states, lengths, rewards, groups, tokens)
     metrics: dict[str, Any] = {"rollouts": len(states), "prompts": len(set(groups)), "states": len(keys)}
     if not keys:
@@ -296,6 +299,7 @@ def fit_anchored(
         torch.nn.init.zeros_(head.net.weight)  # type: ignore[arg-type]
         torch.nn.init.zeros_(head.net.bias)  # type: ignore[arg-type]
         return AnchoredValue(head.eval(), list(lengths) or [0], [0.0] * (len(lengths) or 1)), metrics
+    judged = None if labels is None else boundary_rows(states, lengths, labels, groups, tokens)[1]
     partial = (HeadAnchor(anchor) if isinstance(anchor, torch.nn.Linear) else anchor)(x, index, keys)
     residual = centred(final - partial, keys)  # centred per (prompt, length): any subset of prompts reads it as is
     fit_ids, choice_ids, held_ids = prompt_split(groups, seed)
@@ -341,6 +345,9 @@ def fit_anchored(
                 metrics[f"heldout_{name}spearman_at_{t}"] = ranked.mean
                 metrics[f"heldout_{name}constant_prompts_at_{t}"] = ranked.constant
                 metrics[f"heldout_ranked_prompts_at_{t}"] = ranked.prompts  # the same for both: set by the targets
+            if judged is not None:
+                for t, ranked in _by_length(predicted, judged[test], test_keys, lengths).items():
+                    metrics[f"heldout_{name}judge_spearman_at_{t}"] = ranked.mean
     pairs = ranking_pairs(final, keys) if rank_weight > 0 else None
     head = _fit(x, residual, keys, chosen_ridge, seed, rank_weight, partial, pairs)
     for t in lengths:

@@ -17,7 +17,7 @@ import torch
 
 from spi_align.core.interfaces import Scorer
 from spi_align.core.records import Prompt
-from spi_align.scoring.ranking import PromptSpearman, prompt_spearman
+from spi_align.scoring.ranking import prompt_spearman
 from spi_align.scoring.reward_model import head_values
 from spi_align.scoring.row_reward import PolicyHeadReward
 
@@ -29,11 +29,13 @@ def partial_reward_spearman(
     tokens: Sequence[Sequence[int]],
     rewards: Sequence[float],
     prefixes: Sequence[int | None],
+    labels: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """`heldout_partial_reward_spearman_at_<t>` for each t in `prefixes` (None = the whole response: the reward
     itself), on the rollouts given (the caller passes the held-out prompts'), and
     `heldout_partial_reward_constant_prompts_at_<t>`: the prompts where R_t scored every rollout alike (e.g. a
-    lexicon on a short prefix), counted as 0 in the mean (`prompt_spearman`)."""
+    lexicon on a short prefix), counted as 0 in the mean (`prompt_spearman`). With `labels` (the judge's score of
+    each rollout), also `heldout_partial_reward_judge_spearman_at_<t>`: R_t ranked against the judge."""
     groups = [p.id for p in prompts]
     lengths = [t for t in prefixes if t is not None]
     out: dict[str, float] = {}
@@ -48,18 +50,28 @@ def partial_reward_spearman(
                 k = len(s.lengths) - 1 if t is None else max(i for i, n in enumerate(s.lengths) if n <= t)
                 with torch.no_grad():
                     values.append(float(head_values(head, s.closed[k])))
-            out.update(_entries(t, prompt_spearman(values, rewards, groups)))
+            out.update(_entries(t, values, rewards, groups, labels))
         return out
     for t in prefixes:
         texts = policy.tokenizer.batch_decode([list(x)[:t] for x in tokens], skip_special_tokens=True)
         values = reward.score(list(prompts), texts)
-        out.update(_entries(t, prompt_spearman(values, rewards, groups)))
+        out.update(_entries(t, values, rewards, groups, labels))
     return out
 
 
-def _entries(t: int | None, ranked: PromptSpearman) -> dict[str, float]:
+def _entries(
+    t: int | None,
+    values: Sequence[float],
+    rewards: Sequence[float],
+    groups: Sequence[str],
+    labels: Sequence[float] | None,
+) -> dict[str, float]:
     at = f"at_{t or 'end'}"
-    return {
+    ranked = prompt_spearman(values, rewards, groups)
+    out = {
         f"heldout_partial_reward_spearman_{at}": ranked.mean,
         f"heldout_partial_reward_constant_prompts_{at}": ranked.constant,
     }
+    if labels is not None:
+        out[f"heldout_partial_reward_judge_spearman_{at}"] = prompt_spearman(values, labels, groups).mean
+    return out

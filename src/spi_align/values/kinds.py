@@ -35,6 +35,9 @@ class Rollouts:
     rewards: list[float]
     states: list[Any] | None = None
     """Optional `PrefixStates` of each rollout (computed once by the caller and shared, e.g. with the reward model)."""
+    labels: list[float] | None = None
+    """Optional: the evaluator's (the judge's) score of each rollout, never fitted on; the value's held-out ranking
+    is then also reported against it (`heldout_judge_spearman_at_<t>`, beside the ranking against the reward)."""
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -72,7 +75,13 @@ class ValueKind(ABC):
             return {}
         pick = lambda xs: [xs[i] for i in test]  # noqa: E731
         return partial_reward_spearman(
-            self.policy, self.reward, pick(rollouts.prompts), pick(rollouts.tokens), pick(rollouts.rewards), PREFIXES
+            self.policy,
+            self.reward,
+            pick(rollouts.prompts),
+            pick(rollouts.tokens),
+            pick(rollouts.rewards),
+            PREFIXES,
+            labels=None if rollouts.labels is None else pick(rollouts.labels),
         )
 
     @abstractmethod
@@ -99,7 +108,9 @@ class HeadValues(ValueKind):
         from spi_align.values.round import train_value
 
         states = hidden_state_policy(self.policy, "spi.value=heads")
-        value, metrics = train_value(states, rollouts.prompts, rollouts.tokens, rollouts.rewards, self.spi, self.seed)
+        value, metrics = train_value(
+            states, rollouts.prompts, rollouts.tokens, rollouts.rewards, self.spi, self.seed, labels=rollouts.labels
+        )
         return value, {**metrics, **self.baseline(rollouts)}
 
     def save(self, value: Any, folder: Path) -> None:
@@ -137,13 +148,14 @@ class ModelValues(ValueKind):
         from spi_align.values.model_round import new_value_model, train_value_model_round
 
         value, metrics = train_value_model_round(
-            lambda: new_value_model(self.spi, self.policy, self.policy_spec),
+            lambda: new_value_model(self.spi, self.policy, self.policy_spec, self.reward),
             self.policy,
             rollouts.prompts,
             rollouts.tokens,
             rollouts.rewards,
             self.spi,
             self.seed,
+            labels=rollouts.labels,
         )
         return value, {**metrics, **self.baseline(rollouts)}
 
@@ -211,6 +223,7 @@ class AnchoredValues(ValueKind):
             tokens=rollouts.tokens,
             rank_weights=self.spi.rank_weights,
             per_depth=self.spi.per_depth,
+            labels=rollouts.labels,
         )
 
     def save(self, value: Any, folder: Path) -> None:

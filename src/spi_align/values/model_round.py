@@ -1,25 +1,38 @@
 """One value-training step of Algorithm 1 with a separate value model (`spi.value: model`).
 
-Builds the round's model (from the policy's weights or another model), encodes the rollouts as the search will
-show them to it, trains it by eq. 12 and reports within-prompt Spearman on held-out prompts, like the heads.
+Builds the round's model (from the policy's weights, another model, or the run's reward model), encodes the
+rollouts as the search will show them to it, trains it by eq. 12 and reports within-prompt Spearman on held-out
+prompts, like the heads.
+
+Starting from the reward model (`spi.value_backbone: reward`) is the paper's recipe (its value model is initialised
+from the reward model and fine-tuned on each round's rollouts, which are the search's own outputs from round 1 on):
+V_k then begins as the reward model read at every prefix, R(x, y_{1:t}) without the end of the turn, and eq. 12 moves
+it towards the expected final reward. A transformers classifier (a hub id or folder, or the run's tuned
+`reward_model/`) starts it whole, score head included; spi's reward head on the policy's own states (`reward:
+train`) starts it as the policy's backbone with that head.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from spi_align.config import SPIConfig
+from spi_align.core.errors import SpiError
 from spi_align.core.interfaces import Policy, hidden_state_policy
 from spi_align.core.records import Prompt
 from spi_align.hf.tokenizers import same_tokenizer
-from spi_align.values.model import ValueModel
+from spi_align.values.model import SPEC_FILE, ValueModel
 from spi_align.values.model_train import response_values, train_value_model
 from spi_align.values.round import heldout_metrics
 
 POLICY = "policy"
+REWARD = "reward"
 
 
 def uses_policy_weights(spi: SPIConfig, policy_spec: str) -> bool:
@@ -35,22 +48,62 @@ def _policy_base(spi: SPIConfig, policy: Policy) -> Any:
     return copy.deepcopy(policy.backbone).float().requires_grad_(False)
 
 
-def new_value_model(spi: SPIConfig, policy: Policy, policy_spec: str) -> ValueModel:
-    """A fresh value model for one round, on the policy's device."""
+def _on_policy(spi: SPIConfig, policy: Policy, policy_spec: str) -> ValueModel:
+    return ValueModel(
+        _policy_base(spi, policy),
+        policy.tokenizer,
+        source=policy_spec,
+        train_layers=spi.value_train_layers,
+        chat_template=policy.chat_template,
+    )
+
+
+def new_value_model(spi: SPIConfig, policy: Policy, policy_spec: str, reward: Any = None) -> ValueModel:
+    """A fresh value model for one round, on the policy's device; `reward`: the run's reward, which
+    `spi.value_backbone: reward` starts from (`from_reward`)."""
+    if spi.value_backbone == REWARD:
+        return from_reward(reward, spi, policy, policy_spec)
     if uses_policy_weights(spi, policy_spec):
-        return ValueModel(
-            _policy_base(spi, policy),
-            policy.tokenizer,
-            source=policy_spec,
-            train_layers=spi.value_train_layers,
-            chat_template=policy.chat_template,
-        )
+        return _on_policy(spi, policy, policy_spec)
     return ValueModel.from_source(spi.value_backbone, spi.value_train_layers, device=str(policy.device))
 
 
+def from_reward(reward: Any, spi: SPIConfig, policy: Policy, policy_spec: str) -> ValueModel:
+    """A value model that starts as `reward` read at every prefix (see the module docstring): a transformers
+    classifier loaded from where the reward came from (`source`: hub id or folder), or spi's reward head (a
+    `RewardModel`) copied onto the backbone it reads (the policy's own, or a fresh load of its source)."""
+    from spi_align.scoring.reward_model import RewardModel
+
+    name = getattr(reward, "name", type(reward).__name__)
+    source = str(getattr(reward, "source", "") or "")
+    model = getattr(reward, "model", None)
+    if source and not isinstance(model, RewardModel):
+        return ValueModel.from_source(source, spi.value_train_layers, device=str(policy.device))
+    if not isinstance(model, RewardModel):
+        raise SpiError(
+            f"spi.value_backbone=reward starts the value model from the reward model, but the reward '{name}' is "
+            "no model it can load (a transformers reward model, by hub id or folder, or reward: train)"
+        )
+    if model.backbone is getattr(policy, "backbone", None):
+        value = _on_policy(spi, policy, policy_spec)
+    else:
+        value = ValueModel.from_source(model.source, spi.value_train_layers, device=str(policy.device))
+    if value.head.in_features != model.head.in_features:
+        raise SpiError(f"the reward '{name}' reads states of another width than its backbone's")
+    with torch.no_grad():
+        value.head.weight.copy_(model.head.weight)
+        value.head.bias.copy_(model.head.bias)
+    return value
+
+
 def load_value_model(folder: Path, spi: SPIConfig, policy: Policy, policy_spec: str) -> ValueModel:
-    """A round's saved value model; built on (a copy of) the policy's backbone when it came from there."""
-    base = _policy_base(spi, policy) if uses_policy_weights(spi, policy_spec) else None
+    """A round's saved value model; built on (a copy of) the policy's backbone when it came from there (by the
+    setting, or, for one started from the reward, by the source it saved)."""
+    on_policy = uses_policy_weights(spi, policy_spec)
+    if spi.value_backbone == REWARD:
+        saved = json.loads((folder / SPEC_FILE).read_text()).get("backbone_source")
+        on_policy = saved in (policy_spec, str(Path(policy_spec).resolve()))
+    base = _policy_base(spi, policy) if on_policy else None
     return ValueModel.load(folder, device=str(policy.device), base=base)
 
 
@@ -79,9 +132,10 @@ def train_value_model_round(
     rewards: Sequence[float],
     spi: SPIConfig,
     seed: int,
+    labels: Sequence[float] | None = None,
 ) -> tuple[ValueModel, dict[str, Any]]:
     """Train V_k on all rollouts; report within-prompt Spearman of a model trained without the held-out prompts, on
-    them (as the heads do: two trainings)."""
+    them (as the heads do: two trainings), with the reward and, given `labels`, with the judge."""
     groups = [p.id for p in prompts]
 
     def probe(fit_idx: list[int], test_idx: list[int]) -> Callable[[int | None], list[float]]:
@@ -92,7 +146,7 @@ def train_value_model_round(
         values = response_values(model, p_ids, r_ids, batch_size=spi.value_batch_size)
         return lambda prefix: [_at(v, prefix) for v in values]
 
-    metrics = heldout_metrics(tokens, rewards, groups, seed, probe)
+    metrics = heldout_metrics(tokens, rewards, groups, seed, probe, labels)
     model = make()
     p_ids, r_ids = rollout_ids(model, policy, prompts, tokens)
     fit = _train(model, p_ids, r_ids, list(rewards), groups, spi, seed)

@@ -45,8 +45,10 @@ def train_value(
     rewards: Sequence[float],
     cfg: SPIConfig,
     seed: int,
+    labels: Sequence[float] | None = None,
 ) -> tuple[ValueHead, dict[str, Any]]:
-    """Fit V on all rollouts; report within-prompt Spearman of a fit without the held-out prompts, on them."""
+    """Fit V on all rollouts; report within-prompt Spearman of a fit without the held-out prompts, on them (with
+    the reward, and with the judge's `labels` when given)."""
     hidden = response_hidden_states(policy, prompts, tokens)
     groups = [p.id for p in prompts]
 
@@ -55,7 +57,7 @@ def train_value(
         test = [hidden[i] for i in test_idx]
         return lambda prefix: prefix_values(head, test, prefix)
 
-    metrics = heldout_metrics(tokens, rewards, groups, seed, probe)
+    metrics = heldout_metrics(tokens, rewards, groups, seed, probe, labels)
     head = _fit(hidden, rewards, groups, list(range(len(tokens))), cfg, seed)
     return head, metrics
 
@@ -66,14 +68,16 @@ def heldout_metrics(
     groups: Sequence[str],
     seed: int,
     probe: Callable[[list[int], list[int]], Callable[[int | None], Sequence[float]]],
+    labels: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Counts of the rollouts, and `heldout_spearman_at_<prefix>`: the within-prompt Spearman with the reward, at
     each of `PREFIXES`, of a value function fitted on the other prompts and read on the held-out ones
     (`heldout_prompts`), over `heldout_ranked_prompts_at_<prefix>` prompts of which
     `heldout_constant_prompts_at_<prefix>` got equal values for all their rollouts (counted as 0; `prompt_spearman`).
     `probe(fit_idx, test_idx)` fits it and returns `at(prefix)`, its values for the test rollouts after `prefix`
-    tokens. Nothing is chosen here (the head's ridge, the model's epochs are settings), so
-    no inner split is needed; a caller that chooses must choose without the held-out prompts."""
+    tokens. With `labels` (the judge's score of each rollout) the same values' within-prompt Spearman with them
+    too, `heldout_judge_spearman_at_<prefix>`. Nothing is chosen here (the head's ridge, the model's epochs are
+    settings), so no inner split is needed; a caller that chooses must choose without the held-out prompts."""
     metrics: dict[str, Any] = {
         "rollouts": len(tokens),
         "prompts": len(set(groups)),
@@ -89,6 +93,9 @@ def heldout_metrics(
             metrics[f"heldout_spearman_{at_}"] = ranked.mean
             metrics[f"heldout_ranked_prompts_{at_}"] = ranked.prompts
             metrics[f"heldout_constant_prompts_{at_}"] = ranked.constant
+            if labels is not None:
+                judged = prompt_spearman(at(prefix), [labels[i] for i in test_idx], test_groups)
+                metrics[f"heldout_judge_spearman_{at_}"] = judged.mean
     return metrics
 
 
