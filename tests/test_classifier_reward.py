@@ -288,7 +288,9 @@ def test_spi_value_backbone_set_to_the_reward_model(tiny_classifier_dir, tiny_po
 def test_value_backbone_reward_starts_from_the_runs_reward_whatever_its_kind(
     tmp_path, tiny_classifier_dir, tiny_policy
 ):
-    from spi_align.scoring.reward_model import RewardModel
+    import copy
+
+    from spi_align.scoring.reward_model import RewardModel, RewardModelScorer
     from spi_align.scoring.row_reward import PolicyHeadReward
     from spi_align.values.model_round import from_reward, load_value_model, new_value_model
 
@@ -312,13 +314,26 @@ def test_value_backbone_reward_starts_from_the_runs_reward_whatever_its_kind(
     with torch.no_grad():
         states = tiny_policy.backbone(input_ids=ids).last_hidden_state[0]
         close(value(ids, torch.ones_like(ids))[0], head_model.head(states.float())[:, 0])  # R read at every prefix
-    value.save(tmp_path / "v")  # rebuilt on the policy's backbone from the source it saved
-    loaded = load_value_model(tmp_path / "v", spi, tiny_policy, "tiny")
+    value.save(tmp_path / "v")  # rebuilt on the start it came from: the policy's backbone
+    loaded = load_value_model(tmp_path / "v", spi, tiny_policy, "tiny", on_states)
     assert loaded.backbone is tiny_policy.backbone
     close(loaded(ids, torch.ones_like(ids)), value(ids, torch.ones_like(ids)))
+    # a reward head on a backbone of its own (here perturbed, as a saved one may differ from its source): a copy of
+    # that backbone, the very weights the head was trained with
+    own = RewardModel(copy.deepcopy(tiny_policy.backbone), tiny_policy.tokenizer, source="tiny")
+    with torch.no_grad():
+        next(own.backbone.parameters()).add_(0.5)
+        own.head.weight.normal_()
+    apart = from_reward(RewardModelScorer(own), spi, tiny_policy, "tiny")
+    assert apart.backbone is not own.backbone and apart.backbone is not tiny_policy.backbone
+    for mine, theirs in zip(apart.backbone.parameters(), own.backbone.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+    close(apart.head.weight, own.head.weight)
     # a reward that scores text has no model to start from: one clear error
     with pytest.raises(SpiError, match="no model it can load"):
         from_reward(make_scorer("sentiment"), spi, tiny_policy, "tiny")
+    with pytest.raises(SpiError, match="there is none"):
+        from_reward(None, spi, tiny_policy, "tiny")
 
 
 def test_value_backbone_reward_with_a_text_reward_is_refused_by_the_config(capsys):

@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 
 from spi_align.config import Config
+from spi_align.core.records import Prompt
 from spi_align.experiment.report import UNDEFINED, write_report
+from spi_align.experiment.spi_run import ReusedLabels
 from spi_align.runs.rundir import RunDir
 
 NAN = math.nan
@@ -97,7 +99,7 @@ def test_the_reward_model_table_shows_a_dash_for_an_undefined_figure(tmp_path):
     assert "choice_accuracy_by_weight_decay" not in row and "nan" not in text
 
 
-def test_spi_run_ranks_every_rounds_value_against_the_judge_too(tmp_path, tiny_model_dir):
+def test_spi_run_ranks_every_rounds_value_against_the_judge_too(tmp_path, tiny_model_dir, monkeypatch):
     """`spi run` labels each round's rollouts with the evaluator (round 0's labels are the reward model's training
     labels), and every V_k reports its held-out ranking against them beside the reward's, in its JSON and report."""
     import json
@@ -126,3 +128,27 @@ def test_spi_run_ranks_every_rounds_value_against_the_judge_too(tmp_path, tiny_m
                 assert judged in metrics and (math.isnan(metrics[judged]) or -1 <= metrics[judged] <= 1), judged
     by_length, _ = _tables((tmp_path / "j" / "report.md").read_text(), "Value functions")
     assert "heldout_judge_spearman" in by_length[0] and "heldout_partial_reward_judge_spearman" in by_length[0]
+
+    def never(self, prompts, responses):
+        raise AssertionError("a saved value's rollouts were labelled again")
+
+    monkeypatch.setattr(ReusedLabels, "score", never)  # a rerun loads every V_k: nothing is labelled
+    assert main(argv) == 0
+
+
+def test_reused_labels_ask_the_evaluator_only_for_what_the_run_has_not_read():
+    asked = []
+
+    class Judge:
+        name = "judge"
+
+        def score(self, prompts, responses):
+            asked.append(list(responses))
+            return [float(len(r)) for r in responses]
+
+    a, b = Prompt("a", "A?"), Prompt("b", "B?")
+    read = ([a, a, b], ["x", "yy", "x"], [10.0, 20.0, 30.0], [])
+    labels = ReusedLabels(Judge(), lambda: read)
+    assert labels.score([b, a, b, a], ["x", "zzz", "yy", "yy"]) == [30.0, 3.0, 2.0, 20.0]
+    assert asked == [["zzz", "yy"]]  # ("b", "yy") was never read: the same text under another prompt is not it
+    assert ReusedLabels(Judge(), lambda: None).score([a], ["x"]) == [1.0] and asked[-1] == ["x"]

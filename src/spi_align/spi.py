@@ -133,6 +133,7 @@ def load(path: str | Path, device: str | None = None) -> ImprovedPolicy:
     policy = load_policy(cfg.policy, cfg.generation, cfg.seed)
     reward = load_reward(cfg, folder, policy)
     kind = make_value_kind(policy, cfg.spi, cfg.policy.model, cfg.seed)
+    kind.reward = reward  # what a value model started from the reward is rebuilt on
     values = []
     for k in range(cfg.spi.rounds):
         round_dir = folder / round_folder(k)
@@ -184,8 +185,9 @@ class SuccessivePolicyIteration:
         self.kind = make_value_kind(policy, cfg.spi, cfg.policy.model, cfg.seed)
         self.values: list[Any] = []
         self.labeller: Scorer | None = None
-        """The held-out evaluator, when set (`spi run` sets it): it labels each round's rollouts once more so that
-        every V_k's held-out ranking is also reported against the judge (`Rollouts.labels`); never fitted on."""
+        """The held-out evaluator, when set (`spi run` sets it): it labels each round's rollouts being fitted on, so
+        that every V_k's held-out ranking is also reported against the judge (`Rollouts.labels`); no value is fitted
+        on these labels."""
 
     def improved(self) -> ImprovedPolicy:
         """The policy improved by the value functions trained so far."""

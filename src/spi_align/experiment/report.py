@@ -186,8 +186,9 @@ VALUE_LEGEND = (
     "(no choice or fit reported on saw them; `heldout_ranked_prompts` of them rank, `*constant_prompts` of those got "
     "one value for every rollout and count as 0), `choice_*` on the prompts the settings were chosen on (optimistic); "
     "`*judge_spearman`: the same values ranked against the evaluator's score of each rollout instead of the reward "
-    "(the judge, never fitted on), `*partial_reward_*`: the reward on the partial response alone, the zero-shot "
-    f"baseline. {UNDEFINED}: not measured or undefined."
+    "(the judge; no value is fitted on it, but with reward: train the reward model was fitted on round 0's labels of "
+    "every training prompt, so V_0's judge figures are optimistic), `*partial_reward_*`: the reward on the partial "
+    f"response alone, the zero-shot baseline. {UNDEFINED}: not measured or undefined."
 )
 
 

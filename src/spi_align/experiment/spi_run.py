@@ -19,6 +19,7 @@ metrics are written before its folder is renamed into place, so a step that coun
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +136,7 @@ class SPIRun:
         head = reward.model.head  # type: ignore[attr-defined]
         with torch.no_grad():
             rewards = head_values(head, ends).tolist()
-        labels = self.round0_preferences(rollouts0)[2]  # the evaluator's, read already: the judge of V_0's ranking
-        return reward, Rollouts(prompts, tokens, rewards, states, labels=list(labels))
+        return reward, Rollouts(prompts, tokens, rewards, states)
 
     def measured_reward(self, rollouts0: list[dict[str, Any]]) -> Rollouts | None:
         """Round 0's samples scored by the configured (not trained) reward, and how it agrees with the evaluator on
@@ -218,7 +218,7 @@ class SPIRun:
     def execute(self) -> str:
         cfg = self.cfg
         algorithm = SuccessivePolicyIteration(self.policy, None, cfg, self.run)
-        algorithm.labeller = self.evaluator  # every V_k's held-out ranking is also read against the judge
+        algorithm.labeller = ReusedLabels(self.evaluator, lambda: self._preferences)  # V_k ranked by the judge too
         rollouts0 = algorithm.rollouts(0, self.train_prompts)  # needs no reward yet
         reward, scored0 = self.obtain_reward(rollouts0)
         algorithm.reward = reward
@@ -251,6 +251,25 @@ class SPIRun:
         report = write_report(self.run, cfg, results, values, baseline=f"bon-{ctx.candidates}", sections=sections)
         log.info("report: %s", self.run.file("report.md"))
         return report
+
+
+class ReusedLabels:
+    """The evaluator as the rounds' labeller (`SuccessivePolicyIteration.labeller`), reusing the labels that the
+    run has read already for round 0's preferences (reward: train, the reward's measurement) instead of asking the
+    evaluator again for the same (prompt, response)."""
+
+    def __init__(self, evaluator: Scorer, known: Callable[[], Any]) -> None:
+        self.evaluator, self.known = evaluator, known
+        self.name = evaluator.name
+
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        read = self.known()
+        known = {} if read is None else {(p.id, t): y for p, t, y in zip(read[0], read[1], read[2], strict=True)}
+        todo = [i for i, (p, r) in enumerate(zip(prompts, responses, strict=True)) if (p.id, r) not in known]
+        asked = self.evaluator.score([prompts[i] for i in todo], [responses[i] for i in todo]) if todo else []
+        found = dict(zip(todo, asked, strict=True))
+        pairs = enumerate(zip(prompts, responses, strict=True))
+        return [found[i] if i in found else known[(p.id, r)] for i, (p, r) in pairs]
 
 
 def default_name(cfg: Config) -> str:

@@ -36,8 +36,10 @@ class Rollouts:
     states: list[Any] | None = None
     """Optional `PrefixStates` of each rollout (computed once by the caller and shared, e.g. with the reward model)."""
     labels: list[float] | None = None
-    """Optional: the evaluator's (the judge's) score of each rollout, never fitted on; the value's held-out ranking
-    is then also reported against it (`heldout_judge_spearman_at_<t>`, beside the ranking against the reward)."""
+    """Optional: the evaluator's (the judge's) score of each rollout, which no value is fitted on; the value's
+    held-out ranking is then also reported against it (`heldout_judge_spearman_at_<t>`, beside the ranking against
+    the reward). With reward: train the reward model itself was fitted on round 0's labels of every training prompt,
+    the value's held-out ones included: round 0's judge figures are optimistic there."""
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -165,7 +167,7 @@ class ModelValues(ValueKind):
     def load(self, folder: Path) -> Any:
         from spi_align.values.model_round import load_value_model
 
-        return load_value_model(folder, self.spi, self.policy, self.policy_spec)
+        return load_value_model(folder, self.spi, self.policy, self.policy_spec, self.reward)
 
     def guide(self, values: Sequence[Any], weights: Sequence[float]) -> ValueFunction:
         from spi_align.values.guide import ValueModelGuide

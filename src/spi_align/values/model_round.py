@@ -15,7 +15,6 @@ train`) starts it as the policy's backbone with that head.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from spi_align.core.errors import SpiError
 from spi_align.core.interfaces import Policy, hidden_state_policy
 from spi_align.core.records import Prompt
 from spi_align.hf.tokenizers import same_tokenizer
-from spi_align.values.model import SPEC_FILE, ValueModel
+from spi_align.values.model import ValueModel
 from spi_align.values.model_train import response_values, train_value_model
 from spi_align.values.round import heldout_metrics
 
@@ -71,9 +70,12 @@ def new_value_model(spi: SPIConfig, policy: Policy, policy_spec: str, reward: An
 def from_reward(reward: Any, spi: SPIConfig, policy: Policy, policy_spec: str) -> ValueModel:
     """A value model that starts as `reward` read at every prefix (see the module docstring): a transformers
     classifier loaded from where the reward came from (`source`: hub id or folder), or spi's reward head (a
-    `RewardModel`) copied onto the backbone it reads (the policy's own, or a fresh load of its source)."""
+    `RewardModel`) copied onto the backbone it reads (the policy's own, shared as `spi.value_backbone: policy`
+    shares it, or an fp32 copy of its own). A saved round is rebuilt on this same start (`load_value_model`)."""
     from spi_align.scoring.reward_model import RewardModel
 
+    if reward is None:
+        raise SpiError("spi.value_backbone=reward starts the value model from the run's reward, and there is none")
     name = getattr(reward, "name", type(reward).__name__)
     source = str(getattr(reward, "source", "") or "")
     model = getattr(reward, "model", None)
@@ -86,8 +88,9 @@ def from_reward(reward: Any, spi: SPIConfig, policy: Policy, policy_spec: str) -
         )
     if model.backbone is getattr(policy, "backbone", None):
         value = _on_policy(spi, policy, policy_spec)
-    else:
-        value = ValueModel.from_source(model.source, spi.value_train_layers, device=str(policy.device))
+    else:  # its own backbone, as it was trained with it (a saved one may differ from its source's weights)
+        own = copy.deepcopy(model.backbone).float().requires_grad_(False)
+        value = ValueModel(own, model.tokenizer, source=model.source, train_layers=spi.value_train_layers)
     if value.head.in_features != model.head.in_features:
         raise SpiError(f"the reward '{name}' reads states of another width than its backbone's")
     with torch.no_grad():
@@ -96,14 +99,15 @@ def from_reward(reward: Any, spi: SPIConfig, policy: Policy, policy_spec: str) -
     return value
 
 
-def load_value_model(folder: Path, spi: SPIConfig, policy: Policy, policy_spec: str) -> ValueModel:
-    """A round's saved value model; built on (a copy of) the policy's backbone when it came from there (by the
-    setting, or, for one started from the reward, by the source it saved)."""
-    on_policy = uses_policy_weights(spi, policy_spec)
+def load_value_model(folder: Path, spi: SPIConfig, policy: Policy, policy_spec: str, reward: Any = None) -> ValueModel:
+    """A round's saved value model, its trained tensors written into the backbone it started from: (a copy of) the
+    policy's, the one `from_reward` builds from the run's `reward` (`spi.value_backbone: reward`), else the source
+    it saved."""
+    base: Any = None
     if spi.value_backbone == REWARD:
-        saved = json.loads((folder / SPEC_FILE).read_text()).get("backbone_source")
-        on_policy = saved in (policy_spec, str(Path(policy_spec).resolve()))
-    base = _policy_base(spi, policy) if on_policy else None
+        base = from_reward(reward, spi, policy, policy_spec).backbone
+    elif uses_policy_weights(spi, policy_spec):
+        base = _policy_base(spi, policy)
     return ValueModel.load(folder, device=str(policy.device), base=base)
 
 
