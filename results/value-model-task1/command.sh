@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Issue 23, item 3: the paper's value recipe on task 1's real data. V_0 as a separate value model started from the
+# run's reward model (spi.value_backbone=reward: the policy's backbone with the reward head trained by reward: train,
+# its top 2 layers and head fine-tuned by eq. 12 on round 0's 3,601 tree rollouts of the 459 "fit" prompts), beside
+# the anchored heads of ../frontier-task1-eval200 (same round 0, same reward model). Both report their held-out
+# within-prompt Spearman with the reward and with the judge at each prefix length (values/round-0.json); SPI-1
+# guided by the value model is then evaluated on the 200 eval prompts against the same sample and best-of-16
+# (reused). Not run yet: an estimate of 1.5 h on 2 CPU cores (two value-model trainings ~45 min, SPI-1 ~40 min).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+V="policy.backend=vllm policy.vllm.block_size=32 policy.vllm.kv_cache_memory_bytes=2147483648"
+S="name=t1m data.prompts=default data.split=eval data.limit=200 spi.value=model spi.value_backbone=reward"
+export OMP_NUM_THREADS=2
+[ -s runs/task1-prompts/fit.jsonl ] || .venv/bin/python results/task1-round0/make_prompts.py runs/task1-prompts
+if [ ! -d runs/t1m ]; then
+  [ -d runs/t1e ] || bash results/frontier-task1-eval200/snapshot.sh load
+  mkdir -p runs/t1m
+  cp -r runs/t1e/{config.yaml,rollouts-0.jsonl,rollouts-0.cost.json,reward_model,reward_model.json,reward_model.cost.json} runs/t1m/
+  cp runs/t1e/eval-sample.* runs/t1e/eval-bon-16.* runs/t1m/
+  .venv/bin/python - runs/t1m/config.yaml $S <<'PY'
+import sys
+import yaml
+from spi_align.config import set_dotted
+path, settings = sys.argv[1], sys.argv[2:]
+cfg = yaml.safe_load(open(path))
+cfg.pop("frontier", None)
+for item in settings:
+    key, value = item.split("=", 1)
+    set_dotted(cfg, key, yaml.safe_load(value))
+yaml.safe_dump(cfg, open(path, "w"), sort_keys=False)
+PY
+fi
+.venv/bin/spi run results/task1-round0/config.yaml $S $V
+mkdir -p results/value-model-task1/values
+cp runs/t1m/{report.md,results.json,config.yaml} results/value-model-task1/
+cp runs/t1m/values/round-0.json results/value-model-task1/values/
