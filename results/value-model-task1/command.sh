@@ -8,27 +8,16 @@
 # (reused). Not run yet: an estimate of 1.5 h on 2 CPU cores (two value-model trainings ~45 min, SPI-1 ~40 min).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-V="policy.backend=vllm policy.vllm.block_size=32 policy.vllm.kv_cache_memory_bytes=2147483648"
+source results/vllm-cpu.sh  # sets $V, the engine settings
 S="name=t1m data.prompts=default data.split=eval data.limit=200 spi.value=model spi.value_backbone=reward"
 export OMP_NUM_THREADS=2
 [ -s runs/task1-prompts/fit.jsonl ] || .venv/bin/python results/task1-round0/make_prompts.py runs/task1-prompts
 if [ ! -d runs/t1m ]; then
-  [ -d runs/t1e ] || bash results/frontier-task1-eval200/snapshot.sh load
+  [ -d runs/t1e ] || .venv/bin/python results/snapshot.py load t1e results/frontier-task1-eval200
   mkdir -p runs/t1m
   cp -r runs/t1e/{config.yaml,rollouts-0.jsonl,rollouts-0.cost.json,reward_model,reward_model.json,reward_model.cost.json} runs/t1m/
   cp runs/t1e/eval-sample.* runs/t1e/eval-bon-16.* runs/t1m/
-  .venv/bin/python - runs/t1m/config.yaml $S <<'PY'
-import sys
-import yaml
-from spi_align.config import set_dotted
-path, settings = sys.argv[1], sys.argv[2:]
-cfg = yaml.safe_load(open(path))
-cfg.pop("frontier", None)
-for item in settings:
-    key, value = item.split("=", 1)
-    set_dotted(cfg, key, yaml.safe_load(value))
-yaml.safe_dump(cfg, open(path, "w"), sort_keys=False)
-PY
+  .venv/bin/python results/set_config.py runs/t1m/config.yaml --drop frontier $S
 fi
 .venv/bin/spi run results/task1-round0/config.yaml $S $V
 mkdir -p results/value-model-task1/values
