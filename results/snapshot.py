@@ -4,10 +4,10 @@ snapshot.py save RUN DIR
     Pack runs/RUN into DIR/snapshot/run.tar.xz, to be committed with the result: everything but the rounds' prefix
     states (rollouts-k.states/, hundreds of MB: only the reward and V_k fits read them, and the fits are packed; a
     round stopped before its fit computes them again), the run's lock and the reward classifier's copy of the
-    policy's weights (`_derived`). AlpacaEval's licence: no prompt text is committed. So the records' prompts are
-    left out (null), and so is every generated text that its token ids give back exactly (a reply may quote its
-    prompt); each record is checked to come back whole, and the pack is refused if any prompt or reference answer
-    text is still in it.
+    policy's weights (`_derived`); a sweep's folder (RUN = sweeps/NAME) likewise, cell by cell. AlpacaEval's
+    licence: no prompt text is committed. So the records' prompts are left out (null), and so is every generated
+    text that its token ids give back exactly (a reply may quote its prompt); each record is checked to come back
+    whole, and the pack is refused if any prompt or reference answer text is still in it.
 snapshot.py load RUN DIR
     Unpack DIR's pack into runs/RUN (never over an existing folder): the prompts put back by id from the cached
     default prompts and runs/task1-prompts/fit.jsonl (task 1's training prompts), the texts decoded from their token
@@ -51,12 +51,14 @@ def prompt_texts() -> dict[str, str]:
 
 
 def decoder(run: Path) -> Decode:
-    """Token ids -> text as the run's policy decoded them (special tokens skipped)."""
+    """Token ids -> text as the run's policy decoded them (special tokens skipped); a sweep's folder: its first
+    cell's policy."""
     from transformers import AutoTokenizer
 
     from spi_align.data.assets import embedded_model_dir
 
-    spec = (yaml.safe_load((run / "config.yaml").read_text()).get("policy") or {}).get("model", "default")
+    config = run / "config.yaml" if (run / "config.yaml").is_file() else min(run.rglob("config.yaml"))
+    spec = (yaml.safe_load(config.read_text()).get("policy") or {}).get("model", "default")
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir(spec) or spec)
     return lambda ids: tokenizer.batch_decode([ids], skip_special_tokens=True)[0]
 
@@ -134,31 +136,32 @@ def _jsonl(records: list[dict[str, Any]]) -> bytes:
 
 def _derived(run: Path, rel: Path) -> bool:
     """Whether `rel` is the transformers classifier copy of a reward head trained on the policy's frozen backbone
-    (reward: train saves both; the run reloads the head on the policy, and `load` writes the copy again): the
-    policy's weights, hundreds of MB, that the pack leaves out."""
-    spec = run / REWARD_DIR / "spi_reward.json"
+    (reward: train saves both in a run's, or a sweep cell's, reward_model/; the run reloads the head on the policy,
+    and `load` writes the copy again): the policy's weights, hundreds of MB, that the pack leaves out."""
+    spec = run / rel.parent / "spi_reward.json"
     return (
-        rel == Path(REWARD_DIR, "model.safetensors")
+        rel.name == "model.safetensors"
+        and rel.parent.name == REWARD_DIR
         and spec.is_file()
         and json.loads(spec.read_text()).get("backbone") != "."
     )
 
 
-def _classifier_again(run: Path) -> None:
+def _classifiers_again(run: Path) -> None:
     """Write `_derived`'s classifier weights again from the head and the policy's backbone it names (the packed
     config and tokenizer files are kept as they were saved)."""
-    folder = run / REWARD_DIR
-    if (folder / "spi_reward.json").is_file() and not (folder / "model.safetensors").is_file():
-        from spi_align.scoring.reward_model import RewardModel
+    from spi_align.scoring.reward_model import RewardModel
 
-        with tempfile.TemporaryDirectory(dir=run) as tmp:
-            RewardModel.load(folder).save_classifier(tmp)
-            (Path(tmp) / "model.safetensors").replace(folder / "model.safetensors")
+    for spec in run.rglob(f"{REWARD_DIR}/spi_reward.json"):
+        folder = spec.parent
+        if not (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
+            with tempfile.TemporaryDirectory(dir=run) as tmp:
+                RewardModel.load(folder).save_classifier(tmp)
+                (Path(tmp) / "model.safetensors").replace(folder / "model.safetensors")
 
 
 def _packed(run: Path, rel: Path) -> bool:
-    top = rel.parts[0]
-    return top not in LEFT_OUT and not top.endswith(".states") and not _derived(run, rel)
+    return not any(part in LEFT_OUT or part.endswith(".states") for part in rel.parts) and not _derived(run, rel)
 
 
 def save(run: Path, pack: Path) -> None:
@@ -223,7 +226,7 @@ def load(run: Path, pack: Path) -> None:
         if rel.suffix == ".jsonl":
             records = [json.loads(line) for line in data.splitlines() if line.strip()]
             (tmp / rel).write_bytes(_jsonl([restore(r, decode, prompts) for r in records]))
-    _classifier_again(tmp)
+    _classifiers_again(tmp)
     tmp.replace(run)
 
 
