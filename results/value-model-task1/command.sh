@@ -21,5 +21,5 @@ if [ ! -d runs/t1m ]; then
 fi
 .venv/bin/spi run results/task1-round0/config.yaml $S $V
 mkdir -p results/value-model-task1/values
-cp runs/t1m/{report.md,results.json,config.yaml} results/value-model-task1/
+cp runs/t1m/{report.md,results.json,config.yaml,evaluator_by_round.png} results/value-model-task1/
 cp runs/t1m/values/round-0.json results/value-model-task1/values/
