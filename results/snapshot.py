@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from spi_align.config import DataConfig
+from spi_align.core.records import Prompt
 from spi_align.data.prompts import load_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,10 +40,10 @@ KEY = 24  # a prompt text shorter than this is too common a phrase to be told fr
 Decode = Callable[[list[int]], str]
 
 
-def prompt_texts() -> dict[str, str]:
-    """id -> prompt text of every prompt a result command's run reads: the 805 default prompts (both splits) and
+def prompt_texts(default: list[Prompt]) -> dict[str, str]:
+    """id -> prompt text of every prompt a result command's run reads: the 805 `default` prompts (both splits) and
     task 1's training prompts (runs/task1-prompts/fit.jsonl, where make_prompts.py wrote it)."""
-    texts = {p.id: p.text for p in load_prompts(DataConfig(split="all", limit=None))}
+    texts = {p.id: p.text for p in default}
     fit = ROOT / "runs" / "task1-prompts" / "fit.jsonl"
     for line in fit.read_text().splitlines() if fit.is_file() else []:
         row = json.loads(line)
@@ -167,8 +168,9 @@ def _packed(run: Path, rel: Path) -> bool:
 def save(run: Path, pack: Path) -> None:
     if not run.is_dir():
         sys.exit(f"snapshot.py: no {run.relative_to(ROOT)} to save")
-    prompts = prompt_texts()
-    references = [p.reference or "" for p in load_prompts(DataConfig(split="all", limit=None))]
+    default = load_prompts(DataConfig(split="all", limit=None))
+    prompts = prompt_texts(default)
+    references = [p.reference or "" for p in default]
     find = finder([t for t in [*prompts.values(), *references] if len(t) >= KEY])
     decode = decoder(run)
     pack.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +215,7 @@ def load(run: Path, pack: Path) -> None:
     if not pack.is_file():
         print(f"snapshot.py: nothing saved in {pack.parent.parent.name} yet, the run starts afresh", file=sys.stderr)
         return
-    prompts = prompt_texts()
+    prompts = prompt_texts(load_prompts(DataConfig(split="all", limit=None)))
     tmp = run.with_name(f"{run.name}.loading")
     with tarfile.open(pack, "r:xz") as tar:
         members = [(Path(*Path(m.name).parts[1:]), tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # Task 2's compute frontier (issue 23): VADER sentiment guides and picks, TextBlob polarity judges (never seen by any
 # method); the config of ../quality-sentiment-tree (100 eval prompts, 48 new tokens, round 0 a [4, 2] sampling tree
-# on 128 training prompts, SPI-1 and SPI-2 with anchored values) on the vLLM backend, at the issue's 200 eval prompts (the first 100 are
-# quality-sentiment-tree's), with the frontier section on:
-# 64 samples a prompt for best-of-N at N = 1..64 (subset estimator) and SPI-1 / SPI-2 at three beam budgets. Nothing
-# is chosen on this task (the settings are task 1's). Not run yet: about 2.5 h on 2 CPU cores (estimate); it
-# resumes batch by batch, and across sessions with `.venv/bin/python results/snapshot.py save t2f results/frontier-task2`
-# (loaded back below).
+# on 128 training prompts, SPI-1 and SPI-2 with anchored values) on the vLLM backend, at the issue's 200 eval prompts
+# (the first 100 are quality-sentiment-tree's), with the frontier section on: 64 samples a prompt for best-of-N at
+# N = 1..64 (subset estimator) and SPI-1 / SPI-2 at three beam budgets. Nothing is chosen on this task (the settings
+# are task 1's). Not run yet: about 2.5 h on 2 CPU cores (estimate); it resumes batch by batch, and across sessions
+# with `.venv/bin/python results/snapshot.py save t2f results/frontier-task2` (loaded back below).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source results/vllm-cpu.sh  # sets $V, the engine settings

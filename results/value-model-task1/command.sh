@@ -5,7 +5,8 @@
 # the anchored heads of ../frontier-task1-eval200 (same round 0, same reward model). Both report their held-out
 # within-prompt Spearman with the reward and with the judge at each prefix length (values/round-0.json); SPI-1
 # guided by the value model is then evaluated on the 200 eval prompts against the same sample and best-of-16
-# (reused). Not run yet: an estimate of 1.5 h on 2 CPU cores (two value-model trainings ~45 min, SPI-1 ~40 min).
+# (reused). Ran 2026-12-06 in 1 h 45 min on 2 CPU cores (round 0's end states 12 min, the two value-model trainings
+# 55 min, SPI-1 23 min; see README.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source results/vllm-cpu.sh  # sets $V, the engine settings
