@@ -4,8 +4,8 @@
 # on 128 training prompts, SPI-1 and SPI-2 with anchored values) on the vLLM backend, at the issue's 200 eval prompts
 # (the first 100 are quality-sentiment-tree's), with the frontier section on: 64 samples a prompt for best-of-N at
 # N = 1..64 (subset estimator) and SPI-1 / SPI-2 at three beam budgets. Nothing is chosen on this task (the settings
-# are task 1's). Not run yet: about 2.5 h on 2 CPU cores (estimate); it resumes batch by batch, and across sessions
-# with `.venv/bin/python results/snapshot.py save t2f results/frontier-task2` (loaded back below).
+# are task 1's). About 2 h 20 min on 2 CPU cores (2026-12-06; README.md); it resumes batch by batch, and across
+# sessions with `.venv/bin/python results/snapshot.py save t2f results/frontier-task2` (loaded back below).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source results/vllm-cpu.sh  # sets $V, the engine settings
@@ -14,5 +14,5 @@ export OMP_NUM_THREADS=2
 [ -d runs/t2f ] || .venv/bin/python results/snapshot.py load t2f results/frontier-task2
 .venv/bin/spi run results/quality-sentiment-tree/config.yaml name=t2f data.limit=200 $F $V
 mkdir -p results/frontier-task2
-cp runs/t2f/{report.md,results.json,frontier.json,frontier.png,config.yaml} results/frontier-task2/
+cp runs/t2f/{report.md,results.json,frontier.json,config.yaml} runs/t2f/*.png results/frontier-task2/
 cp -r runs/t2f/values results/frontier-task2/
