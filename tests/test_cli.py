@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from spi_align.cli import main
 from spi_align.search.beam import ChunkBeamSearch
+from spi_align.values import prefix_states as prefix_states_module
 
 SCORER = str(Path(__file__).parent / "mocks" / "scorers.py") + ":vowel_share"
 
@@ -117,6 +119,14 @@ def test_spi_run_resumes_to_the_same_result(tmp_path, tiny_model_dir, prompt_fil
     assert (tmp_path / "cut" / "values" / "round-0" / "value_head.json").exists()
     assert (tmp_path / "cut" / "rollouts-1.jsonl").exists() and not (tmp_path / "cut" / "eval-spi-1.jsonl").exists()
     monkeypatch.setattr(ChunkBeamSearch, "run", original)
+    # a folder carried without round 0's prefix states (results/snapshot.py packs none) resumes without computing
+    # them again: the reward head and V_0 that read them are saved
+    shutil.rmtree(tmp_path / "cut" / "rollouts-0.states")
+
+    def recomputed(*args, **kwargs):
+        raise AssertionError("prefix states computed again for a saved reward head and V_0")
+
+    monkeypatch.setattr(prefix_states_module, "prefix_states", recomputed)
     assert main(spi_args(tmp_path, "cut", tiny_model_dir, prompt_file)) == 0
     resumed = json.loads((tmp_path / "cut" / "results.json").read_text())
     for method, res in whole["results"].items():

@@ -104,15 +104,19 @@ class SPIRun:
             save_cost(self.run, STATES_COST, cost)  # training compute, with its checkpoint
         return prompts, tokens, states
 
-    def obtain_reward(self, rollouts0: list[dict[str, Any]]) -> tuple[Scorer, Rollouts | None]:
+    def obtain_reward(self, rollouts0: list[dict[str, Any]], fit_v0: bool = True) -> tuple[Scorer, Rollouts | None]:
         """The configured scorer, or (reward: train) the reward model trained once, by Bradley–Terry on the pairs of
         `round0_preferences` (by default every ordered pair of each training prompt's round-0 samples labelled by the
         evaluator; DPO tunes on the same), saved as a transformers reward model in `reward_model/`; then loaded.
-        With a trained head round 0's rollouts come back scored from their states (no re-encoding)."""
+        With a trained head round 0's rollouts come back scored from their states (no re-encoding) for V_0's fit;
+        with the head trained and V_0 saved (`fit_v0` false) nothing reads them, and round 0's prefix states are not
+        computed again (a run folder carried without them, e.g. `results/snapshot.py`'s pack, resumes at once)."""
         if self.reward is not None:
             return self.reward, self.measured_reward(rollouts0)
         if self.cfg.reward_model.layers > 0:
             return self.tuned_reward(rollouts0), None
+        if not fit_v0 and self.run.has(f"{REWARD_DIR}/config.json"):
+            return load_reward(self.cfg, self.run.path, self.policy), None
         prompts, tokens, states = self.round0_states(rollouts0)
         ends = torch.stack([s.closed[-1] for s in states])
         if not self.run.has(f"{REWARD_DIR}/config.json"):
@@ -220,7 +224,7 @@ class SPIRun:
         algorithm = SuccessivePolicyIteration(self.policy, None, cfg, self.run)
         algorithm.labeller = ReusedLabels(self.evaluator, lambda: self._preferences)  # V_k ranked by the judge too
         rollouts0 = algorithm.rollouts(0, self.train_prompts)  # needs no reward yet
-        reward, scored0 = self.obtain_reward(rollouts0)
+        reward, scored0 = self.obtain_reward(rollouts0, not algorithm.kind.saved(self.run.file(round_folder(0))))
         algorithm.reward = reward
         improved = algorithm.fit(self.train_prompts, rollouts0, scored0)
         ctx = improved.context()
