@@ -122,6 +122,10 @@ def test_spi_run_resumes_to_the_same_result(tmp_path, tiny_model_dir, prompt_fil
     # a folder carried without round 0's prefix states (results/snapshot.py packs none) resumes without computing
     # them again: the reward head and V_0 that read them are saved
     shutil.rmtree(tmp_path / "cut" / "rollouts-0.states")
+    # a round fitted before its metrics had the proxy's agreement gets it on resume, as a fresh fit writes it
+    round1 = tmp_path / "cut" / "values" / "round-1.json"
+    older = {k: v for k, v in json.loads(round1.read_text()).items() if not k.startswith("heldout_reward_judge_")}
+    round1.write_text(json.dumps(older))
 
     def recomputed(*args, **kwargs):
         raise AssertionError("prefix states computed again for a saved reward head and V_0")
@@ -129,6 +133,9 @@ def test_spi_run_resumes_to_the_same_result(tmp_path, tiny_model_dir, prompt_fil
     monkeypatch.setattr(prefix_states_module, "prefix_states", recomputed)
     assert main(spi_args(tmp_path, "cut", tiny_model_dir, prompt_file)) == 0
     resumed = json.loads((tmp_path / "cut" / "results.json").read_text())
+    fresh = json.loads((tmp_path / "whole" / "values" / "round-1.json").read_text())
+    assert 0.0 <= fresh["heldout_reward_judge_accuracy"] <= 1.0
+    assert json.loads(round1.read_text()) == fresh
     for method, res in whole["results"].items():
         assert resumed["results"][method]["evaluator"] == res["evaluator"], method
         assert resumed["results"][method]["reward"] == res["reward"], method

@@ -182,3 +182,25 @@ def test_heldout_metrics_rank_the_same_values_against_the_judge():
         assert metrics[f"heldout_spearman_{at}"] == pytest.approx(1.0)
         assert metrics[f"heldout_judge_spearman_{at}"] == pytest.approx(0.5)
     assert not any("judge" in key for key in heldout_metrics(tokens, rewards, groups, 0, probe))
+
+
+def test_proxy_agreement_is_the_rewards_agreement_with_the_judge_on_held_out_prompts_only():
+    """Three rollouts a prompt, rewards 0, 1, 2, judge labels 1, 0, 2 on the held-out prompts: of the three pairs
+    the reward orders (0, 1) against the judge and (0, 2), (1, 2) with it, accuracy 2/3, and ranks (1, 2, 3) against
+    (2, 1, 3) give ρ = 0.5. On the prompts fitted on, the labels are reversed (every pair wrong): they must not
+    count. Without labels, nothing is reported."""
+    from spi_align.spi import proxy_agreement
+    from spi_align.values.kinds import Rollouts
+
+    groups = [f"p{i}" for i in range(30) for _ in range(3)]
+    _, test = heldout_split(groups, seed=0)
+    assert test and len(test) < len(groups)  # the case needs both sides
+    held = {groups[i] for i in test}
+    rewards = [float(i % 3) for i in range(len(groups))]
+    labels = [(1.0, 0.0, 2.0)[i % 3] if g in held else float(2 - i % 3) for i, g in enumerate(groups)]
+    prompts = [Prompt(id=g, text=g) for g in groups]
+    data = Rollouts(prompts, [[1]] * len(groups), rewards, labels=labels)
+    found = proxy_agreement(data, seed=0)
+    assert found["heldout_reward_judge_accuracy"] == pytest.approx(2 / 3)
+    assert found["heldout_reward_judge_spearman"] == pytest.approx(0.5)
+    assert proxy_agreement(Rollouts(prompts, [[1]] * len(groups), rewards), seed=0) == {}

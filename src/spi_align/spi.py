@@ -55,6 +55,26 @@ def fit_cost_file(k: int) -> str:
     return f"{round_folder(k)}.cost.json"
 
 
+def proxy_agreement(data: Rollouts, seed: int) -> dict[str, float]:
+    """How the reward that guides and picks agrees with the labeller (the judge) on one round's own rollouts, on the
+    held-out prompts the value's figures are read on (`heldout_split` with the same seed):
+    `heldout_reward_judge_accuracy` (pairs of one prompt's rollouts whose labels differ, a tie ½) and
+    `heldout_reward_judge_spearman` (within prompt), as `agreement` computes them. Round k ≥ 1's rollouts are the
+    search's own candidates, so a round that does not beat the one before shows here whether the proxy still tells
+    its candidates apart. {} without labels or held-out prompts. With reward: train round 0's figure is optimistic
+    (the reward was fitted on those labels)."""
+    from spi_align.scoring.ranking import agreement
+    from spi_align.values.round import heldout_split
+
+    groups = [p.id for p in data.prompts]
+    _, test = heldout_split(groups, seed)
+    if data.labels is None or not test:
+        return {}
+    pick = lambda xs: [xs[i] for i in test]  # noqa: E731
+    found = agreement(pick(data.rewards), pick(data.labels), pick(groups))
+    return {"heldout_reward_judge_accuracy": found["accuracy"], "heldout_reward_judge_spearman": found["spearman"]}
+
+
 class ImprovedPolicy:
     """π_1 .. π_K: the frozen policy, the reward that picks, and the value functions V_0 .. V_{K-1}.
 
@@ -247,18 +267,35 @@ class SuccessivePolicyIteration:
         self.kind.reward = self.reward
         folder = self.run.file(round_folder(k))
         if self.kind.saved(folder):
+            if k > 0:  # a round fitted before its metrics had the proxy's agreement: measured now, once
+                self.measure_saved(k, records, prompts)
             return self.kind.load(folder)
         data = self.labelled(data) if data is not None else self.scored(records, prompts)
         log.info("round %d: training V_%d (%s) on %d rollouts", k, k, self.kind.name, len(data))
         cost = Cost()
         with cost.timer("fit"):  # the fit's forwards (states it reads, a value model's passes) bill to it
             value, metrics = self.kind.fit(data)
+        metrics.update(proxy_agreement(data, self.cfg.seed))
         with self.run.folder(round_folder(k)) as tmp:
             self.kind.save(value, tmp)
             # metrics before the checkpoint's rename: a rerun skips a round whose checkpoint exists, so both or neither
             self.run.write_json(f"{round_folder(k)}.json", metrics)
             save_cost(self.run, fit_cost_file(k), cost)
         return value
+
+    def measure_saved(self, k: int, records: Sequence[dict[str, Any]], prompts: Sequence[Prompt]) -> None:
+        """Add `proxy_agreement` to a saved round's metrics that lack it (a round fitted by an earlier version):
+        the round's rollouts scored (their candidates carry their rewards) and labelled, the metrics file
+        rewritten in place."""
+        name = f"{round_folder(k)}.json"
+        if self.labeller is None or not self.run.has(name):
+            return
+        metrics = self.run.read_json(name)
+        if "heldout_reward_judge_spearman" in metrics:
+            return
+        found = proxy_agreement(self.scored(records, prompts), self.cfg.seed)
+        if found:
+            self.run.write_json(name, {**metrics, **found})
 
     def fit(
         self,

@@ -188,7 +188,9 @@ VALUE_LEGEND = (
     "`*judge_spearman`: the same values ranked against the evaluator's score of each rollout instead of the reward "
     "(the judge; no value is fitted on it, but with reward: train the reward model was fitted on round 0's labels of "
     "every training prompt, so V_0's judge figures are optimistic), `*partial_reward_*`: the reward on the partial "
-    f"response alone, the zero-shot baseline. {UNDEFINED}: not measured or undefined."
+    "response alone, the zero-shot baseline; `heldout_reward_judge_*`: the reward that picks, against the judge, on "
+    "that round's own held-out rollouts (the search's candidates from V_1 on: whether the proxy still tells them "
+    f"apart; optimistic for V_0 with reward: train). {UNDEFINED}: not measured or undefined."
 )
 
 
