@@ -74,6 +74,14 @@ def make_policy(model: Any, tokenizer: Any, max_new_tokens: int = 24, seed: int 
     return HFPolicy(model, tokenizer, gen, seed=seed)
 
 
+def never_ends(policy: Any) -> Any:
+    """`policy` with no end token: every row runs to max_new_tokens (shapes become exact to count)."""
+    import torch
+
+    policy.eos_ids = torch.tensor([-1])
+    return policy
+
+
 def write_prompt_file(folder: Path, count: int) -> Path:
     """A JSONL prompt file of `count` short questions (with references) in `folder`."""
     rows = [{"prompt": f"Question {i}: name a colour.", "reference": "Blue."} for i in range(count)]

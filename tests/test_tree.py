@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_policy
+from conftest import make_policy, never_ends
 from spi_align.config import Config
 from spi_align.core.errors import SpiError
 from spi_align.core.records import Cost, Prompt
@@ -17,11 +17,6 @@ from spi_align.search.tree import branch_index
 from spi_align.spi import SuccessivePolicyIteration
 
 PROMPTS = [Prompt("a", "Name three colours."), Prompt("b", "Write a poem about the sea."), Prompt("c", "Hi")]
-
-
-def never_ends(policy):
-    policy.eos_ids = torch.tensor([-1])  # every row runs to max_new_tokens
-    return policy
 
 
 def leaf_tokens(results) -> list[list[list[int]]]:

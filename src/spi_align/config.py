@@ -192,6 +192,16 @@ class SPIConfig(Section):
     tree[j] continuations at the j-th chunk boundary (0, L, 2L, ...), then sample each leaf to the end; the default
     [4, 2] gives 8 leaves sharing 4 first chunks, for fewer tokens than 8 samples. Siblings share their prefix, so a
     prefix's target is the mean reward of its leaves (`values/anchored.py`). [] = `rollouts` independent samples."""
+    draws: int | None = Field(None, gt=0)
+    """Rounds k ≥ 1: how π_k is rolled out for V_k's data. None = the search as evaluated (W, K, L, selection),
+    every candidate it finished kept: they share their first chunks and were already picked by the guidance, so
+    within a prompt they differ little. A number = that many independent draws of π_k per training prompt, each a
+    one-beam search whose next chunk is drawn among K base samples with probability ∝ exp(guidance /
+    `draw_temperature`) (eq. 13's π_k ∝ π_base · exp(Σ_i γ V_i/β_i), by sampling-importance-resampling), every
+    candidate a draw finished kept; draws part from their first chunk on."""
+    draw_temperature: float = Field(1.0, gt=0)
+    """With `draws`: the temperature of each draw's softmax over K successors (→ 0: the best by the guidance;
+    large: a plain base sample)."""
     rank_weights: list[Annotated[float, Field(ge=0)]] = Field([0.0, 1.0], min_length=1)
     """For value=anchored: weights of the within-prompt ranking loss (pairwise logistic on V = R_t + u) beside
     eq. 12's squared error; the one that ranks best on the choice prompts (a split of the training prompts, never the

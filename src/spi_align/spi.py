@@ -124,6 +124,19 @@ class ImprovedPolicy:
         """π_k (default: π_K, guided by every value function)."""
         return self.method(f"spi-{self.rounds if k is None else k}")
 
+    def sampler(self, k: int, draws: int, temperature: float) -> Search:
+        """π_k as the stochastic policy of eq. 13, drawn `draws` times per prompt (`search/draws.py`): one-beam
+        searches whose next chunk is drawn among K base samples by softmax(guidance / temperature)."""
+        from spi_align.search.beam import ChunkBeamSearch
+        from spi_align.search.draws import RepeatedDraws
+
+        if not 1 <= k <= self.rounds:
+            raise SpiError(f"π_{k} needs V_0 .. V_{k - 1}; {self.rounds} are trained")
+        shape = {"width": 1, "selection": "softmax", "temperature": temperature}
+        spi = self.cfg.spi.model_validate({**self.cfg.spi.model_dump(), **shape})
+        one = ChunkBeamSearch.from_config(self.policy, self.guidance(k), self.reward, spi, f"spi-{k}", trace=False)
+        return RepeatedDraws(one, draws)
+
     def save(self, folder: str | Path) -> Path:
         """Settings, every V_k and (for a trained reward head) the reward head, each written atomically."""
         run = RunDir(Path(folder).parent, Path(folder).name)
@@ -219,13 +232,16 @@ class SuccessivePolicyIteration:
         """Round k's rollouts on `prompts` (saved as `rollouts-k.jsonl`): π_0 = a sampling tree (branched
         `spi.tree[j]` ways at chunk boundary j·L, every leaf kept: siblings share prefixes), or `spi.rollouts` plain
         samples per prompt when `spi.tree` is []; π_k for k ≥ 1 = the search guided by V_0 .. V_{k-1}, every
-        candidate it finished kept."""
+        candidate it finished kept, or with `spi.draws` that many independent draws of π_k per prompt
+        (`ImprovedPolicy.sampler`)."""
         from spi_align.search.best_of_n import PlainSampling
         from spi_align.search.tree import TreeSampling
 
         spi = self.cfg.spi
-        if k > 0:
-            search: Search = self.improved().search(k)
+        if k > 0 and spi.draws is not None:
+            search: Search = self.improved().sampler(k, spi.draws, spi.draw_temperature)
+        elif k > 0:
+            search = self.improved().search(k)
         elif spi.tree:
             search = TreeSampling(self.policy, spi.tree, spi.chunk)
         else:

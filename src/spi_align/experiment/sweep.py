@@ -54,6 +54,8 @@ SEARCH_ONLY = (
     "spi.gamma",
     "spi.base_logprob",
     "spi.reward_guide",
+    "spi.draws",
+    "spi.draw_temperature",
 )
 """Settings that change only the guided search (rounds ≥ 1 and SPI's evaluation), never round 0's work (W and K
 also name the compute-matched best-of-(W·K), whose file is shared only between cells with the same W·K); except

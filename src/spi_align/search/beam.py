@@ -63,7 +63,7 @@ class ChunkBeamSearch:
 
     @classmethod
     def from_config(
-        cls, policy: Policy, value: ValueFn | None, reward: Scorer, spi: SPIConfig, name: str
+        cls, policy: Policy, value: ValueFn | None, reward: Scorer, spi: SPIConfig, name: str, trace: bool = True
     ) -> ChunkBeamSearch:
         """The search an `spi` config section describes (W, K, L, selection, temperature, log π_base)."""
         return cls(
@@ -77,6 +77,7 @@ class ChunkBeamSearch:
             spi.temperature,
             spi.base_logprob,
             name=name,
+            trace=trace,
         )
 
     def guidance(self, rows: Rows) -> torch.Tensor:
