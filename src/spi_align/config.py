@@ -200,8 +200,8 @@ class SPIConfig(Section):
     `draw_temperature`) (eq. 13's π_k ∝ π_base · exp(Σ_i γ V_i/β_i), by sampling-importance-resampling), every
     candidate a draw finished kept; draws part from their first chunk on."""
     draw_temperature: float = Field(1.0, gt=0)
-    """With `draws`: the temperature of each draw's softmax over K successors (→ 0: the best by the guidance;
-    large: a plain base sample)."""
+    """With `draws`: the temperature T of each draw's softmax over K successors. The guidance already carries γ/β_i,
+    so T = 1 samples eq. 13's π_k itself; → 0: the best by the guidance; large: a plain base sample."""
     rank_weights: list[Annotated[float, Field(ge=0)]] = Field([0.0, 1.0], min_length=1)
     """For value=anchored: weights of the within-prompt ranking loss (pairwise logistic on V = R_t + u) beside
     eq. 12's squared error; the one that ranks best on the choice prompts (a split of the training prompts, never the
