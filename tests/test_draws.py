@@ -12,7 +12,7 @@ from spi_align.config import Config
 from spi_align.core.errors import SpiError
 from spi_align.core.records import Cost, Prompt
 from spi_align.runs.rundir import RunDir
-from spi_align.search import RepeatedDraws
+from spi_align.search import RepeatedDraws, beam
 from spi_align.search.beam import ChunkBeamSearch
 from spi_align.spi import SuccessivePolicyIteration
 from spi_align.values import ValueHead
@@ -48,7 +48,7 @@ def test_draws_pool_independent_one_beam_searches_per_prompt(tiny_causal_lm, smo
         RepeatedDraws(one, 0)
 
 
-def test_round_k_rollouts_are_draws_of_pi_k_when_the_config_asks(tiny_causal_lm, smol_tokenizer, tmp_path):
+def test_round_k_rollouts_are_draws_of_pi_k_when_the_config_asks(tiny_causal_lm, smol_tokenizer, tmp_path, monkeypatch):
     policy = never_ends(make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=6))
     head = ValueHead(tiny_causal_lm.config.hidden_size)
     spi = {"value": "heads", "chunk": 2, "width": 2, "successors": 2}
@@ -64,7 +64,17 @@ def test_round_k_rollouts_are_draws_of_pi_k_when_the_config_asks(tiny_causal_lm,
     assert shape == (1, 2, "softmax", 0.5, False)
     with pytest.raises(SpiError, match="V_0 .. V_1"):
         run.improved().sampler(2, 3, 0.5)
+    choices: list[tuple[int, int, float]] = []  # (candidates, width, temperature) of every softmax choice
+
+    def recorded(values, width, temperature, generator):
+        choices.append((len(values), width, temperature))
+        return real(values, width, temperature, generator)
+
+    real = beam.softmax_sample
+    monkeypatch.setattr(beam, "softmax_sample", recorded)
     records = run.rollouts(1, PROMPTS)
+    # 2 prompts x 3 draws, each choosing 1 of K = 2 at 2 and 4 tokens, at the configured temperature
+    assert choices == [(2, 1, 0.5)] * (2 * 3 * 2)
     for record in records:
         tokens = [c["token_ids"] for c in record["candidates"]]
         assert len(tokens) == 3 * 2 and sorted(spines(tokens, 4).values()) == [2, 2, 2]

@@ -195,13 +195,17 @@ class SPIConfig(Section):
     draws: int | None = Field(None, gt=0)
     """Rounds k ≥ 1: how π_k is rolled out for V_k's data. None = the search as evaluated (W, K, L, selection),
     every candidate it finished kept: they share their first chunks and were already picked by the guidance, so
-    within a prompt they differ little. A number = that many independent draws of π_k per training prompt, each a
-    one-beam search whose next chunk is drawn among K base samples with probability ∝ exp(guidance /
-    `draw_temperature`) (eq. 13's π_k ∝ π_base · exp(Σ_i γ V_i/β_i), by sampling-importance-resampling), every
-    candidate a draw finished kept; draws part from their first chunk on."""
+    within a prompt they differ little. A number = that many independent draws of π_k per training prompt
+    (`search/draws.py`), each a one-beam search: K chunks sampled from the live spine, one drawn to go on with
+    probability ∝ exp(guidance / `draw_temperature`) (eq. 13's π_k by sampling-importance-resampling), every
+    candidate a draw finished kept (siblings that ended before a draw, unweighed, and the K siblings of its last
+    chunk); draws part from their first chunk on. The same generated tokens as the W·K search at `draws` = W, and
+    no more ranked prefixes per length (one per draw); what differs is that the spines are independent and drawn,
+    not the top W."""
     draw_temperature: float = Field(1.0, gt=0)
-    """With `draws`: the temperature T of each draw's softmax over K successors. The guidance already carries γ/β_i,
-    so T = 1 samples eq. 13's π_k itself; → 0: the best by the guidance; large: a plain base sample."""
+    """With `draws` (ignored without): the temperature T of each draw's softmax over K successors. The guidance
+    carries γ/β_i, so with `base_logprob` and `reward_guide` off T = 1 is eq. 13's reweighting of the sampler (at
+    the generation settings) by exp(Σ_i γ V_i/β_i); → 0: the best by the guidance; large: a plain sample."""
     rank_weights: list[Annotated[float, Field(ge=0)]] = Field([0.0, 1.0], min_length=1)
     """For value=anchored: weights of the within-prompt ranking loss (pairwise logistic on V = R_t + u) beside
     eq. 12's squared error; the one that ranks best on the choice prompts (a split of the training prompts, never the

@@ -7,7 +7,8 @@
     results = improved.search().run(prompts, Cost())   # π_K: chunk search guided by Σ_i γ V_i/β_i (eq. 13)
 
 Round k rolls out π_k (π_0 = the base policy: a sampling tree branched at chunk boundaries, `spi.tree`,
-`search/tree.py`, or `spi.rollouts` plain samples per prompt when tree = []; later rounds the guided search),
+`search/tree.py`, or `spi.rollouts` plain samples per prompt when tree = []; later rounds the guided search, or
+`spi.draws` independent one-beam draws of it per prompt, `search/draws.py`),
 scores every rollout with the reward, and trains V_k on every prefix of them with the configured value kind
 (`values/kinds.py`). π_k is the chunk beam search (Algorithm 2) guided by Σ_{i<k} γ V_i/β_i, plus w · the reward
 on the partial response when `spi.reward_guide` = w > 0. Every step is saved in `workdir` when it finishes and
@@ -60,9 +61,9 @@ def proxy_agreement(data: Rollouts, seed: int) -> dict[str, float]:
     held-out prompts the value's figures are read on (`heldout_split` with the same seed):
     `heldout_reward_judge_accuracy` (pairs of one prompt's rollouts whose labels differ, a tie ½) and
     `heldout_reward_judge_spearman` (within prompt), as `agreement` computes them. Round k ≥ 1's rollouts are the
-    search's own candidates, so a round that does not beat the one before shows here whether the proxy still tells
-    its candidates apart. {} without labels or held-out prompts. With reward: train round 0's figure is optimistic
-    (the reward was fitted on those labels)."""
+    guided search's own candidates (or its draws, `spi.draws`), so a round that does not beat the one before shows
+    here whether the proxy still tells its candidates apart. {} without labels or held-out prompts. With reward:
+    train round 0's figure is optimistic (the reward was fitted on those labels)."""
     from spi_align.scoring.ranking import agreement
     from spi_align.values.round import heldout_split
 

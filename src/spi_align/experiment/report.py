@@ -189,8 +189,8 @@ VALUE_LEGEND = (
     "(the judge; no value is fitted on it, but with reward: train the reward model was fitted on round 0's labels of "
     "every training prompt, so V_0's judge figures are optimistic), `*partial_reward_*`: the reward on the partial "
     "response alone, the zero-shot baseline; `heldout_reward_judge_*`: the reward that picks, against the judge, on "
-    "that round's own held-out rollouts (the search's candidates from V_1 on: whether the proxy still tells them "
-    f"apart; optimistic for V_0 with reward: train). {UNDEFINED}: not measured or undefined."
+    "that round's own held-out rollouts (the guided search's candidates from V_1 on: whether the proxy still tells "
+    f"them apart; optimistic for V_0 with reward: train). {UNDEFINED}: not measured or undefined."
 )
 
 

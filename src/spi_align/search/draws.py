@@ -4,10 +4,12 @@ eq. 13's improved policy is a distribution, π_k(a | s) ∝ π_base(a | s) · ex
 approximates it one step at a time by sampling-importance-resampling: K chunks drawn from π_base, one kept with
 probability softmax(guidance / T) (a one-beam `ChunkBeamSearch` with 'softmax' selection). `RepeatedDraws` runs
 `draws` such searches per prompt, all prompts' copies in one batch, and returns one result per prompt whose
-candidates are every candidate any of its draws finished (a draw's K final siblings share its spine; different
-draws part from the first chunk on), and whose chosen response is the best of them by the reward. The beam search
-as evaluated gives the opposite: its candidates share their first chunks and were picked by the guidance already,
-so V_k fitted on them sees little within-prompt spread to learn from.
+candidates are every candidate any of its draws finished, and whose chosen response is the best of them by the
+reward. A draw's finished candidates are not all draws of π_k: a sibling that ends leaves before the softmax weighs
+it, and the K siblings of the last chunk are all kept (their chunk is a plain sample from the spine). Different
+draws part from the first chunk on, where the beam search as evaluated keeps W parents picked as the top by the
+guidance, so its candidates share their first chunks and V_k fitted on them sees little within-prompt spread.
+Either way one prompt gets about one ranked prefix per draw (or beam) at each decision length.
 """
 
 from __future__ import annotations
