@@ -11,10 +11,8 @@
 # Resumes where it stopped; `.venv/bin/python results/snapshot.py save t1d results/quality-task1-draws` packs it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-source results/vllm-cpu.sh  # sets $V, the engine settings
 S="name=t1d data.prompts=default data.split=eval data.limit=200 spi.rounds=2 spi.draws=4 spi.draw_temperature=1.0"
-export OMP_NUM_THREADS=2
-[ -s runs/task1-prompts/fit.jsonl ] || .venv/bin/python results/task1-round0/make_prompts.py runs/task1-prompts
+source results/task1-eval200.sh  # $V, two threads, task 1's prompt split
 [ -d runs/t1d ] || [ ! -f results/quality-task1-draws/snapshot/run.tar.xz ] \
   || .venv/bin/python results/snapshot.py load t1d results/quality-task1-draws
 if [ ! -d runs/t1d ]; then

@@ -12,10 +12,8 @@
 # prefix states) into snapshot/ to be committed, and this command loads it back on a machine without runs/t1r.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-source results/vllm-cpu.sh  # sets $V, the engine settings
 S="name=t1r data.prompts=default data.split=eval data.limit=200 spi.rounds=3"
-export OMP_NUM_THREADS=2
-[ -s runs/task1-prompts/fit.jsonl ] || .venv/bin/python results/task1-round0/make_prompts.py runs/task1-prompts
+source results/task1-eval200.sh  # $V, two threads, task 1's prompt split
 [ -d runs/t1r ] || .venv/bin/python results/snapshot.py load t1r results/quality-task1-rounds
 if [ ! -d runs/t1r ]; then
   [ -d runs/t1e ] || .venv/bin/python results/snapshot.py load t1e results/frontier-task1-eval200

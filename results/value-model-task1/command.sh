@@ -9,10 +9,8 @@
 # 55 min, SPI-1 23 min; see README.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-source results/vllm-cpu.sh  # sets $V, the engine settings
 S="name=t1m data.prompts=default data.split=eval data.limit=200 spi.value=model spi.value_backbone=reward"
-export OMP_NUM_THREADS=2
-[ -s runs/task1-prompts/fit.jsonl ] || .venv/bin/python results/task1-round0/make_prompts.py runs/task1-prompts
+source results/task1-eval200.sh  # $V, two threads, task 1's prompt split
 if [ ! -d runs/t1m ]; then
   [ -d runs/t1e ] || .venv/bin/python results/snapshot.py load t1e results/frontier-task1-eval200
   mkdir -p runs/t1m
