@@ -152,3 +152,32 @@ def test_reused_labels_ask_the_evaluator_only_for_what_the_run_has_not_read():
     assert labels.score([b, a, b, a], ["x", "zzz", "yy", "yy"]) == [30.0, 3.0, 2.0, 20.0]
     assert asked == [["zzz", "yy"]]  # ("b", "yy") was never read: the same text under another prompt is not it
     assert ReusedLabels(Judge(), lambda: None).score([a], ["x"]) == [1.0] and asked[-1] == ["x"]
+
+
+def test_the_report_compares_each_spi_round_with_the_round_before(tmp_path):
+    """Hand-checked: spi-2 wins two prompts and ties two against spi-1 (Δ +0.5, 75%), its reward is 1 lower on each;
+    spi-4 has no spi-3 to compare with, and best-of-N is no round."""
+    run = RunDir(tmp_path, "r")
+    run.commit()
+    cost = {"tokens_generated": 10, "total_seconds": 1.0}
+
+    def method(evaluator: list[float], reward: list[float]) -> dict:
+        return {"evaluator": evaluator, "reward": reward, "cost": cost}
+
+    results = {
+        "bon-4": method([0.0, 0.0, 0.0, 0.0], [0.0] * 4),
+        "spi-1": method([0.0, 0.0, 0.5, 0.5], [2.0] * 4),
+        "spi-2": method([1.0, 1.0, 0.5, 0.5], [1.0] * 4),
+        "spi-4": method([0.0, 0.0, 0.0, 0.0], [0.0] * 4),
+    }
+    text = write_report(run, Config(), results, {}, baseline="bon-4")
+    (table,) = _tables(text, "Round over round")
+    assert [row[0] for row in table[1:]] == ["spi-2 vs spi-1"]
+    row = _row(table, "spi-2 vs spi-1")
+    assert row["evaluator Δ [95% CI]"].startswith("+0.5000 [")
+    assert row["win+½tie [95% CI]"].startswith("75.0% [")
+    assert row["reward model Δ [95% CI]"] == "-1.0000 [-1.0000, -1.0000]"
+
+
+def test_a_report_with_one_spi_round_has_no_round_over_round_section(tmp_path):
+    assert "Round over round" not in _report(tmp_path, {})

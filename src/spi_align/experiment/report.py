@@ -7,6 +7,7 @@ Intervals are `scipy.stats.bootstrap`'s percentile intervals (95%, 2000 resample
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,38 @@ def forward_tokens(cost: dict[str, Any]) -> int | str:
     return cost.get("total_forward_tokens", "n/a")
 
 
+def paired_cells(ours: Sequence[float], theirs: Sequence[float]) -> tuple[str, str]:
+    """Two table cells comparing scores on the same prompts: the mean difference ours − theirs and the win+½tie
+    rate of ours, each with its paired-bootstrap 95% interval."""
+    diff = float(mean_difference(np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float)))
+    d_lo, d_hi = paired_bootstrap_ci(ours, theirs, mean_difference)
+    w_lo, w_hi = paired_bootstrap_ci(ours, theirs, win_tie_share)
+    return f"{diff:+.4f} [{d_lo:+.4f}, {d_hi:+.4f}]", f"{win_tie_rate(ours, theirs):.1%} [{w_lo:.1%}, {w_hi:.1%}]"
+
+
+ROUNDS_LEGEND = (
+    "Each SPI round against the round before it, on the same eval prompts: the evaluator's paired difference and "
+    "win+½tie rate (95% intervals, prompts resampled), and the reward model's paired difference (the proxy the "
+    "search climbs). A round that does not beat the one before shows it here; the value tables below say why."
+)
+
+
+def rounds_table(results: dict[str, dict[str, Any]]) -> str:
+    """Round over round: SPI-k against SPI-(k−1) for every k ≥ 2 whose previous round was evaluated too ("" when
+    there is no such pair)."""
+    headers = ["round", "evaluator Δ [95% CI]", "win+½tie [95% CI]", "reward model Δ [95% CI]"]
+    rows: list[list[object]] = []
+    for name, res in results.items():
+        match = re.fullmatch(r"spi-(\d+)", name)
+        previous = f"spi-{int(match.group(1)) - 1}" if match else ""
+        if previous not in results:
+            continue
+        delta, win = paired_cells(res["evaluator"], results[previous]["evaluator"])
+        reward_delta, _ = paired_cells(res["reward"], results[previous]["reward"])
+        rows.append([f"{name} vs {previous}", delta, win, reward_delta])
+    return ROUNDS_LEGEND + "\n\n" + markdown_table(headers, rows) if rows else ""
+
+
 def results_table(results: dict[str, dict[str, Any]], baseline: str) -> tuple[list[str], list[list[object]]]:
     """One row per method: reward-model mean, evaluator mean [95% CI], its paired difference from the baseline
     [95% CI], win+½tie vs the baseline [95% CI] (prompts resampled), cost: generated tokens, forward tokens (every
@@ -130,11 +163,7 @@ def results_table(results: dict[str, dict[str, Any]], baseline: str) -> tuple[li
         lo, hi = bootstrap_ci(ev)
         delta = win = "—"
         if base is not None and name != baseline:
-            diff = float(mean_difference(np.asarray(ev, dtype=float), np.asarray(base, dtype=float)))
-            d_lo, d_hi = paired_bootstrap_ci(ev, base, mean_difference)
-            delta = f"{diff:+.4f} [{d_lo:+.4f}, {d_hi:+.4f}]"
-            w_lo, w_hi = paired_bootstrap_ci(ev, base, win_tie_share)
-            win = f"{win_tie_rate(ev, base):.1%} [{w_lo:.1%}, {w_hi:.1%}]"
+            delta, win = paired_cells(ev, base)
         rows.append(
             [
                 name,
@@ -305,6 +334,8 @@ def write_report(
         f"{value_kind(spi)}, centred={spi.centered}. Reward (guides and picks): `{cfg.reward}`; "
         f"evaluator (judges only): `{cfg.evaluator}`.\n\n" + markdown_table(headers, rows)
     )
+    if rounds := rounds_table(results):
+        text += "\n## Round over round\n\n" + rounds
     if values:
         text += "\n" + value_tables(values)
     if run.has("reward_model.json"):
