@@ -4,10 +4,10 @@
 # on the same 459 "fit" training prompts (π_k's rollouts: the search's own finished candidates) and evaluates SPI-2
 # and SPI-3, all at W = K = 4, L = 16 (no frontier: its best-of-64 and other budgets are in ../frontier-task1-eval200).
 # Each round's value is also ranked against the judge on held-out training prompts (values/round-k.json).
-# Ran 2026-12-06/07 on 2 CPU cores, vLLM, across two sessions: round 1's rollouts (the search's 8,471 finished
-# candidates of the 459 prompts) 68 min wall, V_1 43, round 2's rollouts 84 min of stage time, V_2 39, SPI-1 27;
-# stopped at 80/200 prompts of SPI-2 and packed. Left: the rest of SPI-2 and SPI-3 (~50 min), then the report. It
-# resumes where it stopped, across sessions too:
+# Ran 2026-12-06/07 on 2 CPU cores, vLLM, across three sessions: round 1's rollouts (the search's 8,471 finished
+# candidates of the 459 prompts) 68 min wall, V_1 43, round 2's rollouts 84 min of stage time, V_2 39, SPI-1 27 wall,
+# SPI-2 32 min of stage time, SPI-3 24 wall; finished, and the snapshot holds the finished run. It resumes where it
+# stops, across sessions too:
 # `.venv/bin/python results/snapshot.py save t1r results/quality-task1-rounds` packs runs/t1r (no prompt texts, no
 # prefix states) into snapshot/ to be committed, and this command loads it back on a machine without runs/t1r.
 set -euo pipefail

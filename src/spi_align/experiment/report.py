@@ -128,7 +128,8 @@ def paired_cells(ours: Sequence[float], theirs: Sequence[float]) -> tuple[str, s
 ROUNDS_LEGEND = (
     "Each SPI round against the round before it, on the same eval prompts: the evaluator's paired difference and "
     "win+½tie rate (95% intervals, prompts resampled), and the reward model's paired difference (the proxy the "
-    "search climbs). A round that does not beat the one before shows it here; the value tables below say why."
+    "search climbs). A round that does not beat the one before shows it here; the value tables, where the run has "
+    "them, show how well each round's value ranks its own candidates."
 )
 
 
