@@ -68,7 +68,8 @@ def strip(record: dict[str, Any], decode: Decode) -> dict[str, Any]:
     """`record` as packed: no prompt, no text its token ids give back (candidates' and the trace's chunks), the
     response as the candidate whose text it is."""
     out = copy.deepcopy(record)
-    out["prompt"] = None
+    if "prompt" in out:  # a judgement record (frontier-judge.jsonl) has none
+        out["prompt"] = None
     candidates = out.get("candidates") or []
     for c in candidates:
         if isinstance(c.get("text"), str) and "token_ids" in c and decode(c["token_ids"]) == c["text"]:
