@@ -10,18 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 S="name=t1f data.prompts=default data.split=eval data.limit=200 spi.rounds=3 frontier.enabled=true"
 F="frontier.budgets=[[4,4,16]]"
-source results/task1-eval200.sh  # $V, two threads, task 1's prompt split
+source results/task1-eval200.sh  # $V, two threads, task 1's prompt split, fork_run
 [ -d runs/t1f ] || [ ! -f results/frontier-task1-rounds/snapshot/run.tar.xz ] \
   || .venv/bin/python results/snapshot.py load t1f results/frontier-task1-rounds
-if [ ! -d runs/t1f ]; then
-  [ -d runs/t1r ] || .venv/bin/python results/snapshot.py load t1r results/quality-task1-rounds
-  rm -rf runs/t1f.part  # copied whole or not at all: a half copy would be taken for the run and refill its gaps
-  cp -r runs/t1r runs/t1f.part
-  rm -f runs/t1f.part/report.md runs/t1f.part/results.json runs/t1f.part/*.png
-  # the copy's saved config says what this command sets (a run folder refuses a command with other settings)
-  .venv/bin/python results/set_config.py runs/t1f.part/config.yaml $S "$F"
-  mv runs/t1f.part runs/t1f
-fi
+fork_run t1f t1r results/quality-task1-rounds $S "$F"
 .venv/bin/spi run results/task1-round0/config.yaml $S "$F" $V
 cp runs/t1f/{report.md,results.json,frontier.json,config.yaml} runs/t1f/*.png results/frontier-task1-rounds/
 .venv/bin/python results/frontier-task1-rounds/paired.py runs/t1f > results/frontier-task1-rounds/paired.md

@@ -12,16 +12,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 S="name=t1d data.prompts=default data.split=eval data.limit=200 spi.rounds=2 spi.draws=4 spi.draw_temperature=1.0"
-source results/task1-eval200.sh  # $V, two threads, task 1's prompt split
+source results/task1-eval200.sh  # $V, two threads, task 1's prompt split, fork_run
 [ -d runs/t1d ] || [ ! -f results/quality-task1-draws/snapshot/run.tar.xz ] \
   || .venv/bin/python results/snapshot.py load t1d results/quality-task1-draws
-if [ ! -d runs/t1d ]; then
-  [ -d runs/t1e ] || .venv/bin/python results/snapshot.py load t1e results/frontier-task1-eval200
-  cp -r runs/t1e runs/t1d
-  rm -f runs/t1d/report.md runs/t1d/results.json runs/t1d/*.png runs/t1d/frontier.json runs/t1d/run.lock
-  # the copy's saved config says what this command sets (a run folder refuses a command with other settings)
-  .venv/bin/python results/set_config.py runs/t1d/config.yaml --drop frontier $S
-fi
+fork_run t1d t1e results/frontier-task1-eval200 --drop frontier $S
 # SPI-1's outputs from t1r once it has finished; the cost file before the outputs (a resume keeps the records it finds)
 if [ -f runs/t1r/results.json ] && [ ! -f runs/t1d/eval-spi-1.jsonl ]; then
   cp runs/t1r/eval-spi-1.cost.json runs/t1d/ && cp runs/t1r/eval-spi-1.jsonl runs/t1d/

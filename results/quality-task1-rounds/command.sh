@@ -13,15 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 S="name=t1r data.prompts=default data.split=eval data.limit=200 spi.rounds=3"
-source results/task1-eval200.sh  # $V, two threads, task 1's prompt split
+source results/task1-eval200.sh  # $V, two threads, task 1's prompt split, fork_run
 [ -d runs/t1r ] || .venv/bin/python results/snapshot.py load t1r results/quality-task1-rounds
-if [ ! -d runs/t1r ]; then
-  [ -d runs/t1e ] || .venv/bin/python results/snapshot.py load t1e results/frontier-task1-eval200
-  cp -r runs/t1e runs/t1r
-  rm -f runs/t1r/report.md runs/t1r/results.json runs/t1r/*.png runs/t1r/frontier.json runs/t1r/run.lock
-  # the copy's saved config says what this command sets (a run folder refuses a command with other settings)
-  .venv/bin/python results/set_config.py runs/t1r/config.yaml --drop frontier $S
-fi
+fork_run t1r t1e results/frontier-task1-eval200 --drop frontier $S
 .venv/bin/spi run results/task1-round0/config.yaml $S $V
 mkdir -p results/quality-task1-rounds/values
 cp runs/t1r/{report.md,results.json,config.yaml} runs/t1r/*.png results/quality-task1-rounds/
