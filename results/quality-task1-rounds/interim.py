@@ -11,19 +11,10 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 from spi_align.config import DataConfig
 from spi_align.data.prompts import load_prompts
 from spi_align.experiment.pipeline import evaluate
-from spi_align.experiment.report import (
-    bootstrap_ci,
-    markdown_table,
-    mean_difference,
-    paired_bootstrap_ci,
-    win_tie_rate,
-    win_tie_share,
-)
+from spi_align.experiment.report import bootstrap_ci, markdown_table, paired_cells
 from spi_align.scoring import make_scorer
 
 METHODS = ("sample", "bon-16", "spi-1", "spi-2", "spi-3")
@@ -48,11 +39,7 @@ def main() -> None:
         lo, hi = bootstrap_ci(ev)
         delta = win = "—"
         if method != "bon-16":
-            d_lo, d_hi = paired_bootstrap_ci(ev, base, mean_difference)
-            diff = float(mean_difference(np.asarray(ev), np.asarray(base)))
-            delta = f"{diff:+.4f} [{d_lo:+.4f}, {d_hi:+.4f}]"
-            w_lo, w_hi = paired_bootstrap_ci(ev, base, win_tie_share)
-            win = f"{win_tie_rate(ev, base):.1%} [{w_lo:.1%}, {w_hi:.1%}]"
+            delta, win = paired_cells(ev, base)
         rows.append([method, f"{sum(ev) / len(ev):.4f} [{lo:.4f}, {hi:.4f}]", delta, win])
     headers = ["method", "judge [95% CI]", "Δ vs bon-16 [95% CI]", "win+½tie vs bon-16 [95% CI]"]
     print(markdown_table(headers, rows))
