@@ -15,7 +15,14 @@ import yaml
 
 from spi_align.cli import main
 from spi_align.config import to_yaml
-from spi_align.experiment.frontier_maths import argmax_weights, best_of_n_estimate, break_even, per_query
+from spi_align.experiment.frontier import matched_size, paired_table
+from spi_align.experiment.frontier_maths import (
+    argmax_weights,
+    best_of_n_estimate,
+    break_even,
+    per_query,
+    win_against_best_of_n,
+)
 from spi_align.experiment.sweep import expand, round0_key, share_round0
 from spi_align.experiment.sweep_spec import load_spec
 
@@ -66,6 +73,58 @@ def test_the_estimate_equals_enumerating_every_subset_on_random_cases():
             assert best_of_n_estimate(rewards, scores, size) == pytest.approx(brute_force(rewards, scores, size))
     weights = argmax_weights(64, 16)
     assert weights.sum() == pytest.approx(1.0) and weights[:15].sum() == 0.0
+
+
+def outcome(ours: float, theirs: float) -> float:
+    """1 for a win, ½ for a tie (within the estimator's 1e-6), 0 for a loss."""
+    return 0.5 if abs(ours - theirs) <= 1e-6 else float(ours > theirs)
+
+
+def test_the_win_against_best_of_n_is_against_a_draw_not_against_its_expected_score():
+    # rewards 1, 2, 3 with judge 0.2, 0.9, 0.5; ours 0.6 beats the first and third sample, loses to the second.
+    # N = 2: the pairs {1,2} {1,3} {2,3} pick samples 2, 3, 3 -> wins 0, 1, 1 -> 2/3; N = 3 picks sample 3 -> 1
+    rewards, scores = [1.0, 2.0, 3.0], [0.2, 0.9, 0.5]
+    assert win_against_best_of_n(0.6, rewards, scores, 1) == pytest.approx(2 / 3)
+    assert win_against_best_of_n(0.6, rewards, scores, 2) == pytest.approx(2 / 3)
+    assert win_against_best_of_n(0.6, rewards, scores, 3) == pytest.approx(1.0)
+    assert win_against_best_of_n(0.5, rewards, scores, 3) == pytest.approx(0.5)  # a tie with the pick
+    # BoN-2's expected score is (0.9 + 0.5 + 0.5) / 3 = 0.633: 0.6 is below it, yet wins two draws in three
+    assert best_of_n_estimate(rewards, scores, 2) > 0.6
+    rng = random.Random(3)
+    for _ in range(10):
+        n = rng.randint(2, 8)
+        rewards = [float(rng.choice([0, 1, 2, 3])) for _ in range(n)]
+        scores = [float(rng.choice([0.1, 0.4, 0.7])) for _ in range(n)]  # ties with ours are likely
+        ours = rng.choice([0.1, 0.4, 0.55, 0.7])
+        outcomes = [outcome(ours, j) for j in scores]
+        for size in range(1, n + 1):
+            expected = brute_force(rewards, outcomes, size)
+            assert win_against_best_of_n(ours, rewards, scores, size) == pytest.approx(expected)
+
+
+def test_the_matched_best_of_n_is_the_smallest_that_costs_at_least_as_much():
+    bon = [{"size": 1, "tokens": 60.0}, {"size": 16, "tokens": 960.0}, {"size": 17, "tokens": 1020.0}]
+    assert matched_size(997.0, bon, "tokens") == 17
+    assert matched_size(960.0, bon, "tokens") == 16
+    assert matched_size(10.0, bon, "tokens") == 1
+    assert matched_size(1021.0, bon, "tokens") is None
+
+
+def test_the_paired_table_names_the_matched_best_of_n_on_each_axis():
+    pair = {"judge_delta": 0.01, "judge_delta_ci": [-0.01, 0.03], "win_tie": 0.55, "win_tie_ci": [0.5, 0.6]}
+    spi = {"method": "spi-1", "paired": [{"bon": 16, **pair}, {"bon": 17, **pair}]}
+    data = {"spi": [{**spi, "matched": {"generated_tokens": 17, "forward_tokens": None}}]}
+    matched = paired_table(data, matched_only=True).splitlines()[2:]
+    assert matched == [
+        "| spi-1 | bon-17 (generated tokens) | +0.0100 [-0.0100, +0.0300] | 55.0% [50.0%, 60.0%] |",
+        "| spi-1 | none: all cost less in forward tokens | — | — |",
+    ]
+    both = {**spi, "matched": {"generated_tokens": 16, "forward_tokens": 16}}
+    assert "| spi-1 | bon-16 (generated tokens and forward tokens) |" in paired_table(
+        {"spi": [both]}, matched_only=True
+    )
+    every = paired_table(data).splitlines()[2:]
+    assert [row.split(" | ")[1] for row in every] == ["bon-16", "bon-17"]
 
 
 def test_the_estimator_refuses_n_above_the_samples():
@@ -205,8 +264,27 @@ def test_spi_run_writes_the_frontier_and_resumes_without_sampling_again(tmp_path
     for key in ("generated_tokens", "forward_tokens"):
         assert small["break_even"][key]["status"] in ("reached", "never", "not reached")
 
+    # paired with every BoN-N on the same prompts: N = n is the reward's argmax sample, N = 1 any sample
+    ours = results["spi-1-w1k2l4"]["evaluator"]
+    paired = {p["bon"]: p for p in small["paired"]}
+    assert sorted(paired) == [1, 2, 4, 8]
+    assert paired[8]["judge_delta"] == pytest.approx(np.mean(ours) - np.mean(argmax))
+    against_argmax = []
+    for o, r in zip(ours, records, strict=True):
+        rewards = [c["score"] for c in r["candidates"]]
+        best = [j for j, x in zip(judged[r["id"]], rewards, strict=True) if x == max(rewards)]
+        against_argmax.append(np.mean([outcome(o, j) for j in best]))
+    assert paired[8]["win_tie"] == pytest.approx(np.mean(against_argmax))
+    against_any = [np.mean([outcome(o, j) for j in judged[r["id"]]]) for o, r in zip(ours, records, strict=True)]
+    assert paired[1]["win_tie"] == pytest.approx(np.mean(against_any))
+    lo, hi = paired[1]["win_tie_ci"]
+    assert 0.0 <= lo <= paired[1]["win_tie"] <= hi <= 1.0
+    costlier = [b["size"] for b in data["bon"] if b["generated_tokens"] >= small["generated_tokens"]]
+    assert small["matched"]["generated_tokens"] == min(costlier, default=None)
+
     report = (run / "report.md").read_text()
     assert "## Compute frontier" in report and "| bon-8 |" in report and "| spi-1-w1k2l4 | 1, 2, 4 |" in report
+    assert "win+½tie vs a best-of-N draw" in report and "| spi-1-w1k2l4 | " in report
     assert (run / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # resume: a torn judge file is completed, and nothing is sampled again

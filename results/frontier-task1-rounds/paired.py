@@ -1,34 +1,28 @@
-"""paired.py RUN: each SPI-k of a finished frontier run against every best-of-N of its frontier, paired by prompt.
+"""paired.py RUN: each SPI point of a finished frontier run against every best-of-N of it, paired by prompt.
 
-The frontier table gives each point's mean and interval alone; on one sample set the prompts pair, so this prints
-SPI-k − BoN-N in judge score (mean [95% CI], prompts resampled together) and SPI-k's win+½tie rate against it (against
-BoN-N's expected score on the prompt, not against one draw of it), from
-the run's `results.json` (SPI-k's judge score per eval prompt) and `frontier.json` (BoN-N's unbiased estimate per
-eval prompt, `judge_by_prompt`, in the same prompt order). Reads JSON only."""
+The report's frontier shows each SPI point against the best-of-N of at least its cost; this prints the pairs at
+every N from the run's `frontier.json` (`paired`: SPI − BoN-N in judge score, and SPI's expected win+½tie against a
+best-of-N drawn from the run's samples, each with its 95% interval, prompts resampled; see
+`spi_align/experiment/frontier_maths.py`). Reads JSON only."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
+import sys
 from pathlib import Path
 
-from spi_align.experiment.report import markdown_table, paired_cells
+from spi_align.experiment.frontier import paired_table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="the run folder (runs/t1f)")
     args = parser.parse_args()
-    results = json.loads((args.run / "results.json").read_text())["results"]
-    bon = json.loads((args.run / "frontier.json").read_text())["bon"]
-    rows = []
-    for name, res in results.items():
-        if re.fullmatch(r"spi-\d+", name):
-            for point in bon:
-                delta, win = paired_cells(res["evaluator"], point["judge_by_prompt"])
-                rows.append([name, f"bon-{point['size']}", delta, win])
-    print(markdown_table(["SPI", "best-of-N", "judge Δ [95% CI]", "win+½tie [95% CI]"], rows), end="")
+    data = json.loads((args.run / "frontier.json").read_text())
+    if any("paired" not in s for s in data["spi"]):
+        sys.exit(f"paired.py: {args.run}/frontier.json has no paired figures (written before they were added)")
+    print(paired_table(data), end="")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ N beside SPI at several beam budgets, SPI's training cost spread over the querie
   cost was never recorded (a run older than these records) is listed as not recorded. Spread over Q queries:
   search + training / Q per query; the break-even Q against the cheapest best-of-N of at least SPI's judge mean is
   given for generated tokens and for forward tokens.
+- **Paired**: the points share their eval prompts, so each SPI point is also compared with every BoN-N prompt by
+  prompt: the judge's mean difference and SPI's expected win+½tie against a best-of-N drawn from the n samples (every
+  N-subset counted exactly, `frontier_maths.win_against_best_of_n`), each with its bootstrap interval over prompts.
+  The report shows it against the smallest BoN-N that costs at least SPI's search per prompt on each axis.
 
 Writes `frontier.json` and `frontier.png` (judge mean with its interval against generated tokens per prompt, and
 against forward tokens per prompt) and returns the markdown the report shows.
@@ -34,7 +38,13 @@ from spi_align.config import Config, FrontierConfig
 from spi_align.core.errors import SpiError
 from spi_align.core.interfaces import Scorer, Search
 from spi_align.core.records import Cost, Prompt
-from spi_align.experiment.frontier_maths import BreakEven, best_of_n_estimates, break_even, per_query
+from spi_align.experiment.frontier_maths import (
+    BreakEven,
+    best_of_n_estimates,
+    break_even,
+    per_query,
+    win_against_best_of_n,
+)
 from spi_align.experiment.report import bootstrap_ci, markdown_table
 from spi_align.runs.files import read_appended_jsonl
 from spi_align.runs.resumable import load_cost
@@ -139,11 +149,8 @@ def _interval(values: Sequence[float]) -> dict[str, Any]:
     return {"judge_mean": float(np.mean(values)), "judge_ci": [lo, hi]}
 
 
-def best_of_n_rows(
-    records: Sequence[dict[str, Any]], judged: Sequence[Sequence[float]], cost: Cost, sizes: Sequence[int]
-) -> list[dict[str, Any]]:
-    """One row per N: the judge's and the reward's BoN-N estimates (per prompt, mean and interval of the judge's) and
-    the expected compute per prompt of best-of-N (see the module docstring)."""
+def sample_rewards(records: Sequence[dict[str, Any]]) -> list[list[float]]:
+    """The reward of every sample of every 'bon-n' record (the same n for every prompt)."""
     n = len(records[0]["candidates"])
     if any(len(r["candidates"]) != n for r in records):
         raise SpiError("the frontier's best-of-n records hold different numbers of samples per prompt")
@@ -153,6 +160,16 @@ def best_of_n_rows(
         if any(s is None for s in scores):
             raise SpiError(f"prompt {r['id']}: a sample of the frontier's best-of-{n} has no reward score")
         rewards.append([float(s) for s in scores])
+    return rewards
+
+
+def best_of_n_rows(
+    records: Sequence[dict[str, Any]], judged: Sequence[Sequence[float]], cost: Cost, sizes: Sequence[int]
+) -> list[dict[str, Any]]:
+    """One row per N: the judge's and the reward's BoN-N estimates (per prompt, mean and interval of the judge's) and
+    the expected compute per prompt of best-of-N (see the module docstring)."""
+    rewards = sample_rewards(records)
+    n = len(rewards[0])
     prompts = len(records)
     prefill = cost.forward_tokens.get("policy_prefill", 0) / prompts
     per_sample = {
@@ -205,6 +222,38 @@ def training_cost(run: RunDir, cfg: Config, k: int) -> dict[str, Any]:
     }
 
 
+def paired_with_best_of_n(
+    ours: Sequence[float],
+    rewards: Sequence[Sequence[float]],
+    judged: Sequence[Sequence[float]],
+    bon: Sequence[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """A method's judge score per prompt against every BoN-N of `bon` on the same prompts (the same order): the mean
+    difference from the BoN-N estimate and the expected win+½tie against a BoN-N draw, with bootstrap 95% intervals
+    over prompts."""
+    rows = []
+    for b in bon:
+        delta = np.asarray(ours, dtype=float) - np.asarray(b["judge_by_prompt"], dtype=float)
+        wins = [win_against_best_of_n(o, r, j, b["size"]) for o, r, j in zip(ours, rewards, judged, strict=True)]
+        rows.append(
+            {
+                "bon": b["size"],
+                "judge_delta": float(delta.mean()),
+                "judge_delta_ci": list(bootstrap_ci(delta)),
+                "win_tie": float(np.mean(wins)),
+                "win_tie_ci": list(bootstrap_ci(wins)),
+            }
+        )
+    return rows
+
+
+def matched_size(cost: float, bon: Sequence[dict[str, Any]], key: str) -> int | None:
+    """The smallest N of `bon` whose best-of-N costs at least `cost` per prompt on the axis `key` (None when every
+    best-of-N of the frontier costs less)."""
+    sizes = [b["size"] for b in bon if b[key] >= cost]
+    return min(sizes) if sizes else None
+
+
 def _break_even_dict(found: BreakEven) -> dict[str, Any]:
     return {"status": found.status, "bon": found.size, "queries": found.queries, "text": found.describe()}
 
@@ -215,9 +264,11 @@ def spi_rows(
     results: dict[str, dict[str, Any]],
     points: Sequence[tuple[str, int, list[int]]],
     bon: Sequence[dict[str, Any]],
+    samples: tuple[Sequence[Sequence[float]], Sequence[Sequence[float]]],
 ) -> list[dict[str, Any]]:
     """One row per SPI point: judge mean and interval, search compute per prompt, training compute, per-query
-    compute at every Q of `frontier.queries`, and the break-even on both axes."""
+    compute at every Q of `frontier.queries`, the break-even on both axes, and the paired comparison with every
+    BoN-N (`samples`: the rewards and judge scores of the n samples per prompt) with the matched N on each axis."""
     rows = []
     for name, k, budget in points:
         res = results[name]
@@ -246,6 +297,8 @@ def spi_rows(
             )
             for key, _ in AXES
         }
+        row["paired"] = paired_with_best_of_n(res["evaluator"], *samples, bon)
+        row["matched"] = {key: matched_size(row[key], bon, key) for key, _ in AXES}
         rows.append(row)
     return rows
 
@@ -293,11 +346,61 @@ def frontier_markdown(data: dict[str, Any]) -> str:
                 *[s["break_even"][key]["text"] for key, _ in AXES],
             ]
         )
-    text += markdown_table(headers, rows)
+    text += markdown_table(headers, rows) + "\n" + paired_markdown(data)
     missing = sorted({part for s in data["spi"] for part in s["training"]["not_recorded"]})
     if missing:
         text += f"\nTraining compute not recorded by this run (left out of the totals): {', '.join(missing)}.\n"
     return text + "\n![compute frontier](frontier.png)\n"
+
+
+def _interval_text(mean: float, ci: Sequence[float], percent: bool) -> str:
+    if percent:
+        return f"{mean:.1%} [{ci[0]:.1%}, {ci[1]:.1%}]"
+    return f"{mean:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]"
+
+
+def paired_markdown(data: dict[str, Any]) -> str:
+    """Each SPI point against the best-of-N that costs at least its search per prompt, on each axis, paired by
+    prompt (frontier.json has it against every N)."""
+    text = (
+        "SPI against best-of-N at its cost, paired by prompt: the smallest BoN-N of the frontier whose compute per "
+        "prompt is at least SPI's search (training left out) on each axis; the judge's mean difference, and SPI's "
+        "expected win+½tie against a best-of-N drawn from the samples (every N-subset counted exactly; not against "
+        "best-of-N's expected score, which a draw of a skewed best-of-N itself beats on more than half the "
+        "prompts). 95% intervals, prompts resampled; `frontier.json` has every N.\n\n"
+    )
+    return text + paired_table(data, matched_only=True)
+
+
+def paired_table(data: dict[str, Any], matched_only: bool = False) -> str:
+    """Every SPI point of `data` (frontier.json) against every BoN-N, or only against the matched BoN-N of each
+    axis (named with the axis; "none" where every BoN-N costs less)."""
+    headers = ["method", "best-of-N", "judge Δ [95% CI]", "win+½tie vs a best-of-N draw [95% CI]"]
+    rows: list[list[object]] = []
+    for s in data["spi"]:
+        paired = {p["bon"]: p for p in s["paired"]}
+        named: list[tuple[int | None, str]] = [(size, f"bon-{size}") for size in paired]
+        if matched_only:
+            axes: dict[int | None, list[str]] = {}
+            for key, label in AXES:
+                axes.setdefault(s["matched"][key], []).append(label)
+            named = [
+                (
+                    size,
+                    f"bon-{size} ({' and '.join(labels)})"
+                    if size
+                    else f"none: all cost less in {' and '.join(labels)}",
+                )
+                for size, labels in axes.items()
+            ]
+        for size, name in named:
+            if size is None:
+                rows.append([s["method"], name, "—", "—"])
+                continue
+            p = paired[size]
+            delta = _interval_text(p["judge_delta"], p["judge_delta_ci"], percent=False)
+            rows.append([s["method"], name, delta, _interval_text(p["win_tie"], p["win_tie_ci"], percent=True)])
+    return markdown_table(headers, rows)
 
 
 def plot_frontier(data: dict[str, Any], path: Any, title: str) -> None:
@@ -357,13 +460,14 @@ def compute_frontier(
     records, cost = run_method(f"eval-bon-{n}", build_method(f"bon-{n}", ctx), prompts)
     judged = judged_samples(run, records, prompts, evaluator, cfg.data.batch_size)
     bon = best_of_n_rows(records, judged, cost, frontier.bon_sizes)
+    rewards = sample_rewards(records)
     points = spi_points(frontier, ctx.rounds, _own(ctx))
     data = {
         "samples": n,
         "prompts": len(prompts),
         "queries": frontier.queries,
         "bon": bon,
-        "spi": spi_rows(run, cfg, results, points, bon),
+        "spi": spi_rows(run, cfg, results, points, bon, (rewards, judged)),
     }
     run.write_json("frontier.json", data)
     plot_frontier(data, run.file("frontier.png"), f"{run.path.name}: compute frontier")

@@ -15,6 +15,17 @@ picks each tied member alike, so the group's probability multiplies the mean jud
 gives the mean judge score of the n samples; N = n the judge score of the reward's argmax (averaged over its ties).
 The same weights applied to the rewards give BoN-N's expected reward.
 
+**Paired against best-of-N.** Another method's judge score o on the prompt wins against a sample of judge score j
+with outcome w(o, j) = 1 if o > j, ½ on a tie, 0 if o < j. The estimator is linear in the scores it weighs, so the
+same weights applied to the outcomes give o's expected win+½tie against a best-of-N drawn from the n samples:
+
+    P(o beats BoN-N) + ½ P(tie) = Σ_i P(rank i) · w(o, j_(i)).
+
+That is the fair win rate. Comparing o with BoN-N's expected score instead (w(o, Σ_i P(rank i) · j_(i))) is not:
+BoN-N's score is a skewed variable, so a draw of BoN-N itself beats its own expectation on more than half the
+prompts and a method as good as BoN-N would look better than it is. The mean difference o − BoN-N needs no such
+care: it is o minus the estimate.
+
 **Training spread over queries.** SPI pays a one-off training cost T (rollouts, prefix states, fits) besides its
 search cost c per query; over Q queries it costs c + T / Q per query. Against the cheapest best-of-N whose judge
 mean reaches SPI's (cost b per query), SPI breaks even from Q* = ⌈T / (b − c)⌉ queries on; when b ≤ c it never
@@ -29,6 +40,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+
+from spi_align.experiment.report import win_tie_loss
 
 
 def argmax_weights(n: int, size: int) -> np.ndarray:
@@ -54,6 +67,15 @@ def best_of_n_estimate(rewards: Sequence[float], scores: Sequence[float], size: 
     group_mean = np.add.reduceat(s, starts) / np.diff(np.r_[starts, r.size])
     group_weight = np.add.reduceat(weights, starts)
     return float(group_weight @ group_mean)
+
+
+def win_against_best_of_n(
+    ours: float, rewards: Sequence[float], scores: Sequence[float], size: int, tol: float = 1e-6
+) -> float:
+    """Expected win+½tie of the score `ours` against best-of-`size` drawn from these samples (the module's paired
+    estimator): the outcome against each sample (1 / ½ within `tol` / 0) weighed as `best_of_n_estimate` weighs
+    scores."""
+    return best_of_n_estimate(rewards, win_tie_loss([ours] * len(scores), scores, tol), size)
 
 
 def best_of_n_estimates(
