@@ -15,7 +15,8 @@ import yaml
 
 from spi_align.cli import main
 from spi_align.config import to_yaml
-from spi_align.experiment.frontier import matched_size, paired_table
+from spi_align.core.errors import SpiError
+from spi_align.experiment.frontier import matched_size, paired_table, paired_with_best_of_n
 from spi_align.experiment.frontier_maths import (
     argmax_weights,
     best_of_n_estimate,
@@ -125,6 +126,14 @@ def test_the_paired_table_names_the_matched_best_of_n_on_each_axis():
     )
     every = paired_table(data).splitlines()[2:]
     assert [row.split(" | ")[1] for row in every] == ["bon-16", "bon-17"]
+
+
+def test_pairing_refuses_scores_of_other_prompts():
+    bon = [{"size": 1, "judge_by_prompt": [0.5, 0.5]}]
+    with pytest.raises(SpiError, match="same eval prompts"):
+        paired_with_best_of_n([0.4, 0.6, 0.7], [[1.0], [2.0]], [[0.5], [0.5]], bon)
+    (row,) = paired_with_best_of_n([0.4, 0.6], [[1.0], [2.0]], [[0.5], [0.5]], bon)
+    assert (row["bon"], row["judge_delta"], row["win_tie"]) == (1, pytest.approx(0.0), pytest.approx(0.5))
 
 
 def test_the_estimator_refuses_n_above_the_samples():

@@ -5,13 +5,14 @@
 # every N (the unbiased subset estimate) and SPI-k with its training cost spread over the queries served are read on
 # one sample set; ../frontier-task1-eval200's best-of-64 came from another round 0. Only best-of-64 is new (about
 # 50 min on 2 CPU cores: 48 there, judging 2); SPI-k reuses t1r's outputs and recorded costs. Not run yet. Besides
-# the powers of two, best-of-17 and best-of-24 cost what SPI-k costs per prompt in generated tokens (992-997 against
-# best-of-N's ~59 N) and in forward tokens (3,086-3,102 against ~130 N; the ratios in ../frontier-task1-eval200).
+# the powers of two, best-of-17 (or 18, if these samples run 0.5% shorter) and best-of-24 cost about what SPI-k costs
+# per prompt in generated tokens (992-997 against best-of-N's ~59 N) and in forward tokens (3,086-3,102 against
+# ~130 N; the ratios in ../frontier-task1-eval200).
 # Resumes where it stopped; `.venv/bin/python results/snapshot.py save t1f results/frontier-task1-rounds` packs it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 S="name=t1f data.prompts=default data.split=eval data.limit=200 spi.rounds=3 frontier.enabled=true"
-F="frontier.budgets=[[4,4,16]] frontier.sizes=[1,2,4,8,16,17,24,32,64]"
+F="frontier.budgets=[[4,4,16]] frontier.sizes=[1,2,4,8,16,17,18,24,32,64]"
 source results/task1-eval200.sh  # $V, two threads, task 1's prompt split, fork_run
 [ -d runs/t1f ] || [ ! -f results/frontier-task1-rounds/snapshot/run.tar.xz ] \
   || .venv/bin/python results/snapshot.py load t1f results/frontier-task1-rounds

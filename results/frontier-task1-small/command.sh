@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
-# Issue 23, items 1 and 4 at a quarter of the budget: SPI-1, SPI-2 and SPI-3 at W = K = 2, L = 16 (about best-of-4's
-# generated tokens) added to ../frontier-task1-rounds' finished run (a copy, runs/t1s), so each round is read at two
-# budgets on one sample set and paired with every best-of-N of that run's 64 samples. Why this budget: of the three
-# budgets ../frontier-task1-eval200 ran (all reported, none chosen), SPI-1 at W = K = 2 was the only point whose
-# judge Δ against best-of-N of about its generated tokens had a 95% interval above 0 (against best-of-4: +0.019
-# [+0.005, +0.033]; against best-of-8, about its forward tokens: +0.011 [−0.003, +0.025]). It was the best of three
-# on these eval prompts, so it may regress here, and this run does not confirm it on new prompts (the 805 AlpacaEval
-# prompts are all split already): it runs on the same prompts, round 0, reward model and V_0, with SPI and
-# best-of-64 sampled again (the same seeds, yet SPI-1 scored 0.630 there and 0.635 in ../quality-task1-rounds: the
-# draws are not reproduced bit for bit). What it adds is rounds 2 and 3 at that
-# budget. Best-of-4 and best-of-7 cost about what SPI at W = K = 2 costs in generated tokens (about 246 against ~59 N)
-# and in forward tokens (about 886 against ~130 N; the ratios in ../frontier-task1-eval200). About 30 min on 2 CPU
-# cores (three SPI evaluations at about a third of W = K = 4's forward tokens); the best-of-64 samples and their
-# judgements are the copied run's. Not run yet. Resumes where it stopped;
-# `.venv/bin/python results/snapshot.py save t1s results/frontier-task1-small` packs it.
+# Issue 23, items 1 and 4 at a quarter of the budget: SPI-1, SPI-2 and SPI-3 at W = K = 2, L = 16 (between best-of-4's
+# and best-of-5's generated tokens) added to ../frontier-task1-rounds' finished run (a copy, runs/t1s), so each round is
+# read at two budgets on one sample set and paired with every best-of-N of that run's 64 samples. Why this budget: of
+# the three budgets ../frontier-task1-eval200 ran (all reported, none chosen), SPI-1 at W = K = 2 was the only point
+# whose judge Δ against best-of-N of about its generated tokens had a 95% interval above 0 (against best-of-4: +0.019
+# [+0.005, +0.033]; against best-of-8, about its forward tokens: +0.011 [−0.003, +0.025]). It was the best of three on
+# these eval prompts, so it may regress here, and this run does not confirm it on new prompts (the 805 AlpacaEval
+# prompts are all split already): it runs on the same prompts, round 0, reward model and V_0, with SPI and best-of-64
+# sampled again (the same seeds, yet SPI-1 scored 0.630 there and 0.635 in ../quality-task1-rounds: the draws are not
+# reproduced bit for bit). What it adds is rounds 2 and 3 at that budget. Best-of-5 and best-of-7 are the cheapest that
+# cost at least what SPI at W = K = 2 costs in generated tokens (about 246 against ~59 N) and in forward tokens (about
+# 886 against ~130 N; the ratios in ../frontier-task1-eval200). About 30 min on 2 CPU cores (three SPI evaluations at
+# about a third of W = K = 4's forward tokens); the best-of-64 samples and their judgements are the copied run's. Not
+# run yet. Resumes where it stopped; `.venv/bin/python results/snapshot.py save t1s results/frontier-task1-small` packs
+# it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 S="name=t1s data.prompts=default data.split=eval data.limit=200 spi.rounds=3 frontier.enabled=true"
-F="frontier.budgets=[[4,4,16],[2,2,16]] frontier.sizes=[1,2,4,7,8,16,17,24,32,64]"
+F="frontier.budgets=[[4,4,16],[2,2,16]] frontier.sizes=[1,2,4,5,7,8,16,17,18,24,32,64]"
 source results/task1-eval200.sh  # $V, two threads, task 1's prompt split, fork_run
 [ -d runs/t1s ] || [ ! -f results/frontier-task1-small/snapshot/run.tar.xz ] \
   || .venv/bin/python results/snapshot.py load t1s results/frontier-task1-small

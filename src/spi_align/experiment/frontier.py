@@ -45,7 +45,7 @@ from spi_align.experiment.frontier_maths import (
     per_query,
     win_against_best_of_n,
 )
-from spi_align.experiment.report import bootstrap_ci, markdown_table
+from spi_align.experiment.report import bootstrap_ci, interval_cell, markdown_table, paired_difference
 from spi_align.runs.files import read_appended_jsonl
 from spi_align.runs.resumable import load_cost
 from spi_align.runs.rundir import RunDir
@@ -228,18 +228,23 @@ def paired_with_best_of_n(
     judged: Sequence[Sequence[float]],
     bon: Sequence[dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """A method's judge score per prompt against every BoN-N of `bon` on the same prompts (the same order): the mean
-    difference from the BoN-N estimate and the expected win+½tie against a BoN-N draw, with bootstrap 95% intervals
-    over prompts."""
+    """A method's judge score per prompt against every BoN-N of `bon` on the same prompts, all in the eval prompts'
+    order (`run_method` returns records in the order of the prompts it is given): the mean difference from the BoN-N
+    estimate and the expected win+½tie against a BoN-N draw, with bootstrap 95% intervals over prompts."""
+    if not len(ours) == len(rewards) == len(judged) == len(bon[0]["judge_by_prompt"]):
+        raise SpiError(
+            f"the frontier pairs {len(ours)} method scores with best-of-N samples of {len(rewards)} prompts: "
+            "they must be the same eval prompts"
+        )
     rows = []
     for b in bon:
-        delta = np.asarray(ours, dtype=float) - np.asarray(b["judge_by_prompt"], dtype=float)
+        delta, delta_ci = paired_difference(ours, b["judge_by_prompt"])
         wins = [win_against_best_of_n(o, r, j, b["size"]) for o, r, j in zip(ours, rewards, judged, strict=True)]
         rows.append(
             {
                 "bon": b["size"],
-                "judge_delta": float(delta.mean()),
-                "judge_delta_ci": list(bootstrap_ci(delta)),
+                "judge_delta": delta,
+                "judge_delta_ci": list(delta_ci),
                 "win_tie": float(np.mean(wins)),
                 "win_tie_ci": list(bootstrap_ci(wins)),
             }
@@ -346,17 +351,11 @@ def frontier_markdown(data: dict[str, Any]) -> str:
                 *[s["break_even"][key]["text"] for key, _ in AXES],
             ]
         )
-    text += markdown_table(headers, rows) + "\n" + paired_markdown(data)
+    text += markdown_table(headers, rows)
     missing = sorted({part for s in data["spi"] for part in s["training"]["not_recorded"]})
     if missing:
         text += f"\nTraining compute not recorded by this run (left out of the totals): {', '.join(missing)}.\n"
-    return text + "\n![compute frontier](frontier.png)\n"
-
-
-def _interval_text(mean: float, ci: Sequence[float], percent: bool) -> str:
-    if percent:
-        return f"{mean:.1%} [{ci[0]:.1%}, {ci[1]:.1%}]"
-    return f"{mean:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]"
+    return text + "\n" + paired_markdown(data) + "\n![compute frontier](frontier.png)\n"
 
 
 def paired_markdown(data: dict[str, Any]) -> str:
@@ -365,9 +364,10 @@ def paired_markdown(data: dict[str, Any]) -> str:
     text = (
         "SPI against best-of-N at its cost, paired by prompt: the smallest BoN-N of the frontier whose compute per "
         "prompt is at least SPI's search (training left out) on each axis; the judge's mean difference, and SPI's "
-        "expected win+½tie against a best-of-N drawn from the samples (every N-subset counted exactly; not against "
-        "best-of-N's expected score, which a draw of a skewed best-of-N itself beats on more than half the "
-        "prompts). 95% intervals, prompts resampled; `frontier.json` has every N.\n\n"
+        "expected win+½tie against a best-of-N drawn from the samples (every N-subset counted exactly), against "
+        "which a method distributed like best-of-N scores ½ (against best-of-N's expected score it would not, "
+        "unless each prompt's best-of-N median equals its mean). 95% intervals, prompts resampled; "
+        "`frontier.json` has every N.\n\n"
     )
     return text + paired_table(data, matched_only=True)
 
@@ -398,8 +398,8 @@ def paired_table(data: dict[str, Any], matched_only: bool = False) -> str:
                 rows.append([s["method"], name, "—", "—"])
                 continue
             p = paired[size]
-            delta = _interval_text(p["judge_delta"], p["judge_delta_ci"], percent=False)
-            rows.append([s["method"], name, delta, _interval_text(p["win_tie"], p["win_tie_ci"], percent=True)])
+            delta = interval_cell(p["judge_delta"], p["judge_delta_ci"])
+            rows.append([s["method"], name, delta, interval_cell(p["win_tie"], p["win_tie_ci"], percent=True)])
     return markdown_table(headers, rows)
 
 

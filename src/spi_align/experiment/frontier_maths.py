@@ -16,15 +16,16 @@ gives the mean judge score of the n samples; N = n the judge score of the reward
 The same weights applied to the rewards give BoN-N's expected reward.
 
 **Paired against best-of-N.** Another method's judge score o on the prompt wins against a sample of judge score j
-with outcome w(o, j) = 1 if o > j, ½ on a tie, 0 if o < j. The estimator is linear in the scores it weighs, so the
-same weights applied to the outcomes give o's expected win+½tie against a best-of-N drawn from the n samples:
+with outcome w(o, j) = 1 if o > j, ½ on a tie (within 1e-6), 0 if o < j. The weights are the probabilities that each
+sample is best-of-N's pick, so they give the expectation of any function of the pick's score, w(o, ·) included: o's
+expected win+½tie against a best-of-N drawn from the n samples is
 
-    P(o beats BoN-N) + ½ P(tie) = Σ_i P(rank i) · w(o, j_(i)).
+    P(o beats BoN-N) + ½ P(tie) = Σ_i P(rank i) · w(o, j_(i)),
 
-That is the fair win rate. Comparing o with BoN-N's expected score instead (w(o, Σ_i P(rank i) · j_(i))) is not:
-BoN-N's score is a skewed variable, so a draw of BoN-N itself beats its own expectation on more than half the
-prompts and a method as good as BoN-N would look better than it is. The mean difference o − BoN-N needs no such
-care: it is o minus the estimate.
+against which a method distributed like BoN-N scores ½. Comparing o with BoN-N's expected score instead is biased,
+in a direction set by each prompt's distribution: a draw of BoN-N itself beats that score with probability ½ only
+where its median equals its mean (more often with a long lower tail, less often with a long upper one). The mean
+difference o − BoN-N needs no such care: it is o minus the estimate.
 
 **Training spread over queries.** SPI pays a one-off training cost T (rollouts, prefix states, fits) besides its
 search cost c per query; over Q queries it costs c + T / Q per query. Against the cheapest best-of-N whose judge

@@ -116,13 +116,25 @@ def forward_tokens(cost: dict[str, Any]) -> int | str:
     return cost.get("total_forward_tokens", "n/a")
 
 
+def interval_cell(mean: float, ci: Sequence[float], percent: bool = False) -> str:
+    """A table cell 'mean [lo, hi]': a signed difference to four places, or a rate in percent."""
+    if percent:
+        return f"{mean:.1%} [{ci[0]:.1%}, {ci[1]:.1%}]"
+    return f"{mean:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]"
+
+
+def paired_difference(ours: Sequence[float], theirs: Sequence[float]) -> tuple[float, tuple[float, float]]:
+    """The mean difference ours − theirs on the same prompts and its paired-bootstrap 95% interval."""
+    diff = float(mean_difference(np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float)))
+    return diff, paired_bootstrap_ci(ours, theirs, mean_difference)
+
+
 def paired_cells(ours: Sequence[float], theirs: Sequence[float]) -> tuple[str, str]:
     """Two table cells comparing scores on the same prompts: the mean difference ours − theirs and the win+½tie
     rate of ours, each with its paired-bootstrap 95% interval."""
-    diff = float(mean_difference(np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float)))
-    d_lo, d_hi = paired_bootstrap_ci(ours, theirs, mean_difference)
-    w_lo, w_hi = paired_bootstrap_ci(ours, theirs, win_tie_share)
-    return f"{diff:+.4f} [{d_lo:+.4f}, {d_hi:+.4f}]", f"{win_tie_rate(ours, theirs):.1%} [{w_lo:.1%}, {w_hi:.1%}]"
+    diff, diff_ci = paired_difference(ours, theirs)
+    win_ci = paired_bootstrap_ci(ours, theirs, win_tie_share)
+    return interval_cell(diff, diff_ci), interval_cell(win_tie_rate(ours, theirs), win_ci, percent=True)
 
 
 ROUNDS_LEGEND = (
