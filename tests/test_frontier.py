@@ -16,7 +16,7 @@ import yaml
 from spi_align.cli import main
 from spi_align.config import to_yaml
 from spi_align.core.errors import SpiError
-from spi_align.experiment.frontier import matched_size, paired_table, paired_with_best_of_n
+from spi_align.experiment.frontier import labelled_points, matched_size, paired_table, paired_with_best_of_n
 from spi_align.experiment.frontier_maths import (
     argmax_weights,
     best_of_n_estimate,
@@ -126,6 +126,13 @@ def test_the_paired_table_names_the_matched_best_of_n_on_each_axis():
     )
     every = paired_table(data).splitlines()[2:]
     assert [row.split(" | ")[1] for row in every] == ["bon-16", "bon-17"]
+
+
+def test_sizes_added_beside_a_labelled_one_go_unlabelled_on_the_log_axis():
+    # 17 and 18 lie 0.09 and 0.17 octaves right of 16; 24 lies 0.58 right of it
+    assert labelled_points([1, 2, 16, 17, 18, 24, 32, 64]) == [0, 1, 2, 5, 6, 7]
+    # the gap is counted from the last labelled point, not the last point: 16, 18, 20 keeps 20 (0.32 past 16)
+    assert labelled_points([16, 18, 20]) == [0, 2]
 
 
 def test_pairing_refuses_scores_of_other_prompts():

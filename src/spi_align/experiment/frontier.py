@@ -403,6 +403,16 @@ def paired_table(data: dict[str, Any], matched_only: bool = False) -> str:
     return markdown_table(headers, rows)
 
 
+def labelled_points(xs: Sequence[float], min_gap: float = 0.25) -> list[int]:
+    """Which of the points at increasing `xs` get a label on a log2 axis: each that lies at least `min_gap` octaves
+    right of the last labelled one, so sizes added to match a cost (17, 18 beside 16) do not print over each other."""
+    kept: list[int] = []
+    for i, x in enumerate(xs):
+        if not kept or np.log2(x) - np.log2(xs[kept[-1]]) >= min_gap:
+            kept.append(i)
+    return kept
+
+
 def plot_frontier(data: dict[str, Any], path: Any, title: str) -> None:
     """Judge mean with its interval against generated tokens per prompt (left) and forward tokens per prompt (right):
     the best-of-N curve, SPI's points (filled: search only; open: with training spread over each Q)."""
@@ -420,7 +430,8 @@ def plot_frontier(data: dict[str, Any], path: Any, title: str) -> None:
         ax.fill_between(
             xs, [b["judge_ci"][0] for b in bon], [b["judge_ci"][1] for b in bon], color="#999999", alpha=0.3
         )
-        for b in bon:
+        for i in labelled_points(xs):
+            b = bon[i]
             ax.annotate(
                 str(b["size"]), (b[key], b["judge_mean"]), textcoords="offset points", xytext=(0, 6), fontsize=7
             )
