@@ -4,18 +4,17 @@
 # (runs/t1r: round 0 to V_2, sample, best-of-16, SPI-1..3 at W = K = 4, L = 16 on the 200 eval prompts), so each round
 # is read at two budgets on one sample set and paired with every best-of-N of 64 new samples per prompt. The best-of-64
 # is drawn again here: ../frontier-task1-rounds drew it from the same run, but its run folder was not packed before its
-# session ended, so its outputs are committed and its samples are not; the two best-of-N curves are two draws of the
-# same thing (the same seeds, yet the draws are not reproduced bit for bit), and their difference says how much a
-# frontier moves between draws. Why this budget: of the three budgets ../frontier-task1-eval200 ran (all reported, none
+# session ended, so its outputs are committed and its samples are not. With the same seeds vLLM draws the same samples
+# (this run's best-of-N means repeat that run's to 0.0001 at every N). Why this budget: of the three budgets ../frontier-task1-eval200 ran (all reported, none
 # chosen), SPI-1 at W = K = 2 was the only point whose judge Δ against best-of-N of about its generated tokens had a 95%
 # interval above 0 (against best-of-4: +0.019 [+0.005, +0.033]; against best-of-8, about its forward tokens: +0.011
 # [−0.003, +0.025]). It was the best of three on these eval prompts, so it may regress here, and this run does not
 # confirm it on new prompts (the 805 AlpacaEval prompts are all split already): it runs on the same prompts, round 0,
 # reward model and V_0..V_2. What it adds is rounds 2 and 3 at that budget. Best-of-5 and best-of-7 are the cheapest
 # that cost at least what SPI at W = K = 2 costs in generated tokens (about 246 against ~59 N) and in forward tokens
-# (about 886 against ~130 N; the ratios in ../frontier-task1-eval200). About 80 min on 2 CPU cores: best-of-64 and its
-# judging ~50, three SPI evaluations at about a third of W = K = 4's forward tokens ~30; W = K = 4 reuses t1r's
-# outputs and recorded costs. Resumes where it stopped; `.venv/bin/python results/snapshot.py save t1s
+# (about 886 against ~130 N; the ratios in ../frontier-task1-eval200). 47 min on 2 CPU cores (12:19 to 13:06):
+# three SPI evaluations at W = K = 2 with their judging 14 min, best-of-64 25 min and its judging 2, the rest
+# re-judging the copied methods; W = K = 4 reuses t1r's outputs and recorded costs. Resumes where it stopped; `.venv/bin/python results/snapshot.py save t1s
 # results/frontier-task1-small` packs it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
