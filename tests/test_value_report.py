@@ -156,7 +156,9 @@ def test_reused_labels_ask_the_evaluator_only_for_what_the_run_has_not_read():
 
 def test_the_report_compares_each_spi_round_with_the_round_before(tmp_path):
     """Hand-checked: spi-2 wins two prompts and ties two against spi-1 (Δ +0.5, 75%), its reward is 1 lower on each;
-    spi-4 has no spi-3 to compare with, and best-of-N is no round."""
+    spi-4 has no spi-3 to compare with, and best-of-N is no round. At a budget the frontier adds, each round is
+    compared with the round before at that budget (spi-2-w2k2l16 loses every prompt to spi-1-w2k2l16), never with the
+    run's own budget or another's (spi-3-w2k2l8 has no spi-2-w2k2l8)."""
     run = RunDir(tmp_path, "r")
     run.commit()
     cost = {"tokens_generated": 10, "total_seconds": 1.0}
@@ -169,10 +171,16 @@ def test_the_report_compares_each_spi_round_with_the_round_before(tmp_path):
         "spi-1": method([0.0, 0.0, 0.5, 0.5], [2.0] * 4),
         "spi-2": method([1.0, 1.0, 0.5, 0.5], [1.0] * 4),
         "spi-4": method([0.0, 0.0, 0.0, 0.0], [0.0] * 4),
+        "spi-1-w2k2l16": method([1.0, 1.0, 1.0, 1.0], [0.0] * 4),
+        "spi-2-w2k2l16": method([0.75, 0.75, 0.5, 0.5], [0.0] * 4),
+        "spi-3-w2k2l8": method([0.0, 0.0, 0.0, 0.0], [0.0] * 4),
     }
     text = write_report(run, Config(), results, {}, baseline="bon-4")
     (table,) = _tables(text, "Round over round")
-    assert [row[0] for row in table[1:]] == ["spi-2 vs spi-1"]
+    assert [row[0] for row in table[1:]] == ["spi-2 vs spi-1", "spi-2-w2k2l16 vs spi-1-w2k2l16"]
+    small = _row(table, "spi-2-w2k2l16 vs spi-1-w2k2l16")
+    assert small["evaluator Δ [95% CI]"] == "-0.3750 [-0.5000, -0.2500]"
+    assert small["win+½tie [95% CI]"] == "0.0% [0.0%, 0.0%]"
     row = _row(table, "spi-2 vs spi-1")
     assert row["evaluator Δ [95% CI]"].startswith("+0.5000 [")
     assert row["win+½tie [95% CI]"].startswith("75.0% [")

@@ -146,13 +146,14 @@ ROUNDS_LEGEND = (
 
 
 def rounds_table(results: dict[str, dict[str, Any]]) -> str:
-    """Round over round: SPI-k against SPI-(k−1) for every k ≥ 2 whose previous round was evaluated too ("" when
-    there is no such pair)."""
+    """Round over round: SPI-k against SPI-(k−1) for every k ≥ 2 whose previous round was evaluated too, at the run's
+    own budget ('spi-k') and at each budget the frontier added ('spi-k-wWkKlL' against 'spi-(k−1)-wWkKlL'); "" when
+    there is no such pair."""
     headers = ["round", "evaluator Δ [95% CI]", "win+½tie [95% CI]", "reward model Δ [95% CI]"]
     rows: list[list[object]] = []
     for name, res in results.items():
-        match = re.fullmatch(r"spi-(\d+)", name)
-        previous = f"spi-{int(match.group(1)) - 1}" if match else ""
+        match = re.fullmatch(r"spi-(\d+)(-w\d+k\d+l\d+)?", name)
+        previous = f"spi-{int(match.group(1)) - 1}{match.group(2) or ''}" if match else ""
         if previous not in results:
             continue
         delta, win = paired_cells(res["evaluator"], results[previous]["evaluator"])
