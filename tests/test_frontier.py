@@ -26,6 +26,7 @@ from spi_align.experiment.frontier_maths import (
 )
 from spi_align.experiment.sweep import expand, round0_key, share_round0
 from spi_align.experiment.sweep_spec import load_spec
+from spi_align.search.registry import parse_spi_name, spi_name, spi_rounds
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORER = str(ROOT / "tests" / "mocks" / "scorers.py") + ":vowel_share"
@@ -133,6 +134,20 @@ def test_sizes_added_beside_a_labelled_one_go_unlabelled_on_the_log_axis():
     assert labelled_points([1, 2, 16, 17, 18, 24, 32, 64]) == [0, 1, 2, 5, 6, 7]
     # the gap is counted from the last labelled point, not the last point: 16, 18, 20 keeps 20 (0.32 past 16)
     assert labelled_points([16, 18, 20]) == [0, 2]
+
+
+def test_spi_method_names_are_written_and_read_by_one_helper():
+    assert spi_name(3) == "spi-3"
+    assert spi_name(2, (4, 2, 16)) == "spi-2-w4k2l16"
+    assert parse_spi_name("spi-2-w4k2l16") == (2, (4, 2, 16))
+    assert parse_spi_name("spi-12") == (12, None)
+    assert parse_spi_name("bon-16") is None
+    assert parse_spi_name("spi-2-w4k2") is None
+    assert parse_spi_name("spi-anchored") is None
+    for name in ("spi-1", "spi-3-w2k2l16"):
+        k, budget = parse_spi_name(name) or (0, None)
+        assert spi_name(k, budget) == name
+    assert spi_rounds(["spi-10", "bon-16", "spi-2-w2k2l16", "spi-2", "sample"]) == ["spi-2", "spi-10"]
 
 
 def test_pairing_refuses_scores_of_other_prompts():

@@ -31,7 +31,7 @@ from spi_align.core.records import Cost, Prompt
 from spi_align.runs.resumable import run_method, save_cost
 from spi_align.runs.rundir import RunDir
 from spi_align.scoring.finite import finite_scores
-from spi_align.search.registry import MethodContext, build_method, method_names
+from spi_align.search.registry import MethodContext, build_method, method_names, spi_name
 from spi_align.values.kinds import Rollouts, ValueKind, make_value_kind
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class ImprovedPolicy:
 
     def search(self, k: int | None = None) -> Search:
         """π_k (default: π_K, guided by every value function)."""
-        return self.method(f"spi-{self.rounds if k is None else k}")
+        return self.method(spi_name(self.rounds if k is None else k))
 
     def sampler(self, k: int, draws: int, temperature: float) -> Search:
         """π_k as the stochastic policy of eq. 13, drawn `draws` times per prompt (`search/draws.py`): one-beam
@@ -135,7 +135,7 @@ class ImprovedPolicy:
             raise SpiError(f"π_{k} needs V_0 .. V_{k - 1}; {self.rounds} are trained")
         shape = {"width": 1, "selection": "softmax", "temperature": temperature}
         spi = self.cfg.spi.model_validate({**self.cfg.spi.model_dump(), **shape})
-        one = ChunkBeamSearch.from_config(self.policy, self.guidance(k), self.reward, spi, f"spi-{k}", trace=False)
+        one = ChunkBeamSearch.from_config(self.policy, self.guidance(k), self.reward, spi, spi_name(k), trace=False)
         return RepeatedDraws(one, draws)
 
     def save(self, folder: str | Path) -> Path:

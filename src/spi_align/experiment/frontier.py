@@ -50,7 +50,7 @@ from spi_align.runs.files import read_appended_jsonl
 from spi_align.runs.resumable import load_cost
 from spi_align.runs.rundir import RunDir
 from spi_align.scoring.finite import finite_scores
-from spi_align.search.registry import MethodContext, build_method, register
+from spi_align.search.registry import SPI_BUDGET_NAME, MethodContext, build_method, register, spi_name
 from spi_align.spi import REWARD_COST, REWARD_DIR, STATES_COST, STATES_DIR, fit_cost_file, round_folder
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,8 @@ MethodRunner = Callable[[str, Search, list[Prompt]], tuple[list[dict[str, Any]],
 
 def budget_name(k: int, budget: Sequence[int], own: Sequence[int]) -> str:
     """'spi-k-wWkKlL' for SPI-k at budget [W, K, L]; plain 'spi-k' at the run's own W, K, L."""
-    w, k_, chunk = budget
-    return f"spi-{k}" if list(budget) == list(own) else f"spi-{k}-w{w}k{k_}l{chunk}"
+    width, successors, chunk = budget
+    return spi_name(k, None if list(budget) == list(own) else (width, successors, chunk))
 
 
 def spi_points(frontier: FrontierConfig, rounds: int, own: Sequence[int]) -> list[tuple[str, int, list[int]]]:
@@ -90,10 +90,10 @@ def _offered(ctx: MethodContext) -> list[str]:
     frontier = ctx.extras.get("frontier")
     if not isinstance(frontier, FrontierConfig) or ctx.reward is None:
         return []
-    return [name for name, k, _ in spi_points(frontier, ctx.rounds, _own(ctx)) if name != f"spi-{k}"]
+    return [name for name, k, _ in spi_points(frontier, ctx.rounds, _own(ctx)) if name != spi_name(k)]
 
 
-@register(r"spi-(\d+)-w(\d+)k(\d+)l(\d+)", _offered, "SPI-k at beam budget W, K, L (the compute frontier)")
+@register(SPI_BUDGET_NAME, _offered, "SPI-k at beam budget W, K, L (the compute frontier)")
 def _spi_at_budget(match: re.Match[str], ctx: MethodContext) -> Search:
     from spi_align.search.beam import ChunkBeamSearch
 

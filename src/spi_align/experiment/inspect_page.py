@@ -27,6 +27,7 @@ from spi_align.core.errors import SpiError
 from spi_align.experiment.outputs import list_methods, load_records, open_run, pick_methods
 from spi_align.experiment.report import bootstrap_ci, results_table, value_table_rows, win_tie_loss
 from spi_align.runs.files import atomic_write_text
+from spi_align.search.registry import spi_rounds
 
 BEST_OF_N = re.compile(r"bon-(\d+)")
 OUTCOMES = {1.0: "win", 0.5: "tie", 0.0: "loss"}
@@ -47,7 +48,7 @@ def inspect_run(run_dir: str | Path, method: str | None = None, out: str | Path 
 
 def default_method(methods: list[str]) -> str:
     """The last `spi-k` (the most improved policy), else the first method."""
-    spi = [m for m in methods if re.fullmatch(r"spi-\d+", m)]
+    spi = spi_rounds(methods)
     return spi[-1] if spi else methods[0]
 
 

@@ -7,13 +7,14 @@ Intervals are `scipy.stats.bootstrap`'s percentile intervals (95%, 2000 resample
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.stats import bootstrap
+
+from spi_align.search.registry import parse_spi_name, spi_name
 
 
 def bootstrap_ci(
@@ -152,8 +153,8 @@ def rounds_table(results: dict[str, dict[str, Any]]) -> str:
     headers = ["round", "evaluator Δ [95% CI]", "win+½tie [95% CI]", "reward model Δ [95% CI]"]
     rows: list[list[object]] = []
     for name, res in results.items():
-        match = re.fullmatch(r"spi-(\d+)(-w\d+k\d+l\d+)?", name)
-        previous = f"spi-{int(match.group(1)) - 1}{match.group(2) or ''}" if match else ""
+        parsed = parse_spi_name(name)
+        previous = spi_name(parsed[0] - 1, parsed[1]) if parsed else ""
         if previous not in results:
             continue
         delta, win = paired_cells(res["evaluator"], results[previous]["evaluator"])

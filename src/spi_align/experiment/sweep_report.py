@@ -19,6 +19,7 @@ import numpy as np
 from spi_align.experiment.report import markdown_table, paired_bootstrap_ci, win_tie_loss, win_tie_share
 from spi_align.experiment.sweep_spec import Cell, SweepSpec
 from spi_align.runs.files import atomic_write_json, atomic_write_text
+from spi_align.search.registry import spi_rounds
 
 
 def _judge_rate(cell_dir: Path, method: str, baseline: str) -> float | None:
@@ -32,8 +33,7 @@ def _judge_rate(cell_dir: Path, method: str, baseline: str) -> float | None:
 
 def spi_methods(results: dict[str, Any]) -> list[str]:
     """The SPI rounds a run evaluated, in round order."""
-    names = [m for m in results if m.startswith("spi-") and m[4:].isdigit()]
-    return sorted(names, key=lambda m: int(m[4:]))
+    return spi_rounds(list(results))
 
 
 def cell_rows(
