@@ -281,6 +281,27 @@ def test_data_size_is_the_rollouts_v0_was_fitted_on_when_the_cell_recorded_them(
     assert cell_rows({}, cfg, results, "bon-16")[0]["data_size"] == 256
 
 
+def test_rows_carry_the_evaluator_means_and_the_learned_reward_models_held_out_figures(tmp_path: Path) -> None:
+    results = {
+        "sample": {"evaluator": [0.2, 0.4], "reward": [0, 0], "cost": {"tokens_generated": 2}},
+        "bon-4": {"evaluator": [0.5, 0.3], "reward": [1, 1], "cost": {"tokens_generated": 8}},
+        "spi-1": {"evaluator": [0.9, 0.1], "reward": [2, 0], "cost": {"tokens_generated": 8}},
+    }
+    cfg = Config.model_validate({"spi": {"train_prompts": 32, "rollouts": 8}})
+    (row,) = cell_rows({}, cfg, results, "bon-4", tmp_path)
+    assert row["eval_means"] == pytest.approx({"sample": 0.3, "baseline": 0.4, "spi": 0.5})
+    assert row["reward_model_heldout"] is None  # no reward model fitted in this cell
+    assert "RM held out" not in render_table([row], [], "bon-4", "t").split("\n\n", 2)[2]  # no column either
+    assert "| 0.300 / 0.400 / 0.500 |" in render_table([row], [], "bon-4", "t")
+    metrics = {"heldout_accuracy": 0.5682, "heldout_spearman_with_labeller": 0.1735, "pairs": 10}
+    (tmp_path / "reward_model.json").write_text(json.dumps(metrics))
+    del results["sample"]
+    (row,) = cell_rows({}, cfg, results, "bon-4", tmp_path)
+    assert row["reward_model_heldout"] == {"accuracy": 0.5682, "spearman": 0.1735}
+    table = render_table([row], [], "bon-4", "t")
+    assert "| n/a / 0.400 / 0.500 | 0.568, 0.17 |" in table
+
+
 def test_sweep_report_shapes_table_and_figures(tmp_path):
     variants = [{"spi.selection": "diversity"}, {"spi.selection": "top"}, {"spi.selection": "softmax"}]
     path = write_spec(tmp_path, {"name": "r", "grid": {"spi.chunk": [4, 16]}, "variants": variants})

@@ -19,7 +19,7 @@ import numpy as np
 from spi_align.experiment.report import markdown_table, paired_bootstrap_ci, win_tie_loss, win_tie_share
 from spi_align.experiment.sweep_spec import Cell, SweepSpec
 from spi_align.runs.files import atomic_write_json, atomic_write_text
-from spi_align.search.registry import spi_rounds
+from spi_align.search.registry import parse_spi_name, spi_rounds
 
 
 def _judge_rate(cell_dir: Path, method: str, baseline: str) -> float | None:
@@ -34,6 +34,27 @@ def _judge_rate(cell_dir: Path, method: str, baseline: str) -> float | None:
 def spi_methods(results: dict[str, Any]) -> list[str]:
     """The SPI rounds a run evaluated, in round order."""
     return spi_rounds(list(results))
+
+
+def spi_round(method: str) -> int:
+    """k of 'spi-k'."""
+    parsed = parse_spi_name(method)
+    if parsed is None:
+        raise ValueError(f"{method} is not an SPI method")
+    return parsed[0]
+
+
+def _reward_model_heldout(cell_dir: Path | None) -> dict[str, float] | None:
+    """The learned reward model's held-out accuracy and within-prompt Spearman with its labeller
+    (`reward_model.json`), where the cell fitted one (reward: train) and measured them; else None."""
+    path = None if cell_dir is None else cell_dir / "reward_model.json"
+    if path is None or not path.is_file():
+        return None
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    accuracy, spearman = metrics.get("heldout_accuracy"), metrics.get("heldout_spearman_with_labeller")
+    if accuracy is None or spearman is None:
+        return None
+    return {"accuracy": float(accuracy), "spearman": float(spearman)}
 
 
 def cell_rows(
@@ -53,7 +74,7 @@ def cell_rows(
         rows.append(
             {
                 "settings": settings,
-                "round": int(method[4:]),
+                "round": spi_round(method),
                 "method": method,
                 "data_size": _data_size(config, cell_dir),
                 "prompts": len(outcome),
@@ -62,6 +83,12 @@ def cell_rows(
                 "win_half_tie": float(np.mean(outcome)),
                 "ci": [lo, hi],
                 "reward_win_half_tie": float(np.mean(win_tie_loss(res["reward"], base["reward"]))),
+                "eval_means": {
+                    role: float(np.mean(results[name]["evaluator"]))
+                    for role, name in (("sample", "sample"), ("baseline", baseline), ("spi", method))
+                    if name in results
+                },
+                "reward_model_heldout": _reward_model_heldout(cell_dir),
                 "judge_win_half_tie": _judge_rate(cell_dir, method, baseline) if cell_dir else None,
                 "tokens": tokens,
                 "tokens_vs_baseline": tokens / base_tokens if base_tokens else math.nan,
@@ -87,6 +114,10 @@ def _ratio(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}×"
 
 
+def _score(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
@@ -94,8 +125,11 @@ def _pct(x: float | None) -> str:
 def render_table(rows: list[dict[str, Any]], keys: list[str], baseline: str, title: str) -> str:
     """Markdown shaped like the paper's Tables 1 and 3."""
     has_judge = any(r["judge_win_half_tie"] is not None for r in rows)
+    has_heldout = any(r.get("reward_model_heldout") for r in rows)
     headers = [*keys, "data size", "method", "eval win", "eval tie", "eval win+½tie [95% CI]", "RM win+½tie"]
     headers += ["judge win+½tie"] if has_judge else []
+    headers += ["eval mean: sample / baseline / SPI"]
+    headers += ["RM held out: accuracy, ρ"] if has_heldout else []
     headers += ["tokens vs baseline", "forward tokens vs baseline", "prompts"]
     body = []
     for r in rows:
@@ -108,6 +142,10 @@ def render_table(rows: list[dict[str, Any]], keys: list[str], baseline: str, tit
         line += [_pct(r["win"]), _pct(r["tie"]), f"{_pct(r['win_half_tie'])} [{_pct(lo)}, {_pct(hi)}]"]
         line += [_pct(r["reward_win_half_tie"])]
         line += [_pct(r["judge_win_half_tie"])] if has_judge else []
+        means = r.get("eval_means", {})
+        line += [" / ".join(_score(means.get(name)) for name in ("sample", "baseline", "spi"))]
+        heldout = r.get("reward_model_heldout")
+        line += [f"{heldout['accuracy']:.3f}, {heldout['spearman']:.2f}" if heldout else "n/a"] if has_heldout else []
         line += [f"{r['tokens_vs_baseline']:.2f}×", _ratio(r.get("forward_tokens_vs_baseline")), r["prompts"]]
         body.append(line)
     return (
@@ -116,7 +154,10 @@ def render_table(rows: list[dict[str, Any]], keys: list[str], baseline: str, tit
         "guides and picks; win + ½ tie per prompt, 95% bootstrap interval; data size = rollouts V_0 was trained on "
         "(training prompts × rollouts); tokens = generated tokens of SPI over the baseline's; forward tokens = tokens "
         "every model ran (policy prefill and decode, end-token peeks, value and reward models) over the baseline's "
-        "(n/a: recorded before they were counted).\n\n" + markdown_table(headers, body)
+        "(n/a: recorded before they were counted); eval mean = the evaluator's mean score of a plain sample, the "
+        "baseline and SPI (n/a: not run); RM held out = a learned reward model's pair accuracy and within-prompt "
+        "Spearman with its labeller on held-out training prompts (reward: train only).\n\n"
+        + markdown_table(headers, body)
     )
 
 
