@@ -147,7 +147,7 @@ def test_spi_method_names_are_written_and_read_by_one_helper():
     for name in ("spi-1", "spi-3-w2k2l16"):
         k, budget = parse_spi_name(name) or (0, None)
         assert spi_name(k, budget) == name
-    assert spi_rounds(["spi-10", "bon-16", "spi-2-w2k2l16", "spi-2", "sample"]) == ["spi-2", "spi-10"]
+    assert spi_rounds(["spi-10", "bon-16", "spi-2-w2k2l16", "spi-2", "sample"]) == [(2, "spi-2"), (10, "spi-10")]
 
 
 def test_pairing_refuses_scores_of_other_prompts():

@@ -300,6 +300,13 @@ def test_rows_carry_the_evaluator_means_and_the_learned_reward_models_held_out_f
     assert row["reward_model_heldout"] == {"accuracy": 0.5682, "spearman": 0.1735}
     table = render_table([row], [], "bon-4", "t")
     assert "| n/a / 0.400 / 0.500 | 0.568, 0.17 |" in table
+    (tmp_path / "reward_model.json").write_text(json.dumps({**metrics, "measured_on": "training prompts"}))
+    assert cell_rows({}, cfg, results, "bon-4", tmp_path)[0]["reward_model_heldout"] is None  # not held out
+    (tmp_path / "reward_model.json").write_text(json.dumps({**metrics, "heldout_accuracy": float("nan")}))
+    (row,) = cell_rows({}, cfg, results, "bon-4", tmp_path)
+    assert row["reward_model_heldout"] is None  # no held-out prompts: undefined, no "nan" cell
+    other = {**row, "baseline": "bon-16", "eval_means": {"baseline": 0.25, "spi": 0.5}}
+    assert "| n/a / 0.250 (bon-16) / 0.500 |" in render_table([row, other], [], "bon-4 / bon-16", "t")
 
 
 def test_sweep_report_shapes_table_and_figures(tmp_path):

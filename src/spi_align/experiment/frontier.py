@@ -50,7 +50,7 @@ from spi_align.runs.files import read_appended_jsonl
 from spi_align.runs.resumable import load_cost
 from spi_align.runs.rundir import RunDir
 from spi_align.scoring.finite import finite_scores
-from spi_align.search.registry import SPI_BUDGET_NAME, MethodContext, build_method, register, spi_name
+from spi_align.search.registry import SPI_BUDGET_NAME_PATTERN, MethodContext, build_method, register, spi_name
 from spi_align.spi import REWARD_COST, REWARD_DIR, STATES_COST, STATES_DIR, fit_cost_file, round_folder
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def _offered(ctx: MethodContext) -> list[str]:
     return [name for name, k, _ in spi_points(frontier, ctx.rounds, _own(ctx)) if name != spi_name(k)]
 
 
-@register(SPI_BUDGET_NAME, _offered, "SPI-k at beam budget W, K, L (the compute frontier)")
+@register(SPI_BUDGET_NAME_PATTERN, _offered, "SPI-k at beam budget W, K, L (the compute frontier)")
 def _spi_at_budget(match: re.Match[str], ctx: MethodContext) -> Search:
     from spi_align.search.beam import ChunkBeamSearch
 

@@ -47,9 +47,9 @@ def inspect_run(run_dir: str | Path, method: str | None = None, out: str | Path 
 
 
 def default_method(methods: list[str]) -> str:
-    """The last `spi-k` (the most improved policy), else the first method."""
+    """The highest round's `spi-k` (the most improved policy), else the first method."""
     spi = spi_rounds(methods)
-    return spi[-1] if spi else methods[0]
+    return spi[-1][1] if spi else methods[0]
 
 
 def best_of_n(methods: list[str]) -> str | None:

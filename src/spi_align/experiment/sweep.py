@@ -42,6 +42,7 @@ from spi_align.config import Config, build_config, merge_trees, read_yaml, set_d
 from spi_align.core.errors import SpiError
 from spi_align.experiment.sweep_report import write_sweep_report
 from spi_align.experiment.sweep_spec import Cell, SweepSpec, load_spec
+from spi_align.search.registry import spi_name
 
 SEARCH_ONLY = (
     "spi.rounds",
@@ -164,7 +165,7 @@ def search_paths(config: Config) -> list[str]:
     which baselines they add."""
     rounds = range(1, config.spi.rounds + 1)
     values = [f"values/round-{k}{ext}" for k in rounds for ext in ("", ".json", ".cost.json")]
-    return _stem_files([f"rollouts-{k}" for k in rounds] + [f"eval-spi-{k}" for k in rounds]) + values
+    return _stem_files([f"rollouts-{k}" for k in rounds] + [f"eval-{spi_name(k)}" for k in rounds]) + values
 
 
 def _stem_files(stems: list[str]) -> list[str]:

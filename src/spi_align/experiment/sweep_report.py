@@ -3,8 +3,10 @@
 One row per (cell, SPI round): the settings that vary, the value function's data size (training prompts ×
 rollouts), then win / tie / win + ½ tie against the baseline (best-of-(W·K)) by the held-out evaluator (the
 paper's "RM" columns: a scorer that never guided the search), the same by the guiding reward model, the LLM judge's
-when `spi judge` was run on the cell, and SPI's compute relative to the baseline: generated tokens, and forward
-tokens of every model (policy, peeks, value models, reward models; `Cost.forward_tokens`).
+when `spi judge` was run on the cell, the evaluator's mean score of a plain sample, the baseline and SPI, a learned
+reward model's held-out accuracy and Spearman with its labeller (reward: train), and SPI's compute relative to the
+baseline: generated tokens, and forward tokens of every model (policy, peeks, value models, reward models;
+`Cost.forward_tokens`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 from spi_align.experiment.report import markdown_table, paired_bootstrap_ci, win_tie_loss, win_tie_share
 from spi_align.experiment.sweep_spec import Cell, SweepSpec
 from spi_align.runs.files import atomic_write_json, atomic_write_text
-from spi_align.search.registry import parse_spi_name, spi_rounds
+from spi_align.search.registry import spi_rounds
 
 
 def _judge_rate(cell_dir: Path, method: str, baseline: str) -> float | None:
@@ -31,28 +33,19 @@ def _judge_rate(cell_dir: Path, method: str, baseline: str) -> float | None:
     return None
 
 
-def spi_methods(results: dict[str, Any]) -> list[str]:
-    """The SPI rounds a run evaluated, in round order."""
-    return spi_rounds(list(results))
-
-
-def spi_round(method: str) -> int:
-    """k of 'spi-k'."""
-    parsed = parse_spi_name(method)
-    if parsed is None:
-        raise ValueError(f"{method} is not an SPI method")
-    return parsed[0]
-
-
 def _reward_model_heldout(cell_dir: Path | None) -> dict[str, float] | None:
     """The learned reward model's held-out accuracy and within-prompt Spearman with its labeller
-    (`reward_model.json`), where the cell fitted one (reward: train) and measured them; else None."""
+    (`reward_model.json`), where the cell fitted one (reward: train) and both are defined; else None. A configured
+    reward's agreement with the labeller (the same file, with 'measured_on': measured on every training prompt, not
+    held out) is not a held-out figure and gives None too."""
     path = None if cell_dir is None else cell_dir / "reward_model.json"
     if path is None or not path.is_file():
         return None
     metrics = json.loads(path.read_text(encoding="utf-8"))
+    if "measured_on" in metrics:
+        return None
     accuracy, spearman = metrics.get("heldout_accuracy"), metrics.get("heldout_spearman_with_labeller")
-    if accuracy is None or spearman is None:
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in (accuracy, spearman)):
         return None
     return {"accuracy": float(accuracy), "spearman": float(spearman)}
 
@@ -65,7 +58,7 @@ def cell_rows(
         raise KeyError(f"baseline {baseline} missing from results ({', '.join(results)})")
     base = results[baseline]
     rows = []
-    for method in spi_methods(results):
+    for k, method in spi_rounds(list(results)):
         res = results[method]
         outcome = win_tie_loss(res["evaluator"], base["evaluator"])
         lo, hi = paired_bootstrap_ci(res["evaluator"], base["evaluator"], win_tie_share)
@@ -74,8 +67,9 @@ def cell_rows(
         rows.append(
             {
                 "settings": settings,
-                "round": spi_round(method),
+                "round": k,
                 "method": method,
+                "baseline": baseline,
                 "data_size": _data_size(config, cell_dir),
                 "prompts": len(outcome),
                 "win": outcome.count(1.0) / len(outcome),
@@ -114,8 +108,8 @@ def _ratio(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}×"
 
 
-def _score(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
+def _score(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
 def _pct(x: float | None) -> str:
@@ -126,6 +120,7 @@ def render_table(rows: list[dict[str, Any]], keys: list[str], baseline: str, tit
     """Markdown shaped like the paper's Tables 1 and 3."""
     has_judge = any(r["judge_win_half_tie"] is not None for r in rows)
     has_heldout = any(r.get("reward_model_heldout") for r in rows)
+    several_baselines = len({r.get("baseline") for r in rows}) > 1
     headers = [*keys, "data size", "method", "eval win", "eval tie", "eval win+½tie [95% CI]", "RM win+½tie"]
     headers += ["judge win+½tie"] if has_judge else []
     headers += ["eval mean: sample / baseline / SPI"]
@@ -143,9 +138,13 @@ def render_table(rows: list[dict[str, Any]], keys: list[str], baseline: str, tit
         line += [_pct(r["reward_win_half_tie"])]
         line += [_pct(r["judge_win_half_tie"])] if has_judge else []
         means = r.get("eval_means", {})
-        line += [" / ".join(_score(means.get(name)) for name in ("sample", "baseline", "spi"))]
+        cells = [_score(means.get(name)) for name in ("sample", "baseline", "spi")]
+        if several_baselines:
+            cells[1] += f" ({r.get('baseline')})"
+        line += [" / ".join(cells)]
         heldout = r.get("reward_model_heldout")
-        line += [f"{heldout['accuracy']:.3f}, {heldout['spearman']:.2f}" if heldout else "n/a"] if has_heldout else []
+        held = f"{_score(heldout['accuracy'])}, {_score(heldout['spearman'], 2)}" if heldout else "n/a"
+        line += [held] if has_heldout else []
         line += [f"{r['tokens_vs_baseline']:.2f}×", _ratio(r.get("forward_tokens_vs_baseline")), r["prompts"]]
         body.append(line)
     return (
@@ -155,9 +154,9 @@ def render_table(rows: list[dict[str, Any]], keys: list[str], baseline: str, tit
         "(training prompts × rollouts); tokens = generated tokens of SPI over the baseline's; forward tokens = tokens "
         "every model ran (policy prefill and decode, end-token peeks, value and reward models) over the baseline's "
         "(n/a: recorded before they were counted); eval mean = the evaluator's mean score of a plain sample, the "
-        "baseline and SPI (n/a: not run); RM held out = a learned reward model's pair accuracy and within-prompt "
-        "Spearman with its labeller on held-out training prompts (reward: train only).\n\n"
-        + markdown_table(headers, body)
+        "baseline (named where cells differ) and SPI (n/a: not run); RM held out = a learned reward model's pair "
+        "accuracy and within-prompt Spearman with its labeller on held-out training prompts (reward: train only)."
+        "\n\n" + markdown_table(headers, body)
     )
 
 

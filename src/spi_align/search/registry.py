@@ -101,35 +101,37 @@ def _best_of_n(match: re.Match[str], ctx: MethodContext) -> Search:
     return BestOfN(ctx.policy, ctx.needs_reward(match.group(0)), n)
 
 
-SPI_NAME = r"spi-(\d+)"
+SPI_NAME_PATTERN = r"spi-(\d+)"
 """The name of SPI-k at the run's own beam budget: 'spi-k'."""
-SPI_BUDGET_NAME = r"spi-(\d+)-w(\d+)k(\d+)l(\d+)"
+SPI_BUDGET_NAME_PATTERN = r"spi-(\d+)-w(\d+)k(\d+)l(\d+)"
 """The name of SPI-k at another beam budget W, K, L (the compute frontier's points): 'spi-k-wWkKlL'."""
 
 
 def spi_name(k: int, budget: tuple[int, int, int] | None = None) -> str:
     """'spi-k', or 'spi-k-wWkKlL' for SPI-k at beam budget (W, K, L)."""
-    return f"spi-{k}" if budget is None else "spi-{}-w{}k{}l{}".format(k, *budget)
+    if budget is None:
+        return f"spi-{k}"
+    width, successors, chunk = budget
+    return f"spi-{k}-w{width}k{successors}l{chunk}"
 
 
 def parse_spi_name(name: str) -> tuple[int, tuple[int, int, int] | None] | None:
     """(k, (W, K, L) or None at the run's own budget) of an SPI method name; None for any other method."""
-    if match := re.fullmatch(SPI_NAME, name):
+    if match := re.fullmatch(SPI_NAME_PATTERN, name):
         return int(match.group(1)), None
-    if match := re.fullmatch(SPI_BUDGET_NAME, name):
+    if match := re.fullmatch(SPI_BUDGET_NAME_PATTERN, name):
         k, width, successors, chunk = (int(g) for g in match.groups())
         return k, (width, successors, chunk)
     return None
 
 
-def spi_rounds(names: list[str]) -> list[str]:
-    """The 'spi-k' names (the run's own budget) among `names`, in round order."""
-    rounds = [(parsed[0], name) for name in names if (parsed := parse_spi_name(name)) and parsed[1] is None]
-    return [name for _, name in sorted(rounds)]
+def spi_rounds(names: list[str]) -> list[tuple[int, str]]:
+    """(k, name) of the 'spi-k' names (the run's own budget) among `names`, in round order."""
+    return sorted((parsed[0], name) for name in names if (parsed := parse_spi_name(name)) and parsed[1] is None)
 
 
 @register(
-    SPI_NAME,
+    SPI_NAME_PATTERN,
     lambda ctx: [spi_name(k) for k in range(1, ctx.rounds + 1)] if ctx.reward else [],
     "chunk beam search guided by the first k value functions (π_k)",
 )

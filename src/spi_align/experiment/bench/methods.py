@@ -20,6 +20,7 @@ from spi_align.core.rows import Rows
 from spi_align.experiment.bench.timing import Runner
 from spi_align.search import BestOfN
 from spi_align.search.beam import ChunkBeamSearch
+from spi_align.search.registry import spi_name
 from spi_align.values import HeadStack, ValueHead
 from spi_align.values.anchored import AnchoredGuide
 from spi_align.values.heads import HeadKind
@@ -109,7 +110,7 @@ def build_methods(policy: Policy, reward: Scorer, cfg: BenchConfig) -> dict[str,
         heads = random_heads(policy.hidden_size, cfg.spi.rounds, cfg.spi.head, cfg.seed)
         for k in range(1, cfg.spi.rounds + 1):
             stack = guidance(heads[:k], cfg, policy.device)
-            search = ChunkBeamSearch.from_config(policy, on_hidden(stack, policy), reward, spi, f"spi-{k}")
+            search = ChunkBeamSearch.from_config(policy, on_hidden(stack, policy), reward, spi, spi_name(k))
             methods[keys[f"spi-{k}"]] = search.run
             if k == 1 and UNTRACED in keys:
                 untraced = ChunkBeamSearch.from_config(policy, on_hidden(stack, policy), reward, spi, UNTRACED)
