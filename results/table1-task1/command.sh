@@ -9,4 +9,4 @@ export OMP_NUM_THREADS=2
 [ -s runs/task1-prompts/fit.jsonl ] || .venv/bin/python results/task1-round0/make_prompts.py runs/task1-prompts
 [ -d runs/sweeps/table1-task1 ] || .venv/bin/python results/snapshot.py load sweeps/table1-task1 results/table1-task1
 .venv/bin/spi sweep results/table1-task1/sweep.yaml
-cp runs/sweeps/table1-task1/{table.md,table.json} results/table1-task1/
+cp runs/sweeps/table1-task1/{table.md,table.json,fig5_chunk.png} results/table1-task1/
