@@ -17,7 +17,7 @@ from spi_align.config import Config, to_yaml
 from spi_align.core.errors import SpiError
 from spi_align.experiment import sweep
 from spi_align.experiment.sweep import config_hash, expand, round0_key, run_sweep, share_round0
-from spi_align.experiment.sweep_report import cell_rows, render_table, win_tie_loss
+from spi_align.experiment.sweep_report import _label, cell_rows, render_table, win_tie_loss
 from spi_align.experiment.sweep_spec import load_spec
 
 
@@ -307,6 +307,23 @@ def test_rows_carry_the_evaluator_means_and_the_learned_reward_models_held_out_f
     assert row["reward_model_heldout"] is None  # no held-out prompts: undefined, no "nan" cell
     other = {**row, "baseline": "bon-16", "eval_means": {"baseline": 0.25, "spi": 0.5}}
     assert "| n/a / 0.250 (bon-16) / 0.500 |" in render_table([row, other], [], "bon-4 / bon-16", "t")
+
+
+def test_table_spells_settings_as_the_sweep_yaml_does_and_undefined_figures_as_na(tmp_path: Path) -> None:
+    """The whole training split (train_prompts: null) reads "null", not Python's "None"; a missing or
+    non-finite ratio or rate reads "n/a", not "nan" or "inf"."""
+    results = {
+        "bon-4": {"evaluator": [0.5, 0.3], "reward": [1, 1], "cost": {"tokens_generated": 8}},
+        "spi-1": {"evaluator": [0.9, 0.1], "reward": [2, 0], "cost": {"tokens_generated": 8}},
+    }
+    cfg = Config.model_validate({"spi": {"train_prompts": None}})
+    settings = {"spi.train_prompts": None, "spi.chunk": 8, "spi.selection": "top"}
+    (row,) = cell_rows(settings, cfg, results, "bon-4", tmp_path)
+    row["forward_tokens_vs_baseline"] = float("inf")
+    line = render_table([row], list(settings), "bon-4", "t").splitlines()[-1]
+    assert line.startswith("| null | 8 | top | n/a | spi-1 |") and "None" not in line
+    assert "| 1.00× | n/a | 2 |" in line
+    assert _label(settings, ["spi.train_prompts", "spi.selection"]) == "train_prompts=null, selection=top"
 
 
 def test_sweep_report_shapes_table_and_figures(tmp_path):

@@ -104,16 +104,26 @@ def _data_size(config: Any, cell_dir: Path | None) -> int | None:
     return None if prompts is None else prompts * config.spi.round0_rollouts
 
 
+def _fmt(x: float | None, spec: str, scale: float = 1.0, suffix: str = "") -> str:
+    """`x` formatted by `spec` (times `scale`, then `suffix`), or "n/a" where it is missing or not finite."""
+    return "n/a" if x is None or not math.isfinite(x) else f"{scale * x:{spec}}{suffix}"
+
+
 def _ratio(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}×"
+    return _fmt(x, ".2f", suffix="×")
 
 
 def _score(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+    return _fmt(x, f".{digits}f")
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+    return _fmt(x, ".1f", 100, "%")
+
+
+def _value(v: Any) -> str:
+    """A setting as the sweep's YAML spells it (null, true, a list), not as Python prints it."""
+    return str(v) if isinstance(v, str) else json.dumps(v)
 
 
 def render_table(rows: list[dict[str, Any]], keys: list[str], baseline: str, title: str) -> str:
@@ -130,7 +140,7 @@ def render_table(rows: list[dict[str, Any]], keys: list[str], baseline: str, tit
     for r in rows:
         lo, hi = r["ci"]
         line: list[object] = [
-            *(r["settings"].get(k, "") for k in keys),
+            *(_value(r["settings"][k]) if k in r["settings"] else "" for k in keys),
             r["data_size"] if r["data_size"] is not None else "n/a",
             r["method"],
         ]
@@ -161,7 +171,7 @@ def render_table(rows: list[dict[str, Any]], keys: list[str], baseline: str, tit
 
 
 def _label(settings: dict[str, Any], keys: list[str]) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={settings[k]}" for k in keys if k in settings) or "all"
+    return ", ".join(f"{k.split('.')[-1]}={_value(settings[k])}" for k in keys if k in settings) or "all"
 
 
 def _strategy(settings: dict[str, Any]) -> str:
