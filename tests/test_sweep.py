@@ -320,10 +320,14 @@ def test_table_spells_settings_as_the_sweep_yaml_does_and_undefined_figures_as_n
     settings = {"spi.train_prompts": None, "spi.chunk": 8, "spi.selection": "top"}
     (row,) = cell_rows(settings, cfg, results, "bon-4", tmp_path)
     row["forward_tokens_vs_baseline"] = float("inf")
+    row["tie"] = float("nan")
     line = render_table([row], list(settings), "bon-4", "t").splitlines()[-1]
-    assert line.startswith("| null | 8 | top | n/a | spi-1 |") and "None" not in line
+    assert line.startswith("| null | 8 | top | n/a | spi-1 | 50.0% | n/a |") and "None" not in line
     assert "| 1.00× | n/a | 2 |" in line
     assert _label(settings, ["spi.train_prompts", "spi.selection"]) == "train_prompts=null, selection=top"
+    assert _label({"spi.base_logprob": True, "spi.betas": [1.0, 2.0]}, ["spi.base_logprob", "spi.betas"]) == (
+        "base_logprob=true, betas=[1.0, 2.0]"
+    )
 
 
 def test_sweep_report_shapes_table_and_figures(tmp_path):

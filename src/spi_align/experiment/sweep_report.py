@@ -155,7 +155,7 @@ def render_table(rows: list[dict[str, Any]], keys: list[str], baseline: str, tit
         heldout = r.get("reward_model_heldout")
         held = f"{_score(heldout['accuracy'])}, {_score(heldout['spearman'], 2)}" if heldout else "n/a"
         line += [held] if has_heldout else []
-        line += [f"{r['tokens_vs_baseline']:.2f}×", _ratio(r.get("forward_tokens_vs_baseline")), r["prompts"]]
+        line += [_ratio(r["tokens_vs_baseline"]), _ratio(r.get("forward_tokens_vs_baseline")), r["prompts"]]
         body.append(line)
     return (
         f"# {title}: SPI vs {baseline}\n\n"
