@@ -2,11 +2,13 @@
 sweep.yaml (the default is kept unless a setting beats it on the labeller with a paired 95% interval above 0).
 
 Reads the finished sweep (its cells.json and each cell's results.json and eval-spi-1.cost.json) and prints a markdown
-table: the labeller (the similarity evaluator the reward model learns from) and reward-model means, win + ½ tie
+table: the labeller (the sweep's evaluator: the similarity evaluator the reward model learns from on task 1, VADER
+on task 2, where it is also the guide) and reward means, win + ½ tie
 against best-of-16 and the paired labeller difference against the default, each with its 95% bootstrap interval over
 prompts (scipy.stats.bootstrap, paired, percentile), and generated / forward tokens per prompt.
 
     python results/strength-task1/choose.py runs/sweeps/strength-task1
+    python results/strength-task1/choose.py runs/sweeps/strength-task2
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 from scipy.stats import bootstrap
 
 
@@ -36,7 +39,9 @@ def main(folder: str) -> None:
     default = np.asarray(rows[0][1]["spi-1"]["evaluator"])
     bon = np.asarray(rows[0][1]["bon-16"]["evaluator"])
     n = len(bon)
-    print(f"{n} select prompts; labeller = the similarity evaluator; best-of-16 labeller mean {bon.mean():.3f}\n")
+    config = yaml.safe_load((sweep / "cells" / cells[0]["key"] / "config.yaml").read_text())
+    labeller = f"the {config['evaluator']} evaluator"
+    print(f"{n} select prompts; labeller = {labeller}; best-of-16 labeller mean {bon.mean():.3f}\n")
     print(
         "| setting | labeller | reward | win+½tie vs BoN-16 [95% CI] | minus default [95% CI] "
         "| gen. tok / prompt | fwd tok / prompt |"
