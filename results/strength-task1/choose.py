@@ -2,10 +2,10 @@
 sweep.yaml (the default is kept unless a setting beats it on the labeller with a paired 95% interval above 0).
 
 Reads the finished sweep (its cells.json and each cell's results.json and eval-spi-1.cost.json) and prints a markdown
-table: the labeller (the sweep's evaluator: the similarity evaluator the reward model learns from on task 1, VADER
-on task 2, where it is also the guide) and reward means, win + ½ tie
-against best-of-16 and the paired labeller difference against the default, each with its 95% bootstrap interval over
-prompts (scipy.stats.bootstrap, paired, percentile), and generated / forward tokens per prompt.
+table: the labeller (the sweep's evaluator: on task 1 the similarity evaluator the reward model learns from, on
+task 2 VADER, which also guides) and reward means, win + ½ tie against best-of-16 and the paired labeller difference
+against the default, each with its 95% bootstrap interval over prompts (scipy.stats.bootstrap, paired, percentile),
+and generated / forward tokens per prompt.
 
     python results/strength-task1/choose.py runs/sweeps/strength-task1
     python results/strength-task1/choose.py runs/sweeps/strength-task2

@@ -131,9 +131,8 @@ class DataConfig(Section):
     split: Literal["train", "eval", "all"] = "eval"
     """For the default prompts: which side of the fixed seeded split (a file is used whole)."""
     train_prompts: str | None = None
-    """Prompts for rollouts and the reward model in `spi run`: a file, 'default' (the training side of the default
-    split, also when `prompts` is a file), or None for the training side of the default split (or, when `prompts` is
-    a file, that same file)."""
+    """Prompts for rollouts and the reward model in `spi run`: a file; 'default' for the training side of the default
+    split; or None: the same as `prompts` (its training side when that is 'default')."""
     limit: int | None = Field(None, gt=0)
     """Use only the first `limit` prompts (None = all)."""
     batch_size: int = Field(8, gt=0)
