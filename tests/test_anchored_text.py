@@ -83,3 +83,33 @@ def test_with_every_alpha_zero_the_text_guide_is_the_partial_reward_without_a_pe
     with torch.no_grad():
         head.net.bias.fill_(1.0)  # a learned part that is not zero: the guide reads e_t again
     assert kind.guide([zero], [1.0])(live).tolist() == pytest.approx([t.count("e") + 1.0 for t in partial])
+
+
+def test_the_text_guide_reads_states_only_at_lengths_where_some_alpha_is_not_zero(tiny_causal_lm, smol_tokenizer):
+    """α chosen 0.5 at the first decision length and 0 at the second: at 4 tokens the guide peeks e_t and adds the
+    learned part; at 8 tokens it is the partial reward alone, with no peek (the same value the formula gives)."""
+    policy = make_policy(tiny_causal_lm, smol_tokenizer, max_new_tokens=12)
+    kind = make_value_kind(policy, SPIConfig(value="anchored", chunk=4), "tiny", seed=0)
+    kind.reward = CountScorer("e")
+    head = ValueHead(policy.hidden_size, "linear")
+    with torch.no_grad():
+        head.net.bias.fill_(2.0)
+    early = AnchoredValue(head, [4, 8], [0.5, 0.0])
+    guide = kind.guide([early, early], [1.0, 1.0])
+    cost = Cost()
+    live = policy.start(PROMPTS[:2], cost)
+    policy.extend(live, 4, cost)
+    peeks = []
+    peek = policy.peek_end_hidden
+    policy.peek_end_hidden = lambda rows: peeks.append(rows.length.tolist()) or peek(rows)
+    partial = smol_tokenizer.batch_decode(live.token_lists(), skip_special_tokens=True)
+    got = guide(live)
+    assert peeks == [[4, 4]]
+    learned = head(peek(live)).float()
+    expected = torch.tensor([2.0 * t.count("e") for t in partial]) + 2 * 0.5 * learned
+    assert bool(learned.abs().min() > 0.1)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    policy.extend(live, 4, cost)
+    partial = smol_tokenizer.batch_decode(live.token_lists(), skip_special_tokens=True)
+    assert guide(live).tolist() == pytest.approx([2 * t.count("e") for t in partial])
+    assert peeks == [[4, 4]], "α = 0 at 8 tokens for every round: no end-token forward is needed there"

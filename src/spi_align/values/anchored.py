@@ -32,7 +32,9 @@ prompts with the same choices.
 
 During the search e_t costs one one-token forward per chunk (the KV cache is cropped back after), shared by the
 reward anchor and every round's head: Σ_i w_i V_i = (Σ_i w_i) R_t + Σ_i w_i α_i(t) u_i(e_t), α_i(t) the α of the
-longest decision length ≤ t. A text reward adds one scorer call on the decoded candidates per chunk.
+longest decision length ≤ t. A text reward adds one scorer call on the decoded candidates per chunk, and needs
+e_t only at the lengths where some round's α is not 0: elsewhere V is R_t alone and no peek is made (on vLLM a peek
+is a state read of the chunk, so an α chosen 0 at a length saves that chunk's reads).
 """
 
 from __future__ import annotations
@@ -376,10 +378,20 @@ class AnchoredGuide:
         self.learned = any(w != 0 and v.learned for v, w in zip(self.values, self.weights, strict=True))
         """False when every round kept α = 0: V is the partial reward alone, and a text anchor needs no peek."""
 
+    def reads_states(self, length: torch.Tensor) -> bool:
+        """Whether some row, at its prefix length in `length`, has a term with α_i(t) ≠ 0 (weight ≠ 0, a learned
+        head): only then does the learned part add anything, so only then is e_t read."""
+        return any(
+            w != 0 and v.learned and bool(v.alpha_at(length).ne(0).any())
+            for v, w in zip(self.values, self.weights, strict=True)
+        )
+
     @torch.no_grad()
     def __call__(self, rows: Any) -> torch.Tensor:
-        """Σ_i w_i V_i; each round's V_i = R_t + α_i(t) u_i(e_t) is also reported to a trace being recorded."""
-        if not self.learned and not isinstance(self.anchor, torch.nn.Linear):
+        """Σ_i w_i V_i; each round's V_i = R_t + α_i(t) u_i(e_t) is also reported to a trace being recorded. With a
+        text anchor and α_i(t) = 0 for every term at every row's length (e.g. α chosen 0 at the later decision
+        lengths), V is the partial reward alone there and no end-token peek is made: the same guide, no state read."""
+        if not isinstance(self.anchor, torch.nn.Linear) and not (self.learned and self.reads_states(rows.length)):
             anchor = self.anchor(rows).float()
             self._report(anchor, [None] * len(self.values))
             return self.total_weight * anchor
