@@ -110,6 +110,7 @@ def test_the_text_guide_reads_states_only_at_lengths_where_some_alpha_is_not_zer
     assert bool(learned.abs().min() > 0.1)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     policy.extend(live, 4, cost)
+    assert not bool(live.done.any())  # a row that ended before 8 tokens would take α(8) = α of 4 = 0.5
     partial = smol_tokenizer.batch_decode(live.token_lists(), skip_special_tokens=True)
     assert guide(live).tolist() == pytest.approx([2 * t.count("e") for t in partial])
     assert peeks == [[4, 4]], "α = 0 at 8 tokens for every round: no end-token forward is needed there"

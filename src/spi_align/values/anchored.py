@@ -33,8 +33,9 @@ prompts with the same choices.
 During the search e_t costs one one-token forward per chunk (the KV cache is cropped back after), shared by the
 reward anchor and every round's head: Σ_i w_i V_i = (Σ_i w_i) R_t + Σ_i w_i α_i(t) u_i(e_t), α_i(t) the α of the
 longest decision length ≤ t. A text reward adds one scorer call on the decoded candidates per chunk, and needs
-e_t only at the lengths where some round's α is not 0: elsewhere V is R_t alone and no peek is made (on vLLM a peek
-is a state read of the chunk, so an α chosen 0 at a length saves that chunk's reads).
+e_t only at the lengths where some round's α is not 0: elsewhere V is R_t alone and no peek is made. On vLLM a peek
+is a state read, which computes what its engine has not read before: an α chosen 0 at the later lengths saves their
+reads, while one chosen 0 early and not later only moves the early chunk into the later read.
 """
 
 from __future__ import annotations
@@ -389,8 +390,9 @@ class AnchoredGuide:
     @torch.no_grad()
     def __call__(self, rows: Any) -> torch.Tensor:
         """Σ_i w_i V_i; each round's V_i = R_t + α_i(t) u_i(e_t) is also reported to a trace being recorded. With a
-        text anchor and α_i(t) = 0 for every term at every row's length (e.g. α chosen 0 at the later decision
-        lengths), V is the partial reward alone there and no end-token peek is made: the same guide, no state read."""
+        anchor that is not a reward head and α_i(t) = 0 for every term at every row's length (e.g. α chosen 0 at the
+        later decision lengths), V is the partial reward alone there and no end-token peek is made: the same
+        ranking, no state read."""
         if not isinstance(self.anchor, torch.nn.Linear) and not (self.learned and self.reads_states(rows.length)):
             anchor = self.anchor(rows).float()
             self._report(anchor, [None] * len(self.values))
