@@ -376,24 +376,23 @@ class AnchoredGuide:
         """Each round's value; a bare `ValueHead` is u with α = 1 at every length."""
         self.weights = guidance_weights(self.values, weights)
         self.total_weight = float(sum(weights))
-        self.learned = any(w != 0 and v.learned for v, w in zip(self.values, self.weights, strict=True))
-        """False when every round kept α = 0: V is the partial reward alone, and a text anchor needs no peek."""
+        self.active = [w != 0 and v.learned for v, w in zip(self.values, self.weights, strict=True)]
+        """Per round: whether its learned part counts (weight ≠ 0, some α ≠ 0, a non-zero head); read once, since
+        the heads are frozen while they guide. None counts when every round kept α = 0: V is then the partial reward
+        alone, and a text anchor needs no peek."""
 
     def reads_states(self, length: torch.Tensor) -> bool:
         """Whether some row, at its prefix length in `length`, has a term with α_i(t) ≠ 0 (weight ≠ 0, a learned
         head): only then does the learned part add anything, so only then is e_t read."""
-        return any(
-            w != 0 and v.learned and bool(v.alpha_at(length).ne(0).any())
-            for v, w in zip(self.values, self.weights, strict=True)
-        )
+        return any(on and bool(v.alpha_at(length).ne(0).any()) for v, on in zip(self.values, self.active, strict=True))
 
     @torch.no_grad()
     def __call__(self, rows: Any) -> torch.Tensor:
-        """Σ_i w_i V_i; each round's V_i = R_t + α_i(t) u_i(e_t) is also reported to a trace being recorded. With a
+        """Σ_i w_i V_i; each round's V_i = R_t + α_i(t) u_i(e_t) is also reported to a trace being recorded. With an
         anchor that is not a reward head and α_i(t) = 0 for every term at every row's length (e.g. α chosen 0 at the
         later decision lengths), V is the partial reward alone there and no end-token peek is made: the same
         ranking, no state read."""
-        if not isinstance(self.anchor, torch.nn.Linear) and not (self.learned and self.reads_states(rows.length)):
+        if not isinstance(self.anchor, torch.nn.Linear) and not self.reads_states(rows.length):
             anchor = self.anchor(rows).float()
             self._report(anchor, [None] * len(self.values))
             return self.total_weight * anchor
@@ -403,8 +402,7 @@ class AnchoredGuide:
         else:
             anchor = self.anchor(rows).to(closed.device).float()
         residuals = [
-            value(closed, rows.length) if weight != 0 and value.learned else None
-            for value, weight in zip(self.values, self.weights, strict=True)
+            value(closed, rows.length) if on else None for value, on in zip(self.values, self.active, strict=True)
         ]
         self._report(anchor, residuals)
         terms = ((w, r) for w, r in zip(self.weights, residuals, strict=True) if r is not None)
